@@ -1,0 +1,469 @@
+//! End-to-end load harness: pgbench `-S` and a large-result stream, interleaved across targets
+//! (PostgreSQL directly, through pgward, through PgBouncer in session mode) in one run, so the
+//! ratios compare like with like on a noisy shared machine.
+//!
+//! Run with `scripts/bench.sh` (builds release binaries first). Knobs (environment):
+//! `BENCH_SECONDS` per pgbench run (default 10), `BENCH_ROUNDS` (default 3),
+//! `BENCH_ROWS` for the large result (default 3000000), `BENCH_SCALE` pgbench scale (default 10),
+//! `BENCH_SKIP_PGBOUNCER=1` when PgBouncer is not installed.
+
+use anyhow::{bail, Context, Result};
+use futures_util::TryStreamExt;
+use pgward_e2e::{Gateway, GatewayOptions, Postgres, UPSTREAM_PASSWORD, UPSTREAM_USER};
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime+stime (and, with `children`, cutime+cstime) of a process, in seconds.
+fn proc_cpu(pid: u32, children: bool) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which may contain spaces, start after the last ')'.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return 0.0;
+    };
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // rest[0] is field 3 (state); utime is field 14 -> index 11.
+    let mut ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+    if children {
+        ticks += f.get(13).copied().unwrap_or(0.0) + f.get(14).copied().unwrap_or(0.0);
+    }
+    ticks / clock_ticks()
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        if rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|pp| pp.parse::<u32>().ok())
+            == Some(pid)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// CPU seconds used so far by PostgreSQL: the postmaster, its live children, and its exited ones.
+fn postgres_cpu(postmaster: u32) -> f64 {
+    proc_cpu(postmaster, true)
+        + children_of(postmaster)
+            .into_iter()
+            .map(|c| proc_cpu(c, false))
+            .sum::<f64>()
+}
+
+/// CPU seconds of reaped children of this process (pgbench runs).
+fn reaped_children_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn postmaster_pid(pg: &Postgres) -> Result<u32> {
+    let text = std::fs::read_to_string(pg.dir.join("data/postmaster.pid"))?;
+    Ok(text.lines().next().unwrap_or("").trim().parse()?)
+}
+
+struct Target {
+    name: &'static str,
+    port: u16,
+    user: String,
+    password: String,
+    /// Process whose CPU is the proxy's own.
+    proxy_pid: Option<u32>,
+}
+
+#[derive(Default, Clone)]
+struct Sample {
+    value: f64,
+    proxy_cpu: f64,
+    postgres_cpu: f64,
+    client_cpu: f64,
+}
+
+fn pgbench(t: &Target, db: &str, mode: &str, clients: u32, seconds: u64) -> Result<f64> {
+    let out = Command::new("pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &t.port.to_string(),
+            "-U",
+            &t.user,
+            "-n",
+            "-S",
+        ])
+        .args([
+            "-M",
+            mode,
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+        ])
+        .arg(db)
+        .env("PGPASSWORD", &t.password)
+        .output()
+        .context("running pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench against {} failed: {}{}",
+            t.name,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let failed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions:"))
+        .unwrap_or("0")
+        .trim();
+    if !failed.starts_with('0') {
+        bail!(
+            "pgbench against {} had failed transactions: {failed}",
+            t.name
+        );
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no tps in pgbench output:\n{text}"))
+}
+
+async fn stream_rows(t: &Target, db: &str) -> Result<f64> {
+    let conn = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={db}",
+        t.port, t.user, t.password
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let started = Instant::now();
+    let stream = client
+        .query_raw("SELECT * FROM bench_rows", std::iter::empty::<i32>())
+        .await?;
+    futures_util::pin_mut!(stream);
+    let mut n = 0u64;
+    while stream.try_next().await?.is_some() {
+        n += 1;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn start_pgbouncer(pg: &Postgres, db: &str, dir: &Path) -> Result<(Child, u16)> {
+    let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("pgbouncer not installed (scripts/prereqs.sh --bench installs it)")?;
+    let port = pgward_e2e::free_port();
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("userlist.txt"),
+        format!("\"{UPSTREAM_USER}\" \"{UPSTREAM_PASSWORD}\"\n"),
+    )?;
+    std::fs::write(
+        dir.join("pgbouncer.ini"),
+        format!(
+            "[databases]\n{db} = host=127.0.0.1 port={} dbname={db}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {}\npool_mode = session\nmax_client_conn = 200\ndefault_pool_size = 64\nignore_startup_parameters = extra_float_digits\nlogfile = {}\n",
+            pg.port,
+            dir.join("userlist.txt").display(),
+            dir.join("pgbouncer.log").display()
+        ),
+    )?;
+    let mut cmd = Command::new(bin);
+    cmd.arg(dir.join("pgbouncer.ini"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // PgBouncer refuses to run as root.
+        let uid: u32 =
+            String::from_utf8(Command::new("id").args(["-u", "postgres"]).output()?.stdout)?
+                .trim()
+                .parse()?;
+        let gid: u32 =
+            String::from_utf8(Command::new("id").args(["-g", "postgres"]).output()?.stdout)?
+                .trim()
+                .parse()?;
+        for f in ["", "userlist.txt", "pgbouncer.ini"] {
+            std::os::unix::fs::chown(dir.join(f), Some(uid), Some(gid))?;
+        }
+        cmd.uid(uid).gid(gid);
+    }
+    let child = cmd.spawn().context("starting pgbouncer")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "pgbouncer did not start; see {}",
+                dir.join("pgbouncer.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((child, port))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let seconds = env_num("BENCH_SECONDS", 10);
+    let rounds = env_num("BENCH_ROUNDS", 3);
+    let rows = env_num("BENCH_ROWS", 3_000_000);
+    let scale = env_num("BENCH_SCALE", 10);
+    let skip_bouncer = std::env::var("BENCH_SKIP_PGBOUNCER").is_ok_and(|v| v == "1");
+
+    eprintln!("starting PostgreSQL");
+    let pg = Postgres::start()?;
+    let db = pg.create_database("bench")?;
+    let direct = Target {
+        name: "direct",
+        port: pg.port,
+        user: UPSTREAM_USER.into(),
+        password: UPSTREAM_PASSWORD.into(),
+        proxy_pid: None,
+    };
+    eprintln!("pgbench -i -s {scale}");
+    let init = Command::new("pgbench")
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            &scale.to_string(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            UPSTREAM_USER,
+        ])
+        .arg(&db)
+        .env("PGPASSWORD", UPSTREAM_PASSWORD)
+        .output()?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    pg.superuser_sql(
+        &db,
+        &format!(
+            "CREATE TABLE bench_rows AS SELECT g AS id, md5(g::text) AS a, g * 2 AS b, now() AS c FROM generate_series(1, {rows}) g; ALTER TABLE bench_rows OWNER TO {UPSTREAM_USER};"
+        ),
+    )?;
+    pg.superuser_sql(&db, "VACUUM ANALYZE bench_rows")?;
+
+    let gw = Gateway::start(
+        &pg,
+        GatewayOptions {
+            listen_extra: format!(
+                "max_connections = 500\nworkers = {}",
+                env_num("BENCH_WORKERS", 0)
+            ),
+            log_level: "info".into(),
+            ..Default::default()
+        },
+    )?;
+    let alice = gw.user("alice").clone();
+    let pgward = Target {
+        name: "pgward",
+        port: gw.port,
+        user: alice.name.clone(),
+        password: alice.password.clone(),
+        proxy_pid: Some(gw.pid()),
+    };
+    let mut bouncer_child = None;
+    let mut targets = vec![direct, pgward];
+    if !skip_bouncer {
+        let (child, port) = start_pgbouncer(&pg, &db, &gw.dir.join("pgbouncer"))?;
+        targets.push(Target {
+            name: "pgbouncer",
+            port,
+            user: UPSTREAM_USER.into(),
+            password: UPSTREAM_PASSWORD.into(),
+            proxy_pid: Some(child.id()),
+        });
+        bouncer_child = Some(child);
+    }
+    let postmaster = postmaster_pid(&pg)?;
+    if std::env::args().nth(1).as_deref() == Some("serve") {
+        // For profiling by hand: keep everything up and say where it is.
+        for t in &targets {
+            println!(
+                "{} port={} user={} password={} db={db} pid={:?}",
+                t.name, t.port, t.user, t.password, t.proxy_pid
+            );
+        }
+        let secs = env_num("BENCH_SERVE_SECONDS", 600);
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        return Ok(());
+    }
+    eprintln!("binary: {}", pgward_e2e::pgward_bin().display());
+
+    let configs: Vec<(&str, u32)> = vec![
+        ("simple", 8),
+        ("simple", 32),
+        ("prepared", 8),
+        ("prepared", 32),
+    ];
+    // (config, target) -> samples
+    let mut results: BTreeMap<(String, &str), Vec<Sample>> = BTreeMap::new();
+    for round in 0..rounds {
+        for (mode, clients) in &configs {
+            for t in &targets {
+                let before = (
+                    t.proxy_pid.map(|p| proc_cpu(p, false)).unwrap_or(0.0),
+                    postgres_cpu(postmaster),
+                    reaped_children_cpu(),
+                );
+                let tps = pgbench(t, &db, mode, *clients, seconds)?;
+                std::thread::sleep(Duration::from_millis(300));
+                let after = (
+                    t.proxy_pid.map(|p| proc_cpu(p, false)).unwrap_or(0.0),
+                    postgres_cpu(postmaster),
+                    reaped_children_cpu(),
+                );
+                eprintln!("round {round} {mode} c={clients} {}: {tps:.0} tps", t.name);
+                results
+                    .entry((format!("pgbench -S -M {mode} -c {clients}"), t.name))
+                    .or_default()
+                    .push(Sample {
+                        value: tps,
+                        proxy_cpu: after.0 - before.0,
+                        postgres_cpu: after.1 - before.1,
+                        client_cpu: after.2 - before.2,
+                    });
+            }
+        }
+        for t in targets.iter().filter(|t| t.name != "pgbouncer") {
+            let before = (
+                t.proxy_pid.map(|p| proc_cpu(p, false)).unwrap_or(0.0),
+                postgres_cpu(postmaster),
+            );
+            let rps = stream_rows(t, &db).await?;
+            let after = (
+                t.proxy_pid.map(|p| proc_cpu(p, false)).unwrap_or(0.0),
+                postgres_cpu(postmaster),
+            );
+            eprintln!("round {round} stream {}: {rps:.0} rows/s", t.name);
+            results
+                .entry((format!("stream {rows} rows (rows/s)"), t.name))
+                .or_default()
+                .push(Sample {
+                    value: rps,
+                    proxy_cpu: after.0 - before.0,
+                    postgres_cpu: after.1 - before.1,
+                    client_cpu: 0.0,
+                });
+        }
+    }
+
+    println!("\n{rounds} interleaved rounds, {seconds} s per pgbench run, pgbench scale {scale}, medians; CPU = seconds per run (median)\n");
+    println!("| workload | target | TPS or rows/s | vs direct | vs PgBouncer | proxy CPU s | postgres CPU s | pgbench CPU s |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let workloads: Vec<String> = {
+        let mut w: Vec<String> = results.keys().map(|(w, _)| w.clone()).collect();
+        w.dedup();
+        w
+    };
+    for w in &workloads {
+        let med = |name: &str| -> Option<(f64, f64, f64, f64)> {
+            let s = results.get(&(w.clone(), name))?;
+            let mut v: Vec<f64> = s.iter().map(|x| x.value).collect();
+            let mut p: Vec<f64> = s.iter().map(|x| x.proxy_cpu).collect();
+            let mut g: Vec<f64> = s.iter().map(|x| x.postgres_cpu).collect();
+            let mut c: Vec<f64> = s.iter().map(|x| x.client_cpu).collect();
+            Some((
+                median(&mut v),
+                median(&mut p),
+                median(&mut g),
+                median(&mut c),
+            ))
+        };
+        let direct = med("direct").map(|m| m.0);
+        let bouncer = med("pgbouncer").map(|m| m.0);
+        for t in &targets {
+            let Some((v, p, g, c)) = med(t.name) else {
+                continue;
+            };
+            let ratio = |base: Option<f64>| {
+                base.filter(|b| *b > 0.0)
+                    .map(|b| format!("{:.2}x", v / b))
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "| {w} | {} | {v:.0} | {} | {} | {} | {g:.1} | {} |",
+                t.name,
+                ratio(direct),
+                ratio(bouncer),
+                if t.proxy_pid.is_some() {
+                    format!("{p:.1}")
+                } else {
+                    "-".into()
+                },
+                if c > 0.0 {
+                    format!("{c:.1}")
+                } else {
+                    "-".into()
+                },
+            );
+        }
+    }
+    if let Some(mut c) = bouncer_child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(gw);
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! What a client is told when the gateway refuses or ends something. Internal error text reaches
+//! a client only through these constructors, so nothing leaks by accident.
+
+use crate::protocol::{self, ErrorFields, Severity};
+use crate::upstream::UpstreamError;
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// An ErrorResponse the gateway sends on its own behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub severity: Severity,
+    /// SQLSTATE.
+    pub code: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)
+    }
+}
+
+impl ClientError {
+    pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+        ClientError {
+            severity: Severity::Fatal,
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn fatal_hint(
+        code: &'static str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        ClientError {
+            hint: Some(hint.into()),
+            ..Self::fatal(code, message)
+        }
+    }
+
+    /// The error a client sees when its upstream session cannot be opened. Errors about the
+    /// session itself (no such database) pass through; problems with the gateway's own
+    /// credentials or network are summarised, as they are the operator's to fix.
+    pub fn from_upstream(e: &UpstreamError) -> Self {
+        match e {
+            UpstreamError::Refused(se) => {
+                let code = match se.code.as_str() {
+                    "3D000" => "3D000",
+                    "53300" => "53300",
+                    "57P03" => "57P03",
+                    "42501" => "42501",
+                    "55000" => "55000",
+                    _ => "08004",
+                };
+                ClientError::fatal(code, se.message.clone())
+            }
+            UpstreamError::Auth(_) | UpstreamError::NoPassword | UpstreamError::Scram(_) => {
+                ClientError::fatal(
+                    "08004",
+                    "pgward could not log in to the upstream server; see the gateway log",
+                )
+            }
+            UpstreamError::UnsupportedAuth(_) => ClientError::fatal(
+                "08004",
+                "upstream authentication method not supported by pgward; see the gateway log",
+            ),
+            _ => ClientError::fatal(
+                "08006",
+                "pgward could not connect to the upstream server; see the gateway log",
+            ),
+        }
+    }
+
+    pub fn encode(&self, out: &mut BytesMut) {
+        protocol::put_error(
+            out,
+            &ErrorFields {
+                severity: self.severity,
+                code: self.code,
+                message: &self.message,
+                detail: None,
+                hint: self.hint.as_deref(),
+            },
+        );
+    }
+
+    /// Writes the error and shuts the connection down.
+    pub async fn send_and_close<W: AsyncWrite + Unpin>(&self, w: &mut W) -> std::io::Result<()> {
+        let mut out = BytesMut::with_capacity(128);
+        self.encode(&mut out);
+        w.write_all(&out).await?;
+        w.flush().await?;
+        w.shutdown().await
+    }
+}

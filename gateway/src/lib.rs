@@ -1,0 +1,29 @@
+//! pgward: an identity-aware PostgreSQL gateway.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration, parsed strictly, with errors naming file and key.
+//! - [`server`]: the listener, connection limit and graceful shutdown.
+//! - [`session`]: one client: TLS, startup, SCRAM authentication, upstream login.
+//! - [`relay`]: the message pump of an established session (bytes in, bytes out).
+//! - [`upstream`]: connecting and logging in to PostgreSQL with the gateway's credentials.
+//! - [`protocol`]: wire-protocol framing and the few messages the gateway builds or reads.
+//! - [`auth`]: identities and SCRAM-SHA-256 (server and client side).
+//! - [`cancel`]: the gateway's cancel keys, mapped to upstream backends.
+//! - [`sql`]: statement analysis with sqlparser, cached by normalized text.
+//! - [`tls`]: rustls configurations for both sides.
+//! - [`error`]: what a client is told when the gateway refuses something.
+//! - [`stream`]: plain or TLS connections and their halves.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cancel;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod sql;
+pub mod stream;
+pub mod tls;
+pub mod upstream;

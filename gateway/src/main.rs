@@ -1,0 +1,163 @@
+//! The `pgward` command line.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use pgward::config::Config;
+use std::io::BufRead as _;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "pgward", version, about = "Identity-aware PostgreSQL gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Configuration file.
+    #[arg(long, short, env = "PGWARD_CONFIG", default_value = "pgward.toml")]
+    config: PathBuf,
+    /// Overrides listen.address.
+    #[arg(long, env = "PGWARD_LISTEN")]
+    listen: Option<String>,
+    /// Overrides upstream.host.
+    #[arg(long, env = "PGWARD_UPSTREAM_HOST")]
+    upstream_host: Option<String>,
+    /// Overrides upstream.port.
+    #[arg(long, env = "PGWARD_UPSTREAM_PORT")]
+    upstream_port: Option<u16>,
+    /// Overrides upstream.user.
+    #[arg(long, env = "PGWARD_UPSTREAM_USER")]
+    upstream_user: Option<String>,
+    /// Overrides log.level.
+    #[arg(long, env = "PGWARD_LOG")]
+    log_level: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway. The upstream password may come from PGWARD_UPSTREAM_PASSWORD.
+    Run(ConfigArgs),
+    /// Validate the configuration and exit.
+    CheckConfig(ConfigArgs),
+    /// Read a password from standard input and print its SCRAM-SHA-256 verifier for auth.users.
+    HashPassword {
+        #[arg(long, default_value_t = pgward::auth::scram::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
+    /// Print the SQL analysis of a statement as JSON.
+    Explain {
+        sql: String,
+        /// Lex as a session with standard_conforming_strings = off would.
+        #[arg(long)]
+        no_standard_conforming_strings: bool,
+    },
+}
+
+fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(&args.config)?;
+    if let Some(v) = &args.listen {
+        config.listen.address = v.clone();
+    }
+    if let Some(v) = &args.upstream_host {
+        config.upstream.host = v.clone();
+    }
+    if let Some(v) = args.upstream_port {
+        config.upstream.port = v;
+    }
+    if let Some(v) = &args.upstream_user {
+        config.upstream.user = v.clone();
+    }
+    if let Some(v) = &args.log_level {
+        config.log.level = v.clone();
+    }
+    config.validate(&format!(
+        "{} (with command-line overrides)",
+        args.config.display()
+    ))?;
+    Ok(config)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgward: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = load(&args)?;
+            let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            // This runtime only accepts connections and waits for signals; sessions run on
+            // the gateway's worker threads.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let gateway = pgward::server::Gateway::bind(config).await?;
+                gateway.run(shutdown_signal()).await;
+                anyhow::Ok(())
+            })
+        }
+        Command::CheckConfig(args) => {
+            let config = load(&args)?;
+            if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+                pgward::tls::server_config(cert, key)?;
+            }
+            if let Some(ca) = &config.upstream.ca_cert {
+                pgward::tls::client_config(ca)?;
+            }
+            println!("{}: ok", args.config.display());
+            Ok(())
+        }
+        Command::HashPassword { iterations } => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "empty password on standard input");
+            anyhow::ensure!(iterations > 0, "--iterations must be at least 1");
+            let v = pgward::auth::scram::Verifier::generate(password, iterations)?;
+            println!("{v}");
+            Ok(())
+        }
+        Command::Explain {
+            sql,
+            no_standard_conforming_strings,
+        } => {
+            let opts = pgward::sql::LexOptions {
+                standard_conforming_strings: !no_standard_conforming_strings,
+            };
+            let analysis = pgward::sql::analyze(&sql, opts);
+            println!("{}", serde_json::to_string_pretty(&analysis)?);
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

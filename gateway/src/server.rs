@@ -1,0 +1,260 @@
+//! The listener: accepts clients, enforces the connection limit, and shuts down gracefully.
+
+use crate::auth::UserEntry;
+use crate::cancel::CancelRegistry;
+use crate::config::{Config, TlsMode};
+use crate::sql::SqlAnalyzer;
+use crate::upstream::UpstreamTarget;
+use ring::rand::SecureRandom;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{error, info, info_span, Instrument};
+
+/// Carries the shutdown deadline to sessions once shutdown has begun.
+pub type ShutdownSignal = watch::Receiver<Option<tokio::time::Instant>>;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Everything sessions share; built once at start.
+pub struct GatewayShared {
+    pub config: Config,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub upstream: UpstreamTarget,
+    pub users: HashMap<String, UserEntry>,
+    pub analyzer: SqlAnalyzer,
+    pub cancels: CancelRegistry,
+    /// Key for decoy SCRAM verifiers of unknown users; random per process.
+    pub decoy_secret: [u8; 32],
+    next_session: AtomicU64,
+}
+
+/// A bound, not yet running gateway.
+pub struct Gateway {
+    shared: Arc<GatewayShared>,
+    listener: TcpListener,
+}
+
+impl Gateway {
+    /// Loads TLS material, builds the user directory and binds the listener.
+    pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        let tls = match (config.tls.mode, &config.tls.cert, &config.tls.key) {
+            (TlsMode::Disabled, _, _) => None,
+            (_, Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
+                crate::tls::server_config(cert, key)?,
+            )),
+            _ => None,
+        };
+        let password = std::env::var("PGWARD_UPSTREAM_PASSWORD")
+            .ok()
+            .or_else(|| config.upstream.password.clone());
+        let upstream = UpstreamTarget::new(config.upstream.clone(), password)?;
+        let users = config
+            .auth
+            .users
+            .iter()
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    UserEntry {
+                        // Validated when the config was loaded.
+                        verifier: u.password.as_deref().and_then(|p| p.parse().ok()),
+                        groups: u.groups.clone(),
+                    },
+                )
+            })
+            .collect();
+        let mut decoy_secret = [0u8; 32];
+        let _ = ring::rand::SystemRandom::new().fill(&mut decoy_secret);
+        let listener = TcpListener::bind(&config.listen.address)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen.address.clone(),
+                source,
+            })?;
+        let shared = GatewayShared {
+            analyzer: SqlAnalyzer::new(config.sql.cache_entries),
+            config,
+            tls,
+            upstream,
+            users,
+            cancels: CancelRegistry::new(),
+            decoy_secret,
+            next_session: AtomicU64::new(1),
+        };
+        Ok(Gateway {
+            shared: Arc::new(shared),
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn shared(&self) -> &Arc<GatewayShared> {
+        &self.shared
+    }
+
+    /// Serves clients until `shutdown` resolves, then stops accepting, lets sessions finish up
+    /// to `listen.shutdown_timeout`, and closes the rest with an admin-shutdown error.
+    ///
+    /// Sessions run on `listen.workers` threads, each with its own single-threaded runtime:
+    /// a session never migrates between threads and a wake-up never crosses one, which costs
+    /// measurably less per round trip than a work-stealing runtime (see BENCHMARKS.md). This
+    /// task only accepts and hands connections out round-robin.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let max = self.shared.config.listen.max_connections;
+        let limit = Arc::new(Semaphore::new(max));
+        let (shutdown_tx, shutdown_rx) = watch::channel(None);
+        let workers = match self.shared.config.listen.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        };
+        let mut senders = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+            let shared = self.shared.clone();
+            let shutdown = shutdown_rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("pgward-worker-{i}"))
+                .spawn(move || worker(shared, rx, shutdown));
+            match spawned {
+                Ok(t) => {
+                    senders.push(tx);
+                    threads.push(t);
+                }
+                Err(e) => error!(error = %e, "cannot start a worker thread"),
+            }
+        }
+        if senders.is_empty() {
+            error!("no worker threads: not serving");
+            return;
+        }
+        let addr = self.listener.local_addr().ok();
+        info!(address = ?addr, workers = senders.len(), "pgward listening");
+        tokio::pin!(shutdown);
+        let mut next = 0usize;
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = &mut shutdown => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(tcp) = tcp.into_std() else { continue };
+            let permit = limit.clone().try_acquire_owned().ok();
+            let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
+            let conn = Accepted {
+                tcp,
+                peer,
+                id,
+                permit,
+            };
+            if let Err(returned) = senders[next % senders.len()].send(conn) {
+                // That worker is gone; give the connection to another one.
+                error!(worker = next % senders.len(), "worker thread stopped");
+                senders.remove(next % senders.len());
+                if senders.is_empty() {
+                    break;
+                }
+                let _ = senders[0].send(returned.0);
+            }
+            next = next.wrapping_add(1);
+        }
+        drop(self.listener);
+        drop(senders);
+        let grace = self.shared.config.listen.shutdown_timeout;
+        let in_use = max - limit.available_permits();
+        info!(sessions = in_use, grace = ?grace, "shutting down: no new connections");
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = shutdown_tx.send(Some(deadline));
+        // Workers finish when their last session has ended; sessions close themselves at the
+        // deadline, so this wait is bounded by it (plus time to write the final error).
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(grace + Duration::from_secs(2), limit.acquire_many(all)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        info!("shutdown complete");
+    }
+}
+
+/// A connection handed from the acceptor to a worker.
+struct Accepted {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A worker thread: runs the sessions it is handed until the acceptor stops and they all end.
+fn worker(
+    shared: Arc<GatewayShared>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+    shutdown: ShutdownSignal,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut sessions = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                conn = rx.recv() => {
+                    let Some(conn) = conn else { break };
+                    let Ok(tcp) = tokio::net::TcpStream::from_std(conn.tcp) else { continue };
+                    let shared = shared.clone();
+                    let rx = shutdown.clone();
+                    let span = info_span!("session", id = conn.id, client = %conn.peer, user = tracing::field::Empty, database = tracing::field::Empty);
+                    let permit = conn.permit;
+                    sessions.spawn(
+                        async move {
+                            let over_limit = permit.is_none();
+                            crate::session::serve(shared, tcp, over_limit, rx).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        while sessions.join_next().await.is_some() {}
+    });
+}

@@ -1,0 +1,727 @@
+//! Test harness for end-to-end tests: a throwaway PostgreSQL server, the real `pgward` binary on
+//! a loopback port, and helpers for real clients (psql, pgbench, tokio-postgres).
+//!
+//! The server is started once per test binary and killed with it (parent-death signal), data
+//! directories live under the system temp dir and are removed by the next run. When tests run
+//! as root the server runs as the `postgres` user, as PostgreSQL refuses to run as root.
+
+use anyhow::{bail, Context, Result};
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The role the gateway uses towards the upstream, and its password.
+pub const UPSTREAM_USER: &str = "pgward_gw";
+pub const UPSTREAM_PASSWORD: &str = "gw-secret-1";
+/// The superuser of the throwaway server (trust over its Unix socket only).
+pub const SUPERUSER: &str = "postgres";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A free loopback port (bound and released; collisions are retried by callers that start servers).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn unique_dir(prefix: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("pgward-test-{}-{prefix}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a temp dir");
+    dir
+}
+
+/// Removes temp dirs of earlier test processes that are gone.
+fn clean_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("pgward-test-") else {
+            continue;
+        };
+        let pid: u32 = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Directory with PostgreSQL server binaries: $PGWARD_PG_BIN, else the newest under
+/// /usr/lib/postgresql, else whatever `initdb` is on PATH.
+pub fn pg_bin_dir() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("PGWARD_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    let out = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if path.is_empty() {
+        bail!("PostgreSQL server binaries not found: install postgresql or set PGWARD_PG_BIN");
+    }
+    Ok(Path::new(&path)
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_path_buf())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// uid and gid of the `postgres` user, used to run the server when tests run as root.
+fn postgres_ids() -> Result<(u32, u32)> {
+    let id = |flag: &str| -> Result<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output()?;
+        if !out.status.success() {
+            bail!("tests run as root, and there is no `postgres` user to run the server as");
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+fn chown_recursive(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    if path.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            chown_recursive(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Kills the child with `signal` when the thread that spawned it ends.
+fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A throwaway PostgreSQL server.
+pub struct Postgres {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub socket_dir: PathBuf,
+    as_user: Option<(u32, u32)>,
+}
+
+impl Postgres {
+    /// The server shared by all tests of this binary, started on first use.
+    pub fn shared() -> &'static Postgres {
+        static PG: OnceLock<Postgres> = OnceLock::new();
+        PG.get_or_init(|| Postgres::start().expect("starting the throwaway PostgreSQL"))
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.as_user {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.env_remove("PGDATA").env("LC_ALL", "C");
+        cmd
+    }
+
+    /// initdb into a fresh directory and start the server on a free port.
+    pub fn start() -> Result<Postgres> {
+        clean_stale_dirs();
+        let bin = pg_bin_dir()?;
+        let dir = unique_dir("pg");
+        let as_user = if is_root() {
+            Some(postgres_ids()?)
+        } else {
+            None
+        };
+        let socket_dir = dir.join("sock");
+        std::fs::create_dir_all(&socket_dir)?;
+        if let Some((uid, gid)) = as_user {
+            chown_recursive(&dir, uid, gid)?;
+        }
+        let mut pg = Postgres {
+            port: 0,
+            dir,
+            bin,
+            socket_dir,
+            as_user,
+        };
+        let data = pg.dir.join("data");
+        let out = pg
+            .command("initdb")
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                SUPERUSER,
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // Several attempts in case another process takes the port between probe and bind.
+        for _ in 0..5 {
+            pg.port = free_port();
+            if pg.spawn_server(&data)? {
+                pg.bootstrap()?;
+                return Ok(pg);
+            }
+        }
+        bail!(
+            "PostgreSQL did not start; see {}",
+            pg.dir.join("postgres.log").display()
+        )
+    }
+
+    fn spawn_server(&self, data: &Path) -> Result<bool> {
+        let log = std::fs::File::create(self.dir.join("postgres.log"))?;
+        if let Some((uid, gid)) = self.as_user {
+            std::os::unix::fs::chown(self.dir.join("postgres.log"), Some(uid), Some(gid))?;
+        }
+        let mut cmd = self.command("postgres");
+        cmd.args(["-D", data.to_str().unwrap(), "-p", &self.port.to_string()])
+            .args(["-k", self.socket_dir.to_str().unwrap()])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args(["-c", "max_connections=300", "-c", "shared_buffers=128MB"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        die_with_parent(&mut cmd, libc::SIGQUIT);
+        // The parent-death signal fires when the spawning *thread* exits, so the server is
+        // spawned from a thread that lives as long as the test process.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let child = cmd.spawn();
+            let ok = child.is_ok();
+            let _ = tx.send(child.map(|c| c.id()));
+            if ok {
+                loop {
+                    std::thread::park();
+                }
+            }
+        });
+        let pid = rx.recv()?.context("spawning postgres")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return Ok(false);
+            }
+            let ready = self
+                .command("pg_isready")
+                .args([
+                    "-q",
+                    "-h",
+                    self.socket_dir.to_str().unwrap(),
+                    "-p",
+                    &self.port.to_string(),
+                ])
+                .status()?;
+            if ready.success() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(false)
+    }
+
+    fn bootstrap(&self) -> Result<()> {
+        self.superuser_sql(
+            "postgres",
+            &format!("CREATE ROLE {UPSTREAM_USER} LOGIN CREATEDB PASSWORD '{UPSTREAM_PASSWORD}';"),
+        )?;
+        Ok(())
+    }
+
+    /// Runs SQL as the superuser over the Unix socket, failing on any error.
+    pub fn superuser_sql(&self, db: &str, sql: &str) -> Result<String> {
+        let out = self
+            .command("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args([
+                "-h",
+                self.socket_dir.to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args(["-U", SUPERUSER, "-d", db, "-c", sql])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "psql as superuser failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A fresh database owned by the gateway's upstream role.
+    pub fn create_database(&self, prefix: &str) -> Result<String> {
+        let name = format!("{prefix}_{}", COUNTER.fetch_add(1, Ordering::Relaxed));
+        self.superuser_sql(
+            "postgres",
+            &format!("CREATE DATABASE {name} OWNER {UPSTREAM_USER};"),
+        )?;
+        Ok(name)
+    }
+
+    /// A tokio-postgres connection string straight to the server, as the upstream role.
+    pub fn direct_conn_str(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={UPSTREAM_USER} password={UPSTREAM_PASSWORD} dbname={db}",
+            self.port
+        )
+    }
+}
+
+/// A client account of the gateway.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub name: String,
+    pub password: String,
+    pub groups: Vec<String>,
+}
+
+impl TestUser {
+    pub fn new(name: &str, password: &str, groups: &[&str]) -> Self {
+        TestUser {
+            name: name.into(),
+            password: password.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+}
+
+/// Options for a gateway under test.
+pub struct GatewayOptions {
+    pub users: Vec<TestUser>,
+    /// Extra TOML appended to the generated `[listen]` table (e.g. `max_connections = 2`).
+    pub listen_extra: String,
+    /// Enable TLS with a generated self-signed certificate in this mode.
+    pub tls_mode: Option<&'static str>,
+    /// Point the upstream somewhere else (e.g. a dead port).
+    pub upstream_port: Option<u16>,
+    /// Extra top-level TOML tables.
+    pub extra_toml: String,
+    /// `auth.method = "trust"` instead of SCRAM.
+    pub trust: bool,
+    /// `log.level`; tests log at debug, benchmarks at info.
+    pub log_level: String,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            users: vec![TestUser::new("alice", "alice-pw", &["dev"])],
+            listen_extra: String::new(),
+            tls_mode: None,
+            upstream_port: None,
+            extra_toml: String::new(),
+            trust: false,
+            log_level: "info,pgward=debug".into(),
+        }
+    }
+}
+
+/// Path of the `pgward` binary built next to the test executable.
+pub fn pgward_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PGWARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // Tests live in target/<profile>/deps/, other binaries in target/<profile>/.
+    let dir = exe.parent().expect("executable in a directory");
+    let bin = [
+        dir.join("pgward"),
+        dir.parent().unwrap_or(dir).join("pgward"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| dir.join("pgward"));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p pgward)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `pgward` process.
+pub struct Gateway {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub users: Vec<TestUser>,
+    pub cert_path: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// Writes a config for `pg` and starts the binary, waiting until it accepts connections.
+    pub fn start(pg: &Postgres, opts: GatewayOptions) -> Result<Gateway> {
+        let dir = unique_dir("gw");
+        let mut cert_path = None;
+        let mut tls = String::new();
+        if let Some(mode) = opts.tls_mode {
+            let cert =
+                rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
+            std::fs::write(dir.join("server.crt"), cert.cert.pem())?;
+            std::fs::write(dir.join("server.key"), cert.key_pair.serialize_pem())?;
+            cert_path = Some(dir.join("server.crt"));
+            tls =
+                format!("[tls]\nmode = \"{mode}\"\ncert = \"server.crt\"\nkey = \"server.key\"\n");
+        }
+        let mut users = String::new();
+        if opts.trust {
+            users.push_str("[auth]\nmethod = \"trust\"\n\n");
+        }
+        for u in &opts.users {
+            let v = pgward::auth::scram::Verifier::generate(&u.password, 4096)?;
+            users.push_str(&format!(
+                "[[auth.users]]\nname = \"{}\"\npassword = \"{v}\"\ngroups = {:?}\n",
+                u.name, u.groups
+            ));
+        }
+        for _ in 0..5 {
+            let port = free_port();
+            let config = format!(
+                "[listen]\naddress = \"127.0.0.1:{port}\"\n{}\n{tls}\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{UPSTREAM_USER}\"\npassword = \"{UPSTREAM_PASSWORD}\"\n\n[log]\nlevel = \"{}\"\n\n{users}\n{}\n",
+                opts.listen_extra,
+                opts.upstream_port.unwrap_or(pg.port),
+                opts.log_level,
+                opts.extra_toml,
+            );
+            let config_path = dir.join("pgward.toml");
+            std::fs::write(&config_path, config)?;
+            let log = std::fs::File::create(dir.join("pgward.log"))?;
+            let mut cmd = Command::new(pgward_bin());
+            cmd.arg("run")
+                .arg("--config")
+                .arg(&config_path)
+                .env_remove("RUST_LOG")
+                .env_remove("PGWARD_UPSTREAM_PASSWORD")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            die_with_parent(&mut cmd, libc::SIGKILL);
+            let mut child = cmd.spawn().context("spawning pgward")?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    let log = std::fs::read_to_string(dir.join("pgward.log")).unwrap_or_default();
+                    if log.contains("Address already in use") {
+                        break;
+                    }
+                    bail!("pgward exited with {status}:\n{log}");
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(Gateway {
+                        port,
+                        dir,
+                        config_path,
+                        users: opts.users,
+                        cert_path,
+                        child: Some(child),
+                    });
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!("pgward did not start listening within 20 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        bail!("no free port for pgward after 5 attempts")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgward.log")).unwrap_or_default()
+    }
+
+    /// Sends a signal to the gateway process.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill with a pid we spawned and still own.
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory of the gateway process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn user(&self, name: &str) -> &TestUser {
+        self.users
+            .iter()
+            .find(|u| u.name == name)
+            .expect("no such test user")
+    }
+
+    /// A libpq/tokio-postgres connection string for a gateway user.
+    pub fn conn_str(&self, user: &str, db: &str) -> String {
+        let u = self.user(user);
+        format!(
+            "host=127.0.0.1 port={} user={} password={} dbname={db}",
+            self.port, u.name, u.password
+        )
+    }
+
+    /// Connects with tokio-postgres (no TLS) and drives the connection in the background.
+    pub async fn connect(&self, user: &str, db: &str) -> Result<tokio_postgres::Client> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.conn_str(user, db), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Runs psql against the gateway; `extra` are more psql arguments (e.g. `-c`, `-f`).
+    pub fn psql(&self, user: &str, db: &str, extra: &[&str], stdin: Option<&str>) -> Output {
+        let u = self.user(user);
+        run_psql(
+            &format!(
+                "host=127.0.0.1 port={} user={} dbname={db}",
+                self.port, u.name
+            ),
+            &u.password,
+            extra,
+            stdin,
+        )
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs psql with a connection string, a password, and extra arguments.
+pub fn run_psql(conninfo: &str, password: &str, extra: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new("psql");
+    cmd.args([
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        conninfo,
+    ])
+    .args(extra)
+    .env("PGPASSWORD", password)
+    .env("PGCONNECT_TIMEOUT", "10")
+    .env_remove("PGSSLMODE")
+    .stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("psql is installed");
+    if let Some(input) = stdin {
+        let mut s = child.stdin.take().unwrap();
+        s.write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().expect("psql ran")
+}
+
+/// stdout of a successful command, or a panic with its stderr.
+pub fn stdout_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Connects tokio-postgres straight to the server, bypassing the gateway.
+pub async fn connect_direct(pg: &Postgres, db: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) =
+        tokio_postgres::connect(&pg.direct_conn_str(db), tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A hand-driven protocol client for tests that need exact control over the bytes sent.
+pub struct RawClient {
+    pub stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    pub fn connect(port: u16) -> std::io::Result<RawClient> {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        stream.set_nodelay(true)?;
+        Ok(RawClient {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends a typed message with a correct length.
+    pub fn send(&mut self, tag: u8, body: &[u8]) -> std::io::Result<()> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        self.send_raw(&m)
+    }
+
+    /// Sends a StartupMessage (protocol 3.0) for a trust-mode gateway.
+    pub fn startup(&mut self, user: &str, db: &str) -> std::io::Result<()> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608i32.to_be_bytes());
+        for (k, v) in [("user", user), ("database", db)] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        m.extend_from_slice(&body);
+        self.send_raw(&m)
+    }
+
+    /// Reads one message; `None` at end of stream.
+    pub fn read_message(&mut self) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+        use std::io::Read as _;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() > len {
+                    let body = self.buf[5..len + 1].to_vec();
+                    let tag = self.buf[0];
+                    self.buf.drain(..len + 1);
+                    return Ok(Some((tag, body)));
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads messages up to and including ReadyForQuery (or the end of the stream).
+    pub fn read_until_ready(&mut self) -> std::io::Result<Vec<(u8, Vec<u8>)>> {
+        let mut out = Vec::new();
+        while let Some(m) = self.read_message()? {
+            let done = m.0 == b'Z';
+            out.push(m);
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends a simple Query.
+    pub fn query(&mut self, sql: &str) -> std::io::Result<()> {
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        self.send(b'Q', &body)
+    }
+}
+
+/// The SQLSTATE of an ErrorResponse body.
+pub fn sqlstate(error_body: &[u8]) -> String {
+    let mut rest = error_body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        if field == b'C' {
+            return String::from_utf8_lossy(&tail[..end]).into_owned();
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    String::new()
+}

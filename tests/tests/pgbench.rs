@@ -1,0 +1,80 @@
+//! pgbench through the gateway: initialisation (COPY, DDL, VACUUM) and all three query modes.
+
+use pgward_e2e::{Gateway, GatewayOptions, Postgres};
+use std::process::Command;
+
+fn pgbench(gw: &Gateway, db: &str, args: &[&str]) -> String {
+    let u = gw.user("alice");
+    let out = Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-p", &gw.port.to_string(), "-U", &u.name])
+        .args(args)
+        .arg(db)
+        .env("PGPASSWORD", &u.password)
+        .output()
+        .expect("pgbench is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
+}
+
+fn field(report: &str, prefix: &str) -> String {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{report}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn pgbench_all_modes_run_without_failures() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("bench").unwrap();
+    let gw = Gateway::start(pg, GatewayOptions::default()).unwrap();
+    pgbench(&gw, &db, &["-i", "-s", "2", "-q"]);
+    let accounts = pg
+        .superuser_sql(&db, "SELECT count(*) FROM pgbench_accounts")
+        .unwrap();
+    assert_eq!(accounts.trim(), "200000", "pgbench -i loaded through COPY");
+    for mode in ["simple", "extended", "prepared"] {
+        // The default TPC-B-like script: BEGIN, updates, insert, select, END.
+        let report = pgbench(&gw, &db, &["-M", mode, "-c", "4", "-j", "2", "-T", "3"]);
+        let processed: u64 = field(&report, "number of transactions actually processed:")
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            processed > 100,
+            "{mode}: only {processed} transactions\n{report}"
+        );
+        let failed = field(&report, "number of failed transactions:");
+        assert!(
+            failed.starts_with("0 "),
+            "{mode}: failed transactions: {failed}\n{report}"
+        );
+        // Each transaction inserted a history row (pgbench truncates the table before a run).
+        let history: u64 = pg
+            .superuser_sql(&db, "SELECT count(*) FROM pgbench_history")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(history, processed, "{mode}");
+        // Select-only as in the benchmark.
+        let report = pgbench(
+            &gw,
+            &db,
+            &["-M", mode, "-S", "-c", "8", "-j", "2", "-T", "2"],
+        );
+        assert!(
+            field(&report, "number of failed transactions:").starts_with("0 "),
+            "{report}"
+        );
+    }
+}
