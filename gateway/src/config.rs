@@ -39,7 +39,48 @@ pub struct Config {
     #[serde(default)]
     pub sql: SqlConfig,
     #[serde(default)]
+    pub plugins: PluginsConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// WebAssembly policy plugins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory watched for `NAME.wasm` (and optional `NAME.toml`); none: no plugins.
+    pub directory: Option<PathBuf>,
+    /// Names (file stems) that run first, in this order; the rest follow in file-name order.
+    pub order: Vec<String>,
+    /// Deadline of one on-connect or on-query call.
+    #[serde(deserialize_with = "duration")]
+    pub query_deadline: Duration,
+    /// Deadline of one on-result-schema or on-batch call.
+    #[serde(deserialize_with = "duration")]
+    pub batch_deadline: Duration,
+    /// Linear memory one plugin instance may grow to, in bytes.
+    pub memory_limit: usize,
+    /// Largest rewrite or message a plugin may return, in bytes.
+    pub max_output: usize,
+    /// Where compiled plugins are cached (default: `.cache` inside `directory`).
+    pub cache_dir: Option<PathBuf>,
+    /// Watch the directory and apply changes without a restart.
+    pub watch: bool,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            directory: None,
+            order: Vec::new(),
+            query_deadline: Duration::from_millis(10),
+            batch_deadline: Duration::from_millis(200),
+            memory_limit: 64 << 20,
+            max_output: 1 << 20,
+            cache_dir: None,
+            watch: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +299,8 @@ impl Config {
             &mut config.tls.cert,
             &mut config.tls.key,
             &mut config.upstream.ca_cert,
+            &mut config.plugins.directory,
+            &mut config.plugins.cache_dir,
         ]
         .into_iter()
         .flatten()
@@ -371,6 +414,21 @@ impl Config {
                 }
                 (None, AuthMethod::Trust) => {}
             }
+        }
+        if self.plugins.query_deadline.is_zero() || self.plugins.batch_deadline.is_zero() {
+            return Err(invalid(
+                "plugins.query_deadline",
+                "plugin deadlines must be longer than zero".into(),
+            ));
+        }
+        if self.plugins.memory_limit < (1 << 20) {
+            return Err(invalid(
+                "plugins.memory_limit",
+                "must be at least 1 MiB (1048576)".into(),
+            ));
+        }
+        if self.plugins.max_output < 1024 {
+            return Err(invalid("plugins.max_output", "must be at least 1024 bytes".into()));
         }
         if self.sql.cache_entries == 0 {
             return Err(invalid("sql.cache_entries", "must be at least 1".into()));

@@ -9,7 +9,8 @@
 //! - [`protocol`]: wire-protocol framing and the few messages the gateway builds or reads.
 //! - [`auth`]: identities and SCRAM-SHA-256 (server and client side).
 //! - [`cancel`]: the gateway's cancel keys, mapped to upstream backends.
-//! - [`sql`]: statement analysis with sqlparser, cached by normalized text.
+//! - [`sql`]: statement analysis with sqlparser, cached by normalized text (the `pgward-sql`
+//!   crate, shared with the plugin SDK's test harness).
 //! - [`tls`]: rustls configurations for both sides.
 //! - [`error`]: what a client is told when the gateway refuses something.
 //! - [`stream`]: plain or TLS connections and their halves.
@@ -23,7 +24,7 @@ pub mod protocol;
 pub mod relay;
 pub mod server;
 pub mod session;
-pub mod sql;
+pub use pgward_sql as sql;
 pub mod stream;
 pub mod tls;
 pub mod upstream;

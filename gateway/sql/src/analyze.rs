@@ -11,8 +11,8 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
-use super::lexer::{self, LexFlags};
-use super::{
+use crate::lexer::{self, LexFlags};
+use crate::{
     Analysis, CopyDirection, CopyInfo, CopyTargetKind, LexOptions, ObjectKind, RelationName,
     StatementAnalysis, StatementKind, Write, WriteAction,
 };
@@ -1161,7 +1161,7 @@ fn parse_bool(s: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sql::analyze as analyze_sql;
+    use crate::analyze as analyze_sql;
 
     const ON: LexOptions = LexOptions {
         standard_conforming_strings: true,

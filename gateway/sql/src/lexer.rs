@@ -1,7 +1,7 @@
 //! A byte lexer that follows PostgreSQL's `scan.l`: it finds statement boundaries and produces
 //! the literal-free fingerprint. It never fails: malformed input only sets flags.
 
-use super::LexOptions;
+use crate::LexOptions;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tok {

@@ -9,6 +9,7 @@
 //! sqlparser. Each statement is parsed alone, and a statement whose identifiers sqlparser lexes
 //! differently, or that it splits differently, comes out [`StatementKind::Unknown`]: the analysis
 //! fails closed, it never guesses.
+#![forbid(unsafe_code)]
 
 mod analyze;
 mod cache;

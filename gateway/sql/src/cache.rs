@@ -10,8 +10,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::lexer::{self, LexFlags};
-use super::{analyze, Analysis, LexOptions};
+use crate::lexer::{self, LexFlags};
+use crate::{analyze, Analysis, LexOptions};
 
 const SHARDS: usize = 16;
 /// A thread's key buffer is dropped after a text longer than this, not kept forever.
@@ -162,7 +162,7 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sql::StatementKind;
+    use crate::StatementKind;
 
     const ON: LexOptions = LexOptions {
         standard_conforming_strings: true,
@@ -327,7 +327,7 @@ mod tests {
         analyzer.analyze(sql, ON);
         let start = std::time::Instant::now();
         for _ in 0..ROUNDS {
-            std::hint::black_box(crate::sql::normalize(std::hint::black_box(sql), ON));
+            std::hint::black_box(crate::normalize(std::hint::black_box(sql), ON));
         }
         let normalize = start.elapsed() / ROUNDS;
         let start = std::time::Instant::now();
@@ -337,7 +337,7 @@ mod tests {
         let hit = start.elapsed() / ROUNDS;
         let start = std::time::Instant::now();
         for _ in 0..2_000 {
-            std::hint::black_box(crate::sql::analyze(std::hint::black_box(sql), ON));
+            std::hint::black_box(crate::analyze(std::hint::black_box(sql), ON));
         }
         let miss = start.elapsed() / 2_000;
         println!("normalize(): {normalize:?}; analyze() cache hit (normalize+lookup): {hit:?}; uncached analyze(): {miss:?}");
