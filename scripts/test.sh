@@ -11,7 +11,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
-# The end-to-end tests start the real pgward binary, so build it first.
+# The end-to-end tests start the real pgward binary and load real plugins, so build both first.
 cargo build --workspace --all-targets
+scripts/build-plugins.sh
 echo "== tests"
 cargo test --workspace

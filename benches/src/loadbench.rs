@@ -246,6 +246,31 @@ fn start_pgbouncer(pg: &Postgres, db: &str, dir: &Path) -> Result<(Child, u16)> 
     Ok((child, port))
 }
 
+/// A plugins directory with the deny-keyword test plugin and the template plugin.
+fn plugin_dir_for_bench() -> Option<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = root.join("target/plugins");
+    let deny = built.join("deny_keyword.wasm");
+    let template = built.join("pgward_plugin_template.wasm");
+    if !deny.exists() || !template.exists() {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("pgward-test-{}-benchplugins", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    std::fs::copy(&deny, dir.join("10-deny.wasm")).ok()?;
+    std::fs::write(
+        dir.join("10-deny.toml"),
+        "word = \"forbidden_table\"\nsqlstate = \"42501\"\nmessage = \"no\"\n",
+    )
+    .ok()?;
+    std::fs::copy(&template, dir.join("20-template.wasm")).ok()?;
+    let _ = std::fs::copy(
+        root.join("plugins/template/pgward_plugin_template.toml"),
+        dir.join("20-template.toml"),
+    );
+    Some(dir)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     if v.is_empty() {
@@ -325,6 +350,35 @@ async fn main() -> Result<()> {
     };
     let mut bouncer_child = None;
     let mut targets = vec![direct, pgward];
+    // The same gateway with two on-query plugins, when they are built (scripts/build-plugins.sh).
+    let plugin_gw = match plugin_dir_for_bench() {
+        Some(dir) => Some(Gateway::start(
+            &pg,
+            GatewayOptions {
+                listen_extra: format!(
+                    "max_connections = 500\nworkers = {}",
+                    env_num("BENCH_WORKERS", 0)
+                ),
+                log_level: "info".into(),
+                plugins_dir: Some(dir),
+                ..Default::default()
+            },
+        )?),
+        None => {
+            eprintln!("plugins not built: skipping the pgward+plugins target");
+            None
+        }
+    };
+    if let Some(g) = &plugin_gw {
+        let u = g.user("alice").clone();
+        targets.push(Target {
+            name: "pgward+2 plugins",
+            port: g.port,
+            user: u.name,
+            password: u.password,
+            proxy_pid: Some(g.pid()),
+        });
+    }
     if !skip_bouncer {
         let (child, port) = start_pgbouncer(&pg, &db, &gw.dir.join("pgbouncer"))?;
         targets.push(Target {
@@ -386,7 +440,10 @@ async fn main() -> Result<()> {
                     });
             }
         }
-        for t in targets.iter().filter(|t| t.name != "pgbouncer") {
+        for t in targets
+            .iter()
+            .filter(|t| t.name == "direct" || t.name == "pgward")
+        {
             let before = (
                 t.proxy_pid.map(|p| proc_cpu(p, false)).unwrap_or(0.0),
                 postgres_cpu(postmaster),
@@ -464,6 +521,7 @@ async fn main() -> Result<()> {
         let _ = c.kill();
         let _ = c.wait();
     }
+    drop(plugin_gw);
     drop(gw);
     Ok(())
 }

@@ -428,7 +428,10 @@ impl Config {
             ));
         }
         if self.plugins.max_output < 1024 {
-            return Err(invalid("plugins.max_output", "must be at least 1024 bytes".into()));
+            return Err(invalid(
+                "plugins.max_output",
+                "must be at least 1024 bytes".into(),
+            ));
         }
         if self.sql.cache_entries == 0 {
             return Err(invalid("sql.cache_entries", "must be at least 1".into()));

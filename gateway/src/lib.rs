@@ -11,15 +11,17 @@
 //! - [`cancel`]: the gateway's cancel keys, mapped to upstream backends.
 //! - [`sql`]: statement analysis with sqlparser, cached by normalized text (the `pgward-sql`
 //!   crate, shared with the plugin SDK's test harness).
+//! - [`plugins`]: WebAssembly policy plugins: loading, chain, hot reload, sandboxed calls.
 //! - [`tls`]: rustls configurations for both sides.
 //! - [`error`]: what a client is told when the gateway refuses something.
 //! - [`stream`]: plain or TLS connections and their halves.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod auth;
 pub mod cancel;
 pub mod config;
 pub mod error;
+pub mod plugins;
 pub mod protocol;
 pub mod relay;
 pub mod server;

@@ -46,12 +46,29 @@ enum Command {
         #[arg(long, default_value_t = pgward::auth::scram::DEFAULT_ITERATIONS)]
         iterations: u32,
     },
+    /// Show the plugins the running gateway has loaded (from its status file).
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
     /// Print the SQL analysis of a statement as JSON.
     Explain {
         sql: String,
         /// Lex as a session with standard_conforming_strings = off would.
         #[arg(long)]
         no_standard_conforming_strings: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Name, version, content hash, hooks, load time and last error of every plugin file.
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -134,6 +151,46 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(iterations > 0, "--iterations must be at least 1");
             let v = pgward::auth::scram::Verifier::generate(password, iterations)?;
             println!("{v}");
+            Ok(())
+        }
+        Command::Plugins {
+            command: PluginsCommand::List { config, json },
+        } => {
+            let config = load(&config)?;
+            let path = pgward::plugins::status_path(&config.plugins)
+                .context("plugins.directory is not set in the configuration")?;
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "{}: no status yet (is the gateway running with this config?)",
+                    path.display()
+                )
+            })?;
+            if json {
+                println!("{text}");
+                return Ok(());
+            }
+            let status: Vec<pgward::plugins::PluginStatus> = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a plugin status file", path.display()))?;
+            println!(
+                "{:<4} {:<24} {:<10} {:<14} {:<40} {:<12} last error",
+                "pos", "name", "version", "hash", "hooks", "loaded"
+            );
+            for s in status {
+                println!(
+                    "{:<4} {:<24} {:<10} {:<14} {:<40} {:<12} {}",
+                    s.position
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.name.unwrap_or_else(|| format!("({})", s.file)),
+                    s.version.unwrap_or_default(),
+                    s.hash
+                        .map(|h| h[..12.min(h.len())].to_string())
+                        .unwrap_or_default(),
+                    s.hooks.join(","),
+                    s.loaded_at.map(|t| t.to_string()).unwrap_or_default(),
+                    s.last_error.unwrap_or_default(),
+                );
+            }
             Ok(())
         }
         Command::Explain {

@@ -9,15 +9,19 @@
 
 use crate::auth::Identity;
 use crate::error::ClientError;
+use crate::plugins::bindings::pgward::plugin::types as wit;
+use crate::plugins::{PluginHost, QueryDecision, Refusal};
 use crate::protocol::{self, FrameError};
 use crate::server::ShutdownSignal;
 use crate::sql::{LexOptions, SqlAnalyzer};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
-use bytes::{Buf, BytesMut};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use bytes::{Buf, BufMut, BytesMut};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Read buffer for server messages; large so a big result moves in few system calls.
 const SERVER_READ_BUF: usize = 64 * 1024;
@@ -35,7 +39,16 @@ pub struct RelayState {
     client_at_boundary: AtomicBool,
     /// The server sent a FATAL error; it will close and the client already knows why.
     server_fatal: AtomicBool,
+    /// Denied statements were sent upstream as a unique invalid token, so the server fails them
+    /// in order and in the right transaction state; its syntax error for each token is replaced
+    /// by the refusal. Touched only when something was denied.
+    substitutions: Mutex<VecDeque<(String, BytesMut)>>,
+    has_substitutions: AtomicBool,
+    next_token: AtomicU64,
 }
+
+/// Prefix of the stand-in statement for a denied one.
+const DENY_TOKEN: &str = "pgward_denied_";
 
 impl RelayState {
     pub fn new(txn_status: u8) -> Self {
@@ -45,7 +58,52 @@ impl RelayState {
             standard_conforming_strings: AtomicBool::new(true),
             client_at_boundary: AtomicBool::new(true),
             server_fatal: AtomicBool::new(false),
+            substitutions: Mutex::new(VecDeque::new()),
+            has_substitutions: AtomicBool::new(false),
+            next_token: AtomicU64::new(1),
         }
+    }
+
+    /// Registers a refusal; returns the stand-in SQL text to send upstream instead.
+    fn substitute(&self, session_id: u64, refusal: &Refusal) -> String {
+        let n = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let token = format!("{DENY_TOKEN}{session_id}_{n}");
+        let mut error = BytesMut::new();
+        let detail = format!("denied by policy plugin \"{}\"", refusal.plugin);
+        protocol::put_error(
+            &mut error,
+            &protocol::ErrorFields {
+                severity: protocol::Severity::Error,
+                code: &refusal.sqlstate,
+                message: &refusal.message,
+                detail: Some(&detail),
+                hint: refusal.hint.as_deref(),
+            },
+        );
+        let mut subs = self.substitutions.lock().unwrap_or_else(|e| e.into_inner());
+        subs.push_back((token.clone(), error));
+        self.has_substitutions.store(true, Ordering::Release);
+        token
+    }
+
+    /// The refusal to send instead of the server's error for a stand-in, if `frame` is one.
+    fn take_substitution(&self, frame: &[u8]) -> Option<BytesMut> {
+        if !self.has_substitutions.load(Ordering::Acquire) {
+            return None;
+        }
+        let e = protocol::parse_error_body(&frame[5..]);
+        if e.code != "42601" || !e.message.contains(DENY_TOKEN) {
+            return None;
+        }
+        let mut subs = self.substitutions.lock().unwrap_or_else(|e| e.into_inner());
+        let i = subs
+            .iter()
+            .position(|(t, _)| e.message.contains(&format!("\"{t}\"")))?;
+        let (_, error) = subs.remove(i)?;
+        if subs.is_empty() {
+            self.has_substitutions.store(false, Ordering::Release);
+        }
+        Some(error)
     }
 
     /// Tracks the server settings that change how the gateway reads SQL.
@@ -80,6 +138,10 @@ pub struct RelayContext<'a> {
     pub max_message_size: usize,
     pub idle_timeout: Duration,
     pub identity: &'a Identity,
+    pub session_id: u64,
+    pub plugins: Option<&'a PluginHost>,
+    /// The session as plugins see it.
+    pub plugin_session: &'a wit::Session,
 }
 
 /// Why the relay stopped.
@@ -188,7 +250,7 @@ async fn wait_for_shutdown(mut shutdown: ShutdownSignal, state: &RelayState) -> 
 
 fn message_limit(tag: u8, max_inspected: usize) -> usize {
     match tag {
-        b'Q' | b'P' => max_inspected,
+        b'Q' | b'P' | b'F' => max_inspected,
         _ => MAX_PROTOCOL_MESSAGE,
     }
 }
@@ -236,16 +298,15 @@ async fn client_to_server(
                     Err(e) => return RelayEnd::ClientProtocol(e),
                 };
             match tag {
-                b'Q' | b'P' => {
+                b'Q' | b'P' | b'F' => {
                     if buf.len() - pos < header.frame_len {
                         buf.reserve(header.frame_len - (buf.len() - pos));
                         break;
                     }
                     let frame = &buf[pos..pos + header.frame_len];
-                    inspect_client_message(ctx, state, frame);
-                    out.extend_from_slice(frame);
+                    inspect_client_message(ctx, state, frame, &mut out);
                     pos += header.frame_len;
-                    if tag == b'Q' {
+                    if tag != b'P' {
                         state.pending.fetch_add(1, Ordering::AcqRel);
                     }
                 }
@@ -255,7 +316,7 @@ async fn client_to_server(
                     break;
                 }
                 _ => {
-                    if matches!(tag, b'S' | b'F') {
+                    if tag == b'S' {
                         state.pending.fetch_add(1, Ordering::AcqRel);
                     }
                     pass = header.frame_len;
@@ -295,31 +356,125 @@ async fn read_client(
     }
 }
 
-/// Looks at a complete Query or Parse frame: every statement text is analysed.
-fn inspect_client_message(ctx: &RelayContext<'_>, state: &RelayState, frame: &[u8]) {
+/// Looks at a complete Query, Parse or FunctionCall frame and appends what goes upstream in
+/// its place: the frame itself, a rewritten frame, or a stand-in that makes the server fail it.
+fn inspect_client_message(
+    ctx: &RelayContext<'_>,
+    state: &RelayState,
+    frame: &[u8],
+    out: &mut BytesMut,
+) {
+    let chain = ctx.plugins.map(|p| p.chain());
+    let policing = chain.as_ref().is_some_and(|c| c.wants_query());
     let mut body = &frame[5..];
-    let sql = match frame[0] {
-        b'Q' => protocol::take_cstr(&mut body),
-        _ => protocol::take_cstr(&mut body).and_then(|_name| protocol::take_cstr(&mut body)),
-    };
-    let Some(sql) = sql else {
-        // Malformed: the server will reject it with its own error.
-        debug!(tag = %(frame[0] as char), "malformed message passed to the server");
-        return;
-    };
-    let analysis = match std::str::from_utf8(sql) {
-        Ok(text) => ctx.analyzer.analyze(text, state.lex_options()),
-        Err(_) => {
-            debug!("statement text is not UTF-8: analysis unknown");
+    let (name, sql) = match frame[0] {
+        b'Q' => (None, protocol::take_cstr(&mut body)),
+        b'P' => {
+            let name = protocol::take_cstr(&mut body);
+            (name, protocol::take_cstr(&mut body))
+        }
+        _ => {
+            // FunctionCall runs a function by oid, outside any SQL the policies could judge.
+            if policing {
+                let refusal = Refusal {
+                    plugin: "pgward".into(),
+                    sqlstate: "0A000".into(),
+                    message:
+                        "the FunctionCall protocol message is not allowed while policies are active"
+                            .into(),
+                    hint: Some("call the function with a SELECT statement".into()),
+                };
+                deny(ctx, state, &refusal, b'Q', None, out);
+            } else {
+                out.extend_from_slice(frame);
+            }
             return;
         }
     };
-    debug!(
-        user = %ctx.identity.user,
-        fingerprint = %analysis.fingerprint_id,
-        statements = analysis.statements.len(),
-        "statement analysed"
+    let Some(sql) = sql else {
+        // Malformed: the server rejects it with its own error.
+        debug!(tag = %(frame[0] as char), "malformed message passed to the server");
+        out.extend_from_slice(frame);
+        return;
+    };
+    let lex = state.lex_options();
+    let (text, analysis) = match std::str::from_utf8(sql) {
+        Ok(text) => (text, Some(ctx.analyzer.analyze(text, lex))),
+        Err(_) => ("", None),
+    };
+    if let Some(a) = &analysis {
+        debug!(
+            user = %ctx.identity.user,
+            fingerprint = %a.fingerprint_id,
+            statements = a.statements.len(),
+            "statement analysed"
+        );
+    }
+    let (Some(host), Some(chain)) = (ctx.plugins, chain.as_ref().filter(|_| policing)) else {
+        out.extend_from_slice(frame);
+        return;
+    };
+    let Some(analysis) = analysis else {
+        // Text the gateway cannot read cannot be judged: fail closed.
+        let refusal = Refusal {
+            plugin: "pgward".into(),
+            sqlstate: "22021".into(),
+            message: "statement text is not valid UTF-8".into(),
+            hint: None,
+        };
+        deny(ctx, state, &refusal, frame[0], name, out);
+        return;
+    };
+    let protocol_kind = if frame[0] == b'Q' {
+        wit::Protocol::Simple
+    } else {
+        wit::Protocol::Extended
+    };
+    let decision = host.on_query(
+        chain,
+        ctx.plugin_session,
+        text,
+        &analysis,
+        protocol_kind,
+        |t| ctx.analyzer.analyze(t, lex),
     );
+    match decision {
+        QueryDecision::Allow => out.extend_from_slice(frame),
+        QueryDecision::Rewrite(new_sql) => {
+            info!(fingerprint = %analysis.fingerprint_id, "statement rewritten by policy");
+            put_statement(out, frame[0], name, &new_sql, body);
+        }
+        QueryDecision::Deny(refusal) => deny(ctx, state, &refusal, frame[0], name, out),
+    }
+}
+
+/// Sends a stand-in for a denied statement: the server fails it in order, and its error is
+/// replaced by the refusal on the way back.
+fn deny(
+    ctx: &RelayContext<'_>,
+    state: &RelayState,
+    refusal: &Refusal,
+    tag: u8,
+    name: Option<&[u8]>,
+    out: &mut BytesMut,
+) {
+    info!(plugin = %refusal.plugin, sqlstate = %refusal.sqlstate, "statement denied");
+    let token = state.substitute(ctx.session_id, refusal);
+    put_statement(out, tag, name, &token, &[0, 0]);
+}
+
+/// A Query, or a Parse with the given statement name and the remaining parameter-type bytes.
+fn put_statement(out: &mut BytesMut, tag: u8, name: Option<&[u8]>, sql: &str, param_types: &[u8]) {
+    protocol::put_message(out, tag, |o| {
+        if tag == b'P' {
+            o.extend_from_slice(name.unwrap_or(b""));
+            o.put_u8(0);
+        }
+        protocol::put_cstr(o, sql);
+        if tag == b'P' {
+            o.extend_from_slice(param_types);
+        }
+    });
 }
 
 async fn server_to_client(
@@ -339,6 +494,8 @@ async fn server_to_client(
             Err(e) => return RelayEnd::ServerIo(e),
         }
         let mut pos = 0;
+        // Bytes before `written` were already sent (only when an error was replaced).
+        let mut written = 0;
         loop {
             if pass > 0 {
                 let take = pass.min(buf.len() - pos);
@@ -358,17 +515,35 @@ async fn server_to_client(
                     if buf.len() - pos < header.frame_len {
                         break;
                     }
-                    observe_server_message(state, &buf[pos..pos + header.frame_len]);
+                    let frame = &buf[pos..pos + header.frame_len];
+                    if header.tag == b'E' {
+                        if let Some(refusal) = state.take_substitution(frame) {
+                            // Send what came before the server's error, then the refusal.
+                            state.client_at_boundary.store(false, Ordering::Release);
+                            if let Err(e) = write_flush(client, &buf[written..pos]).await {
+                                return RelayEnd::ClientIo(e);
+                            }
+                            if let Err(e) = write_flush(client, &refusal).await {
+                                return RelayEnd::ClientIo(e);
+                            }
+                            pos += header.frame_len;
+                            written = pos;
+                            continue;
+                        }
+                    }
+                    observe_server_message(state, frame);
                     pos += header.frame_len;
                 }
                 _ => pass = header.frame_len,
             }
         }
-        if pos > 0 {
+        if pos > written {
             state.client_at_boundary.store(false, Ordering::Release);
-            if let Err(e) = write_flush(client, &buf[..pos]).await {
+            if let Err(e) = write_flush(client, &buf[written..pos]).await {
                 return RelayEnd::ClientIo(e);
             }
+        }
+        if pos > 0 {
             buf.advance(pos);
             state.client_at_boundary.store(pass == 0, Ordering::Release);
         }

@@ -29,6 +29,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Plugins(#[from] crate::plugins::StartError),
 }
 
 /// Everything sessions share; built once at start.
@@ -39,6 +41,8 @@ pub struct GatewayShared {
     pub users: HashMap<String, UserEntry>,
     pub analyzer: SqlAnalyzer,
     pub cancels: CancelRegistry,
+    /// The plugin runtime, when a plugins directory is configured.
+    pub plugins: Option<Arc<crate::plugins::PluginHost>>,
     /// Key for decoy SCRAM verifiers of unknown users; random per process.
     pub decoy_secret: [u8; 32],
     next_session: AtomicU64,
@@ -79,6 +83,19 @@ impl Gateway {
                 )
             })
             .collect();
+        let plugins = match &config.plugins.directory {
+            None => None,
+            Some(_) => {
+                // Compiling plugins is CPU work: keep it off the async runtime.
+                let settings = config.plugins.clone();
+                let started = tokio::task::spawn_blocking(move || {
+                    crate::plugins::PluginHost::start(settings)
+                })
+                .await
+                .map_err(crate::plugins::StartError::from_join)??;
+                Some(started)
+            }
+        };
         let mut decoy_secret = [0u8; 32];
         let _ = ring::rand::SystemRandom::new().fill(&mut decoy_secret);
         let listener = TcpListener::bind(&config.listen.address)
@@ -94,6 +111,7 @@ impl Gateway {
             upstream,
             users,
             cancels: CancelRegistry::new(),
+            plugins,
             decoy_secret,
             next_session: AtomicU64::new(1),
         };
@@ -204,6 +222,11 @@ impl Gateway {
             }
         })
         .await;
+        info!(
+            parsed = self.shared.analyzer.parse_count(),
+            cache_hits = self.shared.analyzer.cache_hits(),
+            "sql analysis totals"
+        );
         info!("shutdown complete");
     }
 }
@@ -242,11 +265,11 @@ fn worker(
                     let shared = shared.clone();
                     let rx = shutdown.clone();
                     let span = info_span!("session", id = conn.id, client = %conn.peer, user = tracing::field::Empty, database = tracing::field::Empty);
-                    let permit = conn.permit;
+                    let (id, peer, permit) = (conn.id, conn.peer, conn.permit);
                     sessions.spawn(
                         async move {
                             let over_limit = permit.is_none();
-                            crate::session::serve(shared, tcp, over_limit, rx).await;
+                            crate::session::serve(shared, tcp, id, peer, over_limit, rx).await;
                             drop(permit);
                         }
                         .instrument(span),

@@ -40,6 +40,8 @@ impl From<ClientError> for SessionError {
 pub async fn serve(
     gw: Arc<GatewayShared>,
     tcp: TcpStream,
+    id: u64,
+    peer: std::net::SocketAddr,
     over_limit: bool,
     shutdown: ShutdownSignal,
 ) {
@@ -75,6 +77,38 @@ pub async fn serve(
         .unwrap_or_else(|| identity.user.clone());
     tracing::Span::current().record("database", database.as_str());
     info!(groups = ?identity.groups, "authenticated");
+
+    let application_name = params
+        .iter()
+        .find(|(k, _)| k == "application_name")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    let plugin_session = crate::plugins::convert_session(
+        id,
+        &identity,
+        &database,
+        &peer.to_string(),
+        application_name,
+    );
+    if let Some(host) = &gw.plugins {
+        if let Some(refusal) = host.on_connect(&plugin_session) {
+            info!(plugin = %refusal.plugin, sqlstate = %refusal.sqlstate, "session refused by policy");
+            let mut out = BytesMut::new();
+            protocol::put_error(
+                &mut out,
+                &protocol::ErrorFields {
+                    severity: protocol::Severity::Fatal,
+                    code: &refusal.sqlstate,
+                    message: &refusal.message,
+                    detail: Some(&format!("denied by policy plugin \"{}\"", refusal.plugin)),
+                    hint: refusal.hint.as_deref(),
+                },
+            );
+            let _ = stream.write_all(&out).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
 
     // Connect upstream with the gateway's credentials, forwarding the client's parameters.
     let upstream_db = gw
@@ -126,6 +160,9 @@ pub async fn serve(
         max_message_size: gw.config.listen.max_message_size,
         idle_timeout: gw.config.listen.idle_timeout,
         identity: &identity,
+        session_id: id,
+        plugins: gw.plugins.as_deref(),
+        plugin_session: &plugin_session,
     };
     let end = relay::run(&ctx, &mut stream, &mut upstream.stream, &state, shutdown).await;
     match &end {

@@ -1,5 +1,199 @@
-//! The pgward plugin SDK.
+//! The pgward plugin SDK: write a gateway policy in Rust, compile it to a WebAssembly component,
+//! drop it into the gateway's plugins directory.
 //!
-//! The plugin contract (`wit/`), the trait plugin authors implement and the native test harness
-//! arrive with the plugin runtime; this crate reserves the name and the place in the workspace.
-#![forbid(unsafe_code)]
+//! A plugin is a type implementing [`Plugin`], exported with [`export_plugin!`]. The gateway hands
+//! it the verified [`Session`] and every statement already analysed ([`Query`]: statement kinds,
+//! relations read and written, functions called, a literal-free fingerprint), and the plugin
+//! answers with a [`Verdict`]. Plugins never parse SQL and never see a claim the client made up.
+//!
+//! # Layout
+//! - [`types`]: the values hooks receive and return, one per type of the WIT contract
+//!   (`wit/plugin.wit`), with helpers that keep policies short.
+//! - [`Plugin`]: the trait; hooks `on_connect`, `on_query`, `on_result_schema`, `on_batch`, each
+//!   with an allow-everything default.
+//! - [`export_plugin!`]: turns a `Plugin` into the component's exports (only on `wasm32`).
+//! - [`config()`]: typed configuration from the plugin's TOML file; [`log()`]: the gateway log.
+//! - [`testing`] (native only): run a plugin in `cargo test` with the gateway's own SQL analysis.
+//! - [`sqlstate`]: SQLSTATE codes to deny with.
+//!
+//! # A complete plugin
+//!
+//! `Cargo.toml`:
+//!
+//! ```toml
+//! [package]
+//! name = "deny-drop"
+//! version = "0.1.0"
+//! edition = "2021"
+//!
+//! [lib]
+//! crate-type = ["cdylib", "rlib"]   # cdylib: the .wasm; rlib: native `cargo test`
+//!
+//! [dependencies]
+//! pgward-plugin-sdk = "0.1"
+//! ```
+//!
+//! `src/lib.rs`:
+//!
+//! ```
+//! use pgward_plugin_sdk::prelude::*;
+//!
+//! /// Refuses DROP TABLE on protected tables, except for the `dba` group.
+//! struct DenyDrop {
+//!     config: Config,
+//! }
+//!
+//! #[derive(Deserialize, Default)]
+//! #[serde(crate = "pgward_plugin_sdk::serde", default, deny_unknown_fields)]
+//! struct Config {
+//!     /// Tables as `schema.name` or `name`; `*` for all.
+//!     protected: Vec<String>,
+//! }
+//!
+//! impl Plugin for DenyDrop {
+//!     const NAME: &'static str = "deny-drop";
+//!     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+//!     const HOOKS: Hooks = Hooks::ON_QUERY;
+//!
+//!     fn init(text: &str) -> Result<Self, String> {
+//!         let config: Config = config(text)?;
+//!         log(Level::Info, format!("protecting {} tables", config.protected.len()));
+//!         Ok(DenyDrop { config })
+//!     }
+//!
+//!     fn on_query(&mut self, session: &Session, query: &Query) -> Verdict {
+//!         if session.in_group("dba") {
+//!             return Verdict::Allow;
+//!         }
+//!         let dropped = query.writes().find(|w| {
+//!             w.is(WriteAction::Drop, ObjectKind::Table) && w.relation.matches_any(&self.config.protected)
+//!         });
+//!         match dropped {
+//!             Some(w) => Verdict::deny(
+//!                 sqlstate::INSUFFICIENT_PRIVILEGE,
+//!                 format!("dropping {} is not allowed", w.relation),
+//!             )
+//!             .with_hint("ask a member of the dba group"),
+//!             None => Verdict::Allow,
+//!         }
+//!     }
+//! }
+//!
+//! export_plugin!(DenyDrop);
+//!
+//! // Tests run natively, with the same SQL analysis the gateway uses:
+//! # fn main() {
+//! use pgward_plugin_sdk::testing::TestHarness;
+//!
+//! let mut h = TestHarness::<DenyDrop>::new(r#"protected = ["public.accounts"]"#).unwrap();
+//! let alice = h.session("alice", &["dev"]);
+//! let dba = h.session("dana", &["dba"]);
+//! let v = h.query(&alice, "DROP TABLE accounts");
+//! assert_eq!(v.sqlstate(), Some("42501"));
+//! assert!(h.query(&alice, "DROP TABLE scratch").is_allow());
+//! assert!(h.query(&dba, "DROP TABLE public.accounts").is_allow());
+//! assert!(h.logged("protecting 1 tables"));
+//! # }
+//! ```
+//!
+//! # Build and deploy
+//!
+//! ```sh
+//! rustup target add wasm32-wasip2
+//! cargo build --release --target wasm32-wasip2
+//! cp target/wasm32-wasip2/release/deny_drop.wasm /etc/pgward/plugins/
+//! cp deny-drop.toml /etc/pgward/plugins/deny_drop.toml   # optional: NAME.toml next to NAME.wasm
+//! ```
+//!
+//! For a small component (≈ 280 KB instead of several MB, and faster for the gateway to compile),
+//! build with a size profile in your workspace's `Cargo.toml` (in the pgward repository it is
+//! `--profile plugin`, and `scripts/build-plugins.sh` builds every plugin):
+//!
+//! ```toml
+//! [profile.release]
+//! opt-level = "s"
+//! lto = true
+//! codegen-units = 1
+//! strip = true
+//! ```
+//!
+//! The gateway loads the component, calls `info` then `init` with the TOML text (an empty string
+//! when there is no `.toml`), and picks up a changed `.wasm` without a restart. A plugin runs
+//! sandboxed: no files, network, clock or environment, a memory cap and a deadline per call. A
+//! plugin that panics, loops or runs out of memory fails closed: the statement is denied.
+//!
+//! # Result rows
+//!
+//! `on_result_schema` sees each result's columns with their [`ColumnLineage`] (so an alias cannot
+//! hide `users.email`) and returns the column indexes `on_batch` should receive. `on_batch`
+//! receives those columns as an Arrow IPC stream (`&[u8]`) and returns replacement columns in the
+//! same format; Arrow helpers for reading and building batches will come with a later SDK
+//! version (meanwhile use the `arrow-ipc` crate).
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+// Lets the generated bindings name this crate by the same path from here and from plugin crates.
+extern crate self as pgward_plugin_sdk;
+
+mod config;
+mod plugin;
+pub mod sqlstate;
+pub mod types;
+
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)] // wit-bindgen's generated ABI glue.
+#[doc(hidden)]
+#[path = "guest.rs"]
+pub mod __private;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+pub use config::config;
+pub use plugin::Plugin;
+pub use serde;
+pub use types::*;
+
+/// Everything a plugin usually needs: `use pgward_plugin_sdk::prelude::*;`.
+pub mod prelude {
+    pub use crate::types::*;
+    pub use crate::{config, export_plugin, log, sqlstate, Plugin};
+    pub use serde::Deserialize;
+}
+
+/// Writes a line to the gateway log, tagged with the plugin's name.
+///
+/// Never log SQL text or values at `Info` and above: the gateway log is not access-controlled
+/// like the database. Natively (in tests) the line goes to stderr and to
+/// [`testing::TestHarness::logs`].
+pub fn log(level: Level, message: impl AsRef<str>) {
+    #[cfg(target_arch = "wasm32")]
+    __private::log(level, message.as_ref());
+    #[cfg(not(target_arch = "wasm32"))]
+    testing::capture(level, message.as_ref());
+}
+
+/// Exports a [`Plugin`] as the component's implementation of the `pgward:plugin` world.
+///
+/// Call it once, at the root of the plugin crate: `export_plugin!(MyPlugin);`. On `wasm32` it
+/// expands to the component exports (`info`, `init` and the hooks), which keep the instance that
+/// `init` created and convert between the WIT types and this crate's types. A hook called before
+/// a successful `init` answers with a SQLSTATE 58000 "plugin not initialised" deny (an empty
+/// interest for `on_result_schema`). On other targets it only checks that the type is a
+/// `Plugin`, so the same crate builds natively for `cargo test`.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type __PgwardExports = $crate::__private::Exports<$plugin>;
+            $crate::__private::bindings::__export_plugin_world!(
+                __PgwardExports with_types_in $crate::__private::bindings
+            );
+        };
+        const _: fn() = || {
+            fn assert_plugin<P: $crate::Plugin>() {}
+            assert_plugin::<$plugin>();
+        };
+    };
+}

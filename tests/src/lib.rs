@@ -346,6 +346,9 @@ pub struct GatewayOptions {
     pub trust: bool,
     /// `log.level`; tests log at debug, benchmarks at info.
     pub log_level: String,
+    /// `plugins.directory`, plus extra keys for the `[plugins]` table.
+    pub plugins_dir: Option<PathBuf>,
+    pub plugins_extra: String,
 }
 
 impl Default for GatewayOptions {
@@ -358,6 +361,8 @@ impl Default for GatewayOptions {
             extra_toml: String::new(),
             trust: false,
             log_level: "info,pgward=debug".into(),
+            plugins_dir: None,
+            plugins_extra: String::new(),
         }
     }
 }
@@ -383,6 +388,28 @@ pub fn pgward_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// A plugin built by `scripts/build-plugins.sh` (`target/plugins/NAME.wasm`).
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let target = exe
+        .ancestors()
+        .find(|p| p.join("plugins").is_dir() && p.file_name().is_some_and(|n| n == "target"))
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("plugins").join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first (scripts/build-plugins.sh)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh, empty plugins directory for one test.
+pub fn plugins_dir() -> PathBuf {
+    unique_dir("plugins")
 }
 
 /// A running `pgward` process.
@@ -421,10 +448,18 @@ impl Gateway {
                 u.name, u.groups
             ));
         }
+        let plugins = match &opts.plugins_dir {
+            Some(d) => format!(
+                "[plugins]\ndirectory = \"{}\"\n{}\n",
+                d.display(),
+                opts.plugins_extra
+            ),
+            None => String::new(),
+        };
         for _ in 0..5 {
             let port = free_port();
             let config = format!(
-                "[listen]\naddress = \"127.0.0.1:{port}\"\n{}\n{tls}\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{UPSTREAM_USER}\"\npassword = \"{UPSTREAM_PASSWORD}\"\n\n[log]\nlevel = \"{}\"\n\n{users}\n{}\n",
+                "[listen]\naddress = \"127.0.0.1:{port}\"\n{}\n{tls}\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{UPSTREAM_USER}\"\npassword = \"{UPSTREAM_PASSWORD}\"\n\n[log]\nlevel = \"{}\"\n\n{plugins}\n{users}\n{}\n",
                 opts.listen_extra,
                 opts.upstream_port.unwrap_or(pg.port),
                 opts.log_level,

@@ -34,7 +34,7 @@ fn field(report: &str, prefix: &str) -> String {
 fn pgbench_all_modes_run_without_failures() {
     let pg = Postgres::shared();
     let db = pg.create_database("bench").unwrap();
-    let gw = Gateway::start(pg, GatewayOptions::default()).unwrap();
+    let mut gw = Gateway::start(pg, GatewayOptions::default()).unwrap();
     pgbench(&gw, &db, &["-i", "-s", "2", "-q"]);
     let accounts = pg
         .superuser_sql(&db, "SELECT count(*) FROM pgbench_accounts")
@@ -77,4 +77,24 @@ fn pgbench_all_modes_run_without_failures() {
             "{report}"
         );
     }
+
+    // Every statement was analysed, but each statement shape was parsed once: the gateway
+    // reports its totals when it shuts down.
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit(std::time::Duration::from_secs(10)).is_some());
+    let log = gw.log();
+    let totals = log
+        .lines()
+        .find(|l| l.contains("sql analysis totals"))
+        .unwrap_or_else(|| panic!("no totals in the log:\n{log}"));
+    let number = |key: &str| -> u64 {
+        totals
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {totals}"))
+    };
+    let (parsed, hits) = (number("parsed="), number("cache_hits="));
+    assert!(hits > 10_000, "{totals}");
+    assert!(parsed < 200, "statements re-parsed: {totals}");
 }

@@ -1,0 +1,97 @@
+//! Test plugin: denies any query whose SQL text contains a configured word (ignoring ASCII
+//! case), allows the rest. `word` is required, so a missing config refuses the load.
+//!
+//! ```toml
+//! word = "forbidden_table"
+//! sqlstate = "42501"            # default
+//! message = "forbidden word"    # default: "query mentions a forbidden word"
+//! ```
+#![forbid(unsafe_code)]
+
+use pgward_plugin_sdk::prelude::*;
+
+/// Denies queries containing [`Config::word`].
+pub struct DenyKeyword {
+    word: String,
+    deny: Deny,
+}
+
+/// `deny_keyword.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(crate = "pgward_plugin_sdk::serde", deny_unknown_fields)]
+pub struct Config {
+    /// The word that gets a query denied.
+    pub word: String,
+    /// The SQLSTATE of the refusal.
+    #[serde(default = "default_sqlstate")]
+    pub sqlstate: String,
+    /// The message of the refusal.
+    #[serde(default = "default_message")]
+    pub message: String,
+}
+
+fn default_sqlstate() -> String {
+    sqlstate::INSUFFICIENT_PRIVILEGE.to_owned()
+}
+
+fn default_message() -> String {
+    "query mentions a forbidden word".to_owned()
+}
+
+impl Plugin for DenyKeyword {
+    const NAME: &'static str = "deny-keyword";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const HOOKS: Hooks = Hooks::ON_QUERY;
+
+    fn init(text: &str) -> Result<Self, String> {
+        let c: Config = config(text)?;
+        if c.word.is_empty() {
+            return Err("word must not be empty".to_owned());
+        }
+        let deny = Deny::new(c.sqlstate, c.message);
+        deny.validate()?;
+        Ok(DenyKeyword {
+            word: c.word.to_ascii_lowercase(),
+            deny,
+        })
+    }
+
+    fn on_query(&mut self, _session: &Session, query: &Query) -> Verdict {
+        if query.sql.to_ascii_lowercase().contains(&self.word) {
+            log(Level::Info, "deny-keyword: denied a query");
+            return Verdict::Deny(self.deny.clone());
+        }
+        Verdict::Allow
+    }
+}
+
+export_plugin!(DenyKeyword);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgward_plugin_sdk::testing::TestHarness;
+
+    #[test]
+    fn query_with_the_word_is_denied_with_configured_error() {
+        let mut h = TestHarness::<DenyKeyword>::new(
+            "word = \"forbidden_table\"\nsqlstate = \"42P01\"\nmessage = \"no\"",
+        )
+        .unwrap();
+        let s = h.session("alice", &[]);
+        let v = h.query(&s, "SELECT * FROM Forbidden_Table");
+        assert_eq!(v, Verdict::deny("42P01", "no"));
+        assert!(h.logged("denied a query"));
+        assert!(h.query(&s, "SELECT * FROM allowed").is_allow());
+    }
+
+    #[test]
+    fn defaults_apply_and_word_is_required() {
+        let mut h = TestHarness::<DenyKeyword>::new("word = \"x_y\"").unwrap();
+        let s = h.session("alice", &[]);
+        assert_eq!(h.query(&s, "SELECT x_y").sqlstate(), Some("42501"));
+        let err = TestHarness::<DenyKeyword>::new("").err().unwrap();
+        assert!(err.contains("missing field `word`"), "{err}");
+        assert!(TestHarness::<DenyKeyword>::new("word = \"a\"\nsqlstate = \"1\"").is_err());
+    }
+}

@@ -1,0 +1,417 @@
+//! WebAssembly policy plugins loaded by the real gateway: verdicts, rewrites, hot reload, and
+//! hostile plugins that must fail closed.
+
+use pgward_e2e::{plugin_wasm, plugins_dir, stdout_ok, Gateway, GatewayOptions, Postgres};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn install(dir: &Path, file: &str, wasm: &str, config: Option<&str>) {
+    // Write then rename, as an operator's deploy should: the gateway never sees half a file.
+    let tmp = dir.join(format!(".{file}.wasm.tmp"));
+    std::fs::copy(plugin_wasm(wasm), &tmp).unwrap();
+    if let Some(c) = config {
+        std::fs::write(dir.join(format!("{file}.toml")), c).unwrap();
+    }
+    std::fs::rename(&tmp, dir.join(format!("{file}.wasm"))).unwrap();
+}
+
+fn gateway_with(pg: &Postgres, dir: &Path, extra: &str) -> Gateway {
+    Gateway::start(
+        pg,
+        GatewayOptions {
+            plugins_dir: Some(dir.to_path_buf()),
+            plugins_extra: extra.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn deny_config(word: &str) -> String {
+    format!("word = \"{word}\"\nsqlstate = \"42501\"\nmessage = \"{word} is off limits\"\n")
+}
+
+fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {e}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+#[tokio::test]
+async fn deny_plugin_refuses_its_statements_and_nothing_else() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("plug").unwrap();
+    let dir = plugins_dir();
+    install(
+        &dir,
+        "10-deny",
+        "deny_keyword",
+        Some(&deny_config("forbidden_table")),
+    );
+    let gw = gateway_with(pg, &dir, "");
+    let client = gw.connect("alice", &db).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE forbidden_table (id int); CREATE TABLE ok_table (id int); INSERT INTO forbidden_table VALUES (1)")
+        .await
+        .expect_err("the multi-statement string mentions forbidden_table");
+    // Nothing of a denied multi-statement string ran.
+    let direct = pgward_e2e::connect_direct(pg, &db).await.unwrap();
+    let n: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('forbidden_table', 'ok_table')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    direct
+        .batch_execute(
+            "CREATE TABLE forbidden_table (id int); INSERT INTO forbidden_table VALUES (1), (2)",
+        )
+        .await
+        .unwrap();
+
+    // Simple protocol.
+    let err = client
+        .simple_query("DELETE FROM forbidden_table")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        db_error(&err),
+        ("42501".into(), "forbidden_table is off limits".into())
+    );
+    let detail = err.as_db_error().unwrap().detail().unwrap_or("").to_owned();
+    assert!(
+        detail.contains("deny-keyword"),
+        "the plugin is named: {detail}"
+    );
+    // Extended protocol (Parse is refused).
+    let err = client
+        .prepare("SELECT * FROM forbidden_table WHERE id = $1")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
+    // Other statements work, in both protocols, on the same session.
+    let v: i32 = client
+        .query_one("SELECT $1::int * 2", &[&21i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 42);
+    client
+        .batch_execute("CREATE TABLE ok_table (id int)")
+        .await
+        .unwrap();
+    // The denied DELETE did not run.
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM forbidden_table", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+
+    // Inside a transaction the deny aborts the transaction, as any error would, and client
+    // and server agree about it.
+    client
+        .batch_execute("BEGIN; INSERT INTO ok_table VALUES (1)")
+        .await
+        .unwrap();
+    let err = client
+        .batch_execute("TRUNCATE forbidden_table")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
+    let err = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(db_error(&err).0, "25P02");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM ok_table", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // Pipelined: a denied statement between two allowed ones keeps responses in order.
+    let (a, b, c) = tokio::join!(
+        client.query_one("SELECT 1::int", &[]),
+        client.query_one("SELECT id FROM forbidden_table LIMIT 1", &[]),
+        client.query_one("SELECT 3::int", &[]),
+    );
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(db_error(&b.unwrap_err()).0, "42501");
+    assert_eq!(c.unwrap().get::<_, i32>(0), 3);
+    assert!(gw.log().contains("statement denied"));
+}
+
+#[tokio::test]
+async fn rewrite_plugin_changes_the_statement() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("plug").unwrap();
+    let dir = plugins_dir();
+    install(
+        &dir,
+        "rewrite",
+        "rewrite",
+        Some("from = \"SELECT 'pgward-rewrite-me'\"\nto = \"SELECT 'rewritten'\"\n"),
+    );
+    let gw = gateway_with(pg, &dir, "");
+    let out = gw.psql("alice", &db, &["-c", "SELECT 'pgward-rewrite-me'"], None);
+    assert_eq!(stdout_ok(&out), "rewritten\n");
+    let client = gw.connect("alice", &db).await.unwrap();
+    let row = client
+        .query_one("SELECT 'pgward-rewrite-me'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "rewritten");
+    let row = client.query_one("SELECT 'untouched'", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "untouched");
+}
+
+fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
+}
+
+fn denied(gw: &Gateway, db: &str, sql: &str) -> bool {
+    let out = gw.psql("alice", db, &["-c", sql], None);
+    !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("off limits")
+}
+
+#[test]
+fn hot_reload_under_pgbench_applies_within_a_second() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("plug").unwrap();
+    pg.superuser_sql(
+        &db,
+        "CREATE TABLE alpha_table (id int); CREATE TABLE beta_table (id int);",
+    )
+    .unwrap();
+    pg.superuser_sql(
+        &db,
+        "ALTER TABLE alpha_table OWNER TO pgward_gw; ALTER TABLE beta_table OWNER TO pgward_gw;",
+    )
+    .unwrap();
+    let dir = plugins_dir();
+    install(
+        &dir,
+        "10-policy",
+        "deny_keyword",
+        Some(&deny_config("alpha_table")),
+    );
+    let gw = gateway_with(pg, &dir, "");
+    let u = gw.user("alice").clone();
+    let init = std::process::Command::new("pgbench")
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &gw.port.to_string(),
+            "-U",
+            &u.name,
+            &db,
+        ])
+        .env("PGPASSWORD", &u.password)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let port = gw.port;
+    let dbname = db.clone();
+    let bench = std::thread::spawn(move || {
+        std::process::Command::new("pgbench")
+            .args([
+                "-n",
+                "-M",
+                "prepared",
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-T",
+                "6",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                &u.name,
+                &dbname,
+            ])
+            .env("PGPASSWORD", &u.password)
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(denied(&gw, &db, "SELECT * FROM alpha_table"));
+    assert!(!denied(&gw, &db, "SELECT * FROM beta_table"));
+
+    // Replace the rule: a new config and the plugin file swapped in by rename.
+    install(
+        &dir,
+        "10-policy",
+        "deny_keyword",
+        Some(&deny_config("beta_table")),
+    );
+    let took = wait_for(Duration::from_secs(3), || {
+        denied(&gw, &db, "SELECT * FROM beta_table")
+    })
+    .expect("the new rule applies");
+    assert!(
+        took < Duration::from_secs(1),
+        "new rule applied after {took:?}"
+    );
+    assert!(
+        !denied(&gw, &db, "SELECT * FROM alpha_table"),
+        "the old rule is gone"
+    );
+
+    // Deleting the file removes the rule.
+    std::fs::remove_file(dir.join("10-policy.wasm")).unwrap();
+    let took = wait_for(Duration::from_secs(3), || {
+        !denied(&gw, &db, "SELECT * FROM beta_table")
+    })
+    .expect("the rule is removed");
+    assert!(
+        took < Duration::from_secs(1),
+        "removal applied after {took:?}"
+    );
+
+    let out = bench.join().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = report
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    assert!(
+        failed.starts_with("0 "),
+        "pgbench failed transactions: {failed}\n{report}"
+    );
+}
+
+#[test]
+fn broken_plugin_is_reported_and_the_previous_version_stays() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("plug").unwrap();
+    let dir = plugins_dir();
+    install(
+        &dir,
+        "10-policy",
+        "deny_keyword",
+        Some(&deny_config("alpha_table")),
+    );
+    let gw = gateway_with(pg, &dir, "");
+    assert!(denied(&gw, &db, "SELECT * FROM alpha_table"));
+    // A broken build dropped over the working one.
+    std::fs::write(
+        dir.join(".broken.tmp"),
+        b"\0asm\x0d\0\x01\0garbage that is not a component",
+    )
+    .unwrap();
+    std::fs::rename(dir.join(".broken.tmp"), dir.join("10-policy.wasm")).unwrap();
+    let reported = wait_for(Duration::from_secs(5), || {
+        gw.log().contains("previous version stays active")
+    });
+    assert!(reported.is_some(), "{}", gw.log());
+    assert!(
+        denied(&gw, &db, "SELECT * FROM alpha_table"),
+        "old version still enforced"
+    );
+    // `pgward plugins list` shows the running version and the error.
+    let out = std::process::Command::new(pgward_e2e::pgward_bin())
+        .args(["plugins", "list", "--json", "--config"])
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let entry = &status[0];
+    assert_eq!(entry["name"], "deny-keyword");
+    assert_eq!(entry["position"], 0);
+    assert!(entry["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h == "on-query"));
+    assert!(
+        entry["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid WebAssembly component"),
+        "{entry}"
+    );
+    // A broken plugin that never worked is reported and runs nothing; others still load.
+    std::fs::write(dir.join("20-new.wasm"), b"not wasm at all").unwrap();
+    let reported = wait_for(Duration::from_secs(5), || gw.log().contains("20-new.wasm"));
+    assert!(reported.is_some());
+    assert!(denied(&gw, &db, "SELECT * FROM alpha_table"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_fail_closed_within_their_deadline() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("plug").unwrap();
+    for mode in ["loop", "alloc", "trap", "garbage", "huge"] {
+        let dir = plugins_dir();
+        install(
+            &dir,
+            "hostile",
+            "hostile",
+            Some(&format!("mode = \"{mode}\"\n")),
+        );
+        let gw = gateway_with(
+            pg,
+            &dir,
+            "query_deadline = \"20ms\"\nmemory_limit = 33554432",
+        );
+        let client = gw.connect("alice", &db).await.unwrap();
+        let bystander = gw.connect("alice", &db).await.unwrap();
+        for _ in 0..2 {
+            let started = Instant::now();
+            let err = client.simple_query("SELECT 'hostile'").await.unwrap_err();
+            let took = started.elapsed();
+            let (code, message) = db_error(&err);
+            assert_eq!(code, "58000", "mode {mode}: {message}");
+            assert!(
+                message.contains("\"hostile\""),
+                "mode {mode}: the plugin is named: {message}"
+            );
+            assert!(
+                !message.contains("wasm") && !message.contains("trap"),
+                "no internals: {message}"
+            );
+            assert!(
+                took < Duration::from_millis(1500),
+                "mode {mode}: took {took:?}"
+            );
+        }
+        // The session and other sessions keep working; statements the plugin ignores pass.
+        let v: i32 = client.query_one("SELECT 5", &[]).await.unwrap().get(0);
+        assert_eq!(v, 5);
+        let v: i32 = bystander.query_one("SELECT 6", &[]).await.unwrap().get(0);
+        assert_eq!(v, 6);
+        let log = gw.log();
+        assert!(log.contains("plugin failed"), "mode {mode}: {log}");
+        assert!(!log.contains("panicked"), "mode {mode}: gateway panicked");
+    }
+}
