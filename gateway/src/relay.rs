@@ -81,6 +81,11 @@ impl RelayState {
             },
         );
         let mut subs = self.substitutions.lock().unwrap_or_else(|e| e.into_inner());
+        // A stand-in the server never parsed (it was inside an already failed transaction or
+        // after an earlier error of the same pipeline) leaves its entry behind; keep few.
+        if subs.len() >= 64 {
+            subs.pop_front();
+        }
         subs.push_back((token.clone(), error));
         self.has_substitutions.store(true, Ordering::Release);
         token

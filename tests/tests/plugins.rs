@@ -415,3 +415,29 @@ async fn hostile_plugins_fail_closed_within_their_deadline() {
         assert!(!log.contains("panicked"), "mode {mode}: gateway panicked");
     }
 }
+
+#[test]
+fn plugin_for_another_contract_version_is_refused_clearly() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("plug").unwrap();
+    let dir = plugins_dir();
+    install(&dir, "05-future", "future_contract", None);
+    install(
+        &dir,
+        "10-deny",
+        "deny_keyword",
+        Some(&deny_config("alpha_table")),
+    );
+    let gw = gateway_with(pg, &dir, "");
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("05-future.wasm"))
+        .unwrap_or_else(|| panic!("the refused plugin is reported:\n{log}"));
+    assert!(
+        line.contains("pgward:plugin@0.2.0") && line.contains("pgward:plugin@0.1.0"),
+        "the error names both versions: {line}"
+    );
+    // The compatible plugin still loads and runs.
+    assert!(denied(&gw, &db, "SELECT * FROM alpha_table"));
+}
