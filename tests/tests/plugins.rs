@@ -441,3 +441,63 @@ fn plugin_for_another_contract_version_is_refused_clearly() {
     // The compatible plugin still loads and runs.
     assert!(denied(&gw, &db, "SELECT * FROM alpha_table"));
 }
+
+/// Deadlines count the plugin's own CPU time: a busy machine that preempts the gateway in the
+/// middle of a call must not turn healthy plugins into denials.
+#[test]
+fn healthy_plugins_are_not_denied_on_a_saturated_machine() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("plug").unwrap();
+    let dir = plugins_dir();
+    install(
+        &dir,
+        "10-deny",
+        "deny_keyword",
+        Some(&deny_config("alpha_table")),
+    );
+    install(
+        &dir,
+        "20-template",
+        "pgward_plugin_template",
+        Some("deny_commands = [\"ALTER SYSTEM\"]\n"),
+    );
+    // A short deadline makes preemption-induced false denials likely if deadlines were wall time.
+    let gw = gateway_with(pg, &dir, "query_deadline = \"2ms\"");
+    let u = gw.user("alice").clone();
+    let run = |args: &[&str]| {
+        std::process::Command::new("pgbench")
+            .args(["-h", "127.0.0.1", "-p", &gw.port.to_string(), "-U", &u.name])
+            .args(args)
+            .arg(&db)
+            .env("PGPASSWORD", &u.password)
+            .output()
+            .unwrap()
+    };
+    let init = run(&["-i", "-q", "-s", "1"]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let out = run(&["-n", "-S", "-M", "simple", "-c", "32", "-j", "2", "-T", "4"]);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    let failed = report
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    assert!(
+        failed.starts_with("0 "),
+        "failed transactions: {failed}\n{report}"
+    );
+    assert!(
+        !gw.log().contains("plugin failed"),
+        "a healthy plugin was reported as failed"
+    );
+}

@@ -173,11 +173,11 @@ fn load(
     };
     // Probe: instantiate, ask for the plugin's info and run init with its config.
     let mut store = host.new_store(&plugin);
-    store.set_epoch_deadline(PluginHost::ticks(
-        host.settings()
-            .batch_deadline
-            .max(Duration::from_millis(500)),
-    ));
+    let probe_deadline = host
+        .settings()
+        .batch_deadline
+        .max(Duration::from_millis(500));
+    PluginHost::arm(&mut store, probe_deadline);
     let instance = super::poll_once(plugin.pre.instantiate_async(&mut store))
         .map_err(|e| format!("cannot be instantiated: {e:#}"))?;
     let info = super::poll_once(instance.call_info(&mut store))
@@ -193,11 +193,7 @@ fn load(
         on_result_schema: info.hooks.contains(super::wit::Hooks::ON_RESULT_SCHEMA),
         on_batch: info.hooks.contains(super::wit::Hooks::ON_BATCH),
     };
-    store.set_epoch_deadline(PluginHost::ticks(
-        host.settings()
-            .batch_deadline
-            .max(Duration::from_millis(500)),
-    ));
+    PluginHost::arm(&mut store, probe_deadline);
     match super::poll_once(instance.call_init(&mut store, &plugin.config)) {
         Ok(Ok(())) => {}
         Ok(Err(msg)) => {

@@ -53,7 +53,7 @@ use bindings::pgward::plugin::types as wit;
 /// The contract version this gateway speaks (`package pgward:plugin@...` in `wit/`).
 pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 1, 0);
 
-/// Length of one epoch tick: the resolution of plugin deadlines.
+/// Length of one epoch tick: how often a running call's budget is checked.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Which hooks a plugin implements.
@@ -137,12 +137,64 @@ impl Chain {
     }
 }
 
-/// Per-store state: the WASI context (empty) and the limits.
+/// Per-store state: the WASI context (empty), the limits and the running call's budget.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
     plugin: Arc<str>,
+    budget: CallBudget,
+}
+
+/// The deadline of one call, in CPU time of the calling thread. Wall-clock time alone would
+/// deny healthy statements whenever the machine is busy and the thread is preempted mid-call
+/// (seen under pgbench with 32 clients on 2 cores); CPU time measures what the plugin itself
+/// spent. A wall-clock cap still bounds a call whose thread is starved.
+#[derive(Clone, Copy)]
+struct CallBudget {
+    cpu_start: Duration,
+    cpu: Duration,
+    wall_deadline: std::time::Instant,
+}
+
+impl CallBudget {
+    fn start(cpu: Duration) -> Self {
+        CallBudget {
+            cpu_start: thread_cpu_time(),
+            cpu,
+            wall_deadline: std::time::Instant::now() + cpu * 10 + Duration::from_millis(250),
+        }
+    }
+
+    /// Called at each epoch deadline: extend by the CPU time left, or stop the call.
+    fn check(&self) -> wasmtime::UpdateDeadline {
+        let used = thread_cpu_time().saturating_sub(self.cpu_start);
+        if used >= self.cpu || std::time::Instant::now() >= self.wall_deadline {
+            wasmtime::UpdateDeadline::Interrupt
+        } else {
+            wasmtime::UpdateDeadline::Continue(PluginHost::ticks(self.cpu - used))
+        }
+    }
+}
+
+/// CPU time consumed by the calling thread.
+#[allow(unsafe_code)]
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into the timespec we pass; CLOCK_THREAD_CPUTIME_ID is
+    // supported on every Linux the gateway runs on. On failure the time reads as zero, which
+    // makes the wall-clock cap the only limit.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 impl WasiView for HostState {
@@ -322,6 +374,12 @@ impl PluginHost {
             .clone()
     }
 
+    /// Starts the budget of one call.
+    fn arm(store: &mut Store<HostState>, deadline: Duration) {
+        store.data_mut().budget = CallBudget::start(deadline);
+        store.set_epoch_deadline(Self::ticks(deadline));
+    }
+
     fn ticks(deadline: Duration) -> u64 {
         (deadline.as_micros().div_ceil(EPOCH_TICK.as_micros())).max(1) as u64
     }
@@ -348,20 +406,21 @@ impl PluginHost {
                 table: ResourceTable::new(),
                 limits,
                 plugin: Arc::from(plugin.name.as_str()),
+                budget: CallBudget::start(self.settings.batch_deadline),
             },
         );
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(|ctx| Ok(ctx.data().budget.check()));
         store
     }
 
     /// Instantiates and initialises one instance of `plugin`.
     fn instantiate(&self, plugin: &LoadedPlugin) -> Result<Instance, CallError> {
         let mut store = self.new_store(plugin);
-        store.set_epoch_deadline(Self::ticks(self.settings.batch_deadline));
+        Self::arm(&mut store, self.settings.batch_deadline);
         let instance = poll_once(plugin.pre.instantiate_async(&mut store))
             .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
-        store.set_epoch_deadline(Self::ticks(self.settings.batch_deadline));
+        Self::arm(&mut store, self.settings.batch_deadline);
         match poll_once(instance.call_init(&mut store, &plugin.config)) {
             Ok(Ok(())) => Ok(Instance {
                 store,
@@ -396,7 +455,7 @@ impl PluginHost {
             let Some(inst) = instances.get_mut(&plugin.id) else {
                 return Err(CallError::Instantiate("instance vanished".into()));
             };
-            inst.store.set_epoch_deadline(Self::ticks(deadline));
+            Self::arm(&mut inst.store, deadline);
             let result = f(&mut inst.store, &inst.plugin);
             match result {
                 Ok(r) => Ok(r),
@@ -519,6 +578,30 @@ impl PluginHost {
             Some((text, _)) => QueryDecision::Rewrite(text),
             None => QueryDecision::Allow,
         }
+    }
+
+    /// Hands one Arrow IPC batch to `plugin`'s on-batch hook under the batch deadline. Result
+    /// streaming calls this per batch for subscribed columns; a failure must abort the result.
+    pub fn on_batch(
+        &self,
+        plugin: &LoadedPlugin,
+        session: &wit::Session,
+        ipc: &[u8],
+    ) -> Result<wit::BatchResult, CallError> {
+        let result = self.call(plugin, self.settings.batch_deadline, |store, inst| {
+            poll_once(inst.call_on_batch(store, session, ipc))
+        })?;
+        if let wit::BatchResult::Replace(bytes) = &result {
+            // A batch may grow (masking can lengthen values), but not without bound.
+            let limit = (ipc.len().saturating_mul(4)).max(self.settings.max_output);
+            if bytes.len() > limit {
+                return Err(CallError::Invalid(format!(
+                    "replacement batch of {} bytes exceeds {limit}",
+                    bytes.len()
+                )));
+            }
+        }
+        Ok(result)
     }
 
     fn validate_deny(&self, p: &LoadedPlugin, d: wit::Deny) -> Result<Refusal, CallError> {
