@@ -5,5 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/prereqs.sh --bench
-cargo build --release -p pgward -p pgward-bench
+# Two builds, so the pgward binary has exactly the features of a plain `cargo build -p pgward`
+# (as in the quickstart) and switching between them does not rebuild it.
+cargo build --release -p pgward
+cargo build --release -p pgward-bench
+scripts/build-plugins.sh
 exec target/release/loadbench "$@"

@@ -39,12 +39,27 @@ pub struct RelayState {
     client_at_boundary: AtomicBool,
     /// The server sent a FATAL error; it will close and the client already knows why.
     server_fatal: AtomicBool,
+    /// Extended-protocol messages were sent upstream after the last Sync: a statement may run
+    /// with no ReadyForQuery counted for it yet (Flush-driven pipelines).
+    unsynced: AtomicBool,
+    /// Part of a client message was forwarded and the rest has not arrived yet.
+    client_mid_frame: AtomicBool,
     /// Denied statements were sent upstream as a unique invalid token, so the server fails them
     /// in order and in the right transaction state; its syntax error for each token is replaced
     /// by the refusal. Touched only when something was denied.
     substitutions: Mutex<VecDeque<(String, BytesMut)>>,
     has_substitutions: AtomicBool,
     next_token: AtomicU64,
+}
+
+/// `text` contains `token` not followed by another digit or `_` (token `x_1` is not in `x_12`).
+fn contains_token(text: &str, token: &str) -> bool {
+    text.match_indices(token).any(|(i, _)| {
+        !text[i + token.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == '_')
+    })
 }
 
 /// Prefix of the stand-in statement for a denied one.
@@ -58,6 +73,8 @@ impl RelayState {
             standard_conforming_strings: AtomicBool::new(true),
             client_at_boundary: AtomicBool::new(true),
             server_fatal: AtomicBool::new(false),
+            unsynced: AtomicBool::new(false),
+            client_mid_frame: AtomicBool::new(false),
             substitutions: Mutex::new(VecDeque::new()),
             has_substitutions: AtomicBool::new(false),
             next_token: AtomicU64::new(1),
@@ -83,7 +100,7 @@ impl RelayState {
         let mut subs = self.substitutions.lock().unwrap_or_else(|e| e.into_inner());
         // A stand-in the server never parsed (it was inside an already failed transaction or
         // after an earlier error of the same pipeline) leaves its entry behind; keep few.
-        if subs.len() >= 64 {
+        if subs.len() >= 4096 {
             subs.pop_front();
         }
         subs.push_back((token.clone(), error));
@@ -103,7 +120,8 @@ impl RelayState {
         let mut subs = self.substitutions.lock().unwrap_or_else(|e| e.into_inner());
         let i = subs
             .iter()
-            .position(|(t, _)| e.message.contains(&format!("\"{t}\"")))?;
+            // Match the token itself, not quotes around it: localized messages quote differently.
+            .position(|(t, _)| contains_token(&e.message, t))?;
         let (_, error) = subs.remove(i)?;
         if subs.is_empty() {
             self.has_substitutions.store(false, Ordering::Release);
@@ -129,9 +147,13 @@ impl RelayState {
         }
     }
 
-    /// Nothing is in flight and no transaction is open: closing now loses nothing.
+    /// Nothing is in flight and no transaction is open: closing now loses nothing. Errs on
+    /// the side of busy (after a Sync sent during COPY IN, which the server ignores, the session
+    /// never looks idle again; it is then closed only at the shutdown deadline).
     pub fn is_idle(&self) -> bool {
         self.pending.load(Ordering::Acquire) == 0
+            && !self.unsynced.load(Ordering::Acquire)
+            && !self.client_mid_frame.load(Ordering::Acquire)
             && self.txn_status() == protocol::TXN_IDLE
             && self.client_at_boundary.load(Ordering::Acquire)
     }
@@ -305,13 +327,16 @@ async fn client_to_server(
             match tag {
                 b'Q' | b'P' | b'F' => {
                     if buf.len() - pos < header.frame_len {
-                        buf.reserve(header.frame_len - (buf.len() - pos));
+                        // Grow as the bytes arrive: a header alone must not pin a large buffer.
+                        buf.reserve((header.frame_len - (buf.len() - pos)).min(1 << 20));
                         break;
                     }
                     let frame = &buf[pos..pos + header.frame_len];
                     inspect_client_message(ctx, state, frame, &mut out);
                     pos += header.frame_len;
-                    if tag != b'P' {
+                    if tag == b'P' {
+                        state.unsynced.store(true, Ordering::Release);
+                    } else {
                         state.pending.fetch_add(1, Ordering::AcqRel);
                     }
                 }
@@ -321,14 +346,24 @@ async fn client_to_server(
                     break;
                 }
                 _ => {
-                    if tag == b'S' {
-                        state.pending.fetch_add(1, Ordering::AcqRel);
+                    match tag {
+                        b'S' => {
+                            state.pending.fetch_add(1, Ordering::AcqRel);
+                            state.unsynced.store(false, Ordering::Release);
+                        }
+                        b'B' | b'E' | b'D' | b'C' | b'H' => {
+                            state.unsynced.store(true, Ordering::Release)
+                        }
+                        _ => {}
                     }
                     pass = header.frame_len;
                 }
             }
         }
         buf.advance(pos);
+        state
+            .client_mid_frame
+            .store(pass > 0 || !buf.is_empty(), Ordering::Release);
         if !out.is_empty() {
             if let Err(e) = write_flush(server, &out).await {
                 return RelayEnd::ServerIo(e);

@@ -268,30 +268,136 @@ async fn startup_and_auth(
             .into());
         }
     }
-    if let Some((_, options)) = params.iter().find(|(k, _)| k == "options") {
-        check_options(options)?;
-    }
+    check_startup_params(&params)?;
     let identity = authenticate(gw, stream, &mut buf, &user).await?;
     Ok(Some((identity, params)))
 }
 
-/// Startup `options` set server settings before any statement is analysed; the ones that change
-/// who the session acts as are refused, as `SET ROLE` would need to pass the policy.
-fn check_options(options: &str) -> Result<(), ClientError> {
-    let lowered = options.to_ascii_lowercase().replace('-', "_");
-    for forbidden in ["role", "session_authorization"] {
-        let mut rest = lowered.as_str();
-        while let Some(i) = rest.find(forbidden) {
-            let before_ok = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric();
-            let after = rest[i + forbidden.len()..].trim_start();
-            if before_ok && after.starts_with('=') {
-                return Err(ClientError::fatal(
-                    "42501",
-                    format!("startup option {forbidden} is not allowed through pgward"),
-                ));
-            }
-            rest = &rest[i + forbidden.len()..];
+/// Settings a client may not choose at startup, where no statement analysis sees them:
+/// PostgreSQL applies every startup key other than user/database/options, and every `-c`/`--`
+/// switch inside `options`, as a setting. Changing the role is a statement that must pass the
+/// policy (`SET ROLE`), not a connection parameter.
+const FORBIDDEN_SETTINGS: &[&str] = &["role", "session_authorization", "session_replication_role"];
+
+/// Client encodings whose multibyte characters can end in a byte that reads as `\\`, so the
+/// server and the gateway would disagree about where a string literal ends.
+const UNSAFE_ENCODINGS: &[&str] = &[
+    "SJIS",
+    "SHIFTJIS",
+    "MSKANJI",
+    "SHIFTJIS2004",
+    "BIG5",
+    "WIN950",
+    "GBK",
+    "CP936",
+    "WIN936",
+    "UHC",
+    "WIN949",
+    "GB18030",
+    "JOHAB",
+];
+
+/// True for client encodings in which a multibyte character can hide a backslash.
+pub fn is_unsafe_encoding(name: &str) -> bool {
+    let norm: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    UNSAFE_ENCODINGS.contains(&norm.as_str())
+}
+
+fn check_setting(name: &str, value: &str) -> Result<(), ClientError> {
+    let name = name.to_ascii_lowercase().replace('-', "_");
+    if FORBIDDEN_SETTINGS.contains(&name.as_str()) {
+        return Err(ClientError::fatal(
+            "42501",
+            format!("setting {name} at connection start is not allowed through pgward"),
+        ));
+    }
+    if name == "client_encoding" && is_unsafe_encoding(value) {
+        return Err(ClientError::fatal(
+            "22023",
+            format!("client encoding {value} is not supported by pgward: use UTF8"),
+        ));
+    }
+    if name.starts_with("_pq_.") {
+        return Err(ClientError::fatal(
+            "08P01",
+            format!("protocol extension parameter {name} is not supported by pgward"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the startup packet's parameters the way PostgreSQL will apply them.
+fn check_startup_params(params: &[(String, String)]) -> Result<(), ClientError> {
+    let mut seen = std::collections::HashSet::new();
+    for (k, v) in params {
+        if !seen.insert(k.as_str()) {
+            return Err(ClientError::fatal(
+                "08P01",
+                format!("startup parameter {k} given twice"),
+            ));
         }
+        match k.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => check_options(v)?,
+            other => check_setting(other, v)?,
+        }
+    }
+    Ok(())
+}
+
+/// Splits `options` like PostgreSQL (whitespace separates, a backslash escapes the next
+/// character) and checks every `-c name=value`, `-cname=value` and `--name=value` in it. Other
+/// server switches are refused: their effect would bypass the policy unseen.
+fn check_options(options: &str) -> Result<(), ClientError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    word.push(n);
+                }
+            }
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut i = 0;
+    while i < words.len() {
+        let w = &words[i];
+        let setting = if w == "-c" {
+            i += 1;
+            words.get(i).cloned().unwrap_or_default()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            rest.to_owned()
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            rest.to_owned()
+        } else {
+            return Err(ClientError::fatal(
+                "42501",
+                format!("startup option {w:?} is not allowed through pgward: only -c name=value"),
+            ));
+        };
+        let Some((name, value)) = setting.split_once('=') else {
+            return Err(ClientError::fatal(
+                "08P01",
+                format!("invalid startup option {setting:?}: expected name=value"),
+            ));
+        };
+        check_setting(name.trim(), value.trim())?;
+        i += 1;
     }
     Ok(())
 }
@@ -432,12 +538,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn role_options_are_refused() {
-        assert!(check_options("-c role=postgres").is_err());
-        assert!(check_options("--role=postgres").is_err());
-        assert!(check_options("-c session_authorization = x").is_err());
-        assert!(check_options("-c session-authorization=x").is_err());
+    fn role_options_are_refused_in_every_spelling() {
+        for bad in [
+            "-c role=postgres",
+            "--role=postgres",
+            "-crole=postgres",
+            "-c r\\ole=postgres",
+            "-c session_authorization=x",
+            "-c session-authorization=x",
+            "-c ROLE=x",
+            "-c client_encoding=SJIS",
+            "-e",
+            "-c",
+        ] {
+            assert!(check_options(bad).is_err(), "{bad}");
+        }
         assert!(check_options("-c search_path=app -c statement_timeout=5s").is_ok());
-        assert!(check_options("-c myrole=1").is_ok());
+        assert!(check_options("-c myrole=1 --work-mem=64MB").is_ok());
+        assert!(check_options("").is_ok());
+    }
+
+    #[test]
+    fn startup_keys_are_settings_too() {
+        let p = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(check_startup_params(&p(&[("user", "a"), ("role", "admin")])).is_err());
+        assert!(check_startup_params(&p(&[("user", "a"), ("client_encoding", "sjis")])).is_err());
+        assert!(check_startup_params(&p(&[
+            ("user", "a"),
+            ("options", "-c x=1"),
+            ("options", "-c role=b")
+        ]))
+        .is_err());
+        assert!(check_startup_params(&p(&[("user", "a"), ("_pq_.x", "1")])).is_err());
+        assert!(check_startup_params(&p(&[
+            ("user", "a"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO"),
+            ("application_name", "psql"),
+        ]))
+        .is_ok());
     }
 }

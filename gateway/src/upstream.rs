@@ -131,6 +131,9 @@ impl UpstreamTarget {
 
         let mut buf = BytesMut::with_capacity(4096);
         let mut scram: Option<ClientExchange> = None;
+        // Once SCRAM started, the server must prove it knows the password (SASLFinal) before
+        // AuthenticationOk counts: otherwise an impostor could skip mutual authentication.
+        let mut scram_verified = false;
         let mut session = UpstreamSession {
             stream,
             relay_to_client: BytesMut::new(),
@@ -146,6 +149,11 @@ impl UpstreamTarget {
                     let code = protocol::take_i32(&mut b)
                         .ok_or(UpstreamError::Protocol("short authentication message"))?;
                     match code {
+                        0 if scram.is_some() && !scram_verified => {
+                            return Err(UpstreamError::Protocol(
+                                "authentication completed without the server's SCRAM signature",
+                            ))
+                        }
                         0 => {}
                         3 => {
                             let pw = self.password.as_deref().ok_or(UpstreamError::NoPassword)?;
@@ -198,6 +206,7 @@ impl UpstreamTarget {
                                 .as_ref()
                                 .ok_or(UpstreamError::Protocol("SASL final without SASL"))?;
                             ex.verify_server_final(b)?;
+                            scram_verified = true;
                         }
                         other => return Err(UpstreamError::UnsupportedAuth(other)),
                     }

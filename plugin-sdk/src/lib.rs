@@ -15,6 +15,8 @@
 //! - [`config()`]: typed configuration from the plugin's TOML file; [`log()`]: the gateway log.
 //! - [`testing`] (native only): run a plugin in `cargo test` with the gateway's own SQL analysis.
 //! - [`sqlstate`]: SQLSTATE codes to deny with.
+//! - `arrow` (cargo feature `arrow`): decode, transform and encode the Arrow batches of
+//!   `on_batch`; see [Result batches](#result-batches).
 //!
 //! # A complete plugin
 //!
@@ -122,13 +124,113 @@
 //! sandboxed: no files, network, clock or environment, a memory cap and a deadline per call. A
 //! plugin that panics, loops or runs out of memory fails closed: the statement is denied.
 //!
-//! # Result rows
+//! # Result batches
 //!
-//! `on_result_schema` sees each result's columns with their [`ColumnLineage`] (so an alias cannot
-//! hide `users.email`) and returns the column indexes `on_batch` should receive. `on_batch`
-//! receives those columns as an Arrow IPC stream (`&[u8]`) and returns replacement columns in the
-//! same format; Arrow helpers for reading and building batches will come with a later SDK
-//! version (meanwhile use the `arrow-ipc` crate).
+//! A plugin that masks or checks result values implements two hooks,
+//! `Hooks::ON_RESULT_SCHEMA.union(Hooks::ON_BATCH)`:
+//!
+//! 1. `on_result_schema` sees each result's columns ([`Column`]: name, PostgreSQL type oid and
+//!    [`ColumnLineage`], so an alias cannot hide `users.email`) and returns a
+//!    [`SchemaInterest`]: `read` lists the indexes ([`Column::index`]) of the columns `on_batch`
+//!    should receive, `modify` those it may replace (list a column to replace in both). An empty
+//!    interest, the default, keeps the result on the gateway's fast path: rows are relayed as
+//!    bytes and `on_batch` is never called for it.
+//! 2. `on_batch` receives those columns, for a bounded number of rows at a time, as an Arrow IPC
+//!    stream holding one record batch (fields in result order, named as the client sees them),
+//!    and answers [`BatchResult::Unchanged`], [`BatchResult::Replace`] with the same batch,
+//!    some columns replaced, as an IPC stream, or [`BatchResult::Abort`] to stop the result with
+//!    an error.
+//!
+//! The two calls of one result may reach different plugin instances, so `on_batch` should find
+//! its columns in the batch itself (by field name, or by type), not in state `on_result_schema`
+//! left in `self`.
+//!
+//! With the cargo feature `arrow` (`pgward-plugin-sdk = { version = "0.1", features = ["arrow"] }`)
+//! the module `pgward_plugin_sdk::arrow` decodes and encodes batches (`read_batch`,
+//! `write_batch`), rewrites string values (`map_strings`, and `map_strings_into` without an
+//! allocation per value), swaps a column (`replace_column`), and wraps it all so that any error
+//! aborts the result instead of leaking rows (`transform_batch`). It re-exports the Arrow crates
+//! it uses (`arrow_array`, `arrow_schema`, `arrow_buffer`), so a plugin needs no Arrow
+//! dependency of its own. Arrow makes a component of ≈ 0.95 MB instead of ≈ 280 KB, which is
+//! why the feature is off by default. Such a plugin runs on every batch of the results it
+//! subscribes to, so weigh speed against size: with `opt-level = 3` instead of `"s"` its
+//! component is ≈ 30 % larger and its batches ≈ 1.5× faster.
+//!
+//! A plugin that shortens API tokens to their first four characters, and its test:
+//!
+#![cfg_attr(feature = "arrow", doc = "```")]
+#![cfg_attr(not(feature = "arrow"), doc = "```ignore")]
+//! use pgward_plugin_sdk::arrow;
+//! use pgward_plugin_sdk::prelude::*;
+//!
+//! struct ShortenTokens;
+//!
+//! impl Plugin for ShortenTokens {
+//!     const NAME: &'static str = "shorten-tokens";
+//!     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+//!     const HOOKS: Hooks = Hooks::ON_RESULT_SCHEMA.union(Hooks::ON_BATCH);
+//!
+//!     fn init(_config: &str) -> Result<Self, String> {
+//!         Ok(ShortenTokens)
+//!     }
+//!
+//!     fn on_result_schema(&mut self, _session: &Session, columns: &[Column]) -> SchemaInterest {
+//!         let tokens: Vec<u32> = columns
+//!             .iter()
+//!             .filter(|c| c.name == "token" || c.derives_from("api_keys.token"))
+//!             .map(|c| c.index)
+//!             .collect();
+//!         SchemaInterest { read: tokens.clone(), modify: tokens }
+//!     }
+//!
+//!     fn on_batch(&mut self, _session: &Session, batch: &[u8]) -> BatchResult {
+//!         // Any error (an unexpected column type, say) aborts the result: fail closed.
+//!         arrow::transform_batch(batch, |mut batch| {
+//!             // The batch holds only the columns asked for: all of them are tokens.
+//!             for i in 0..batch.num_columns() {
+//!                 // Each new value goes into one reused buffer: no allocation per row.
+//!                 let short = arrow::map_strings_into(batch.column(i), |token, out| {
+//!                     out.extend(token.chars().take(4));
+//!                     out.push('…');
+//!                 })?;
+//!                 batch = arrow::replace_column(&batch, i, short)?;
+//!             }
+//!             Ok(Some(batch))
+//!         })
+//!     }
+//! }
+//!
+//! export_plugin!(ShortenTokens);
+//!
+//! # fn main() {
+//! use pgward_plugin_sdk::arrow::arrow_array::cast::AsArray;
+//! use pgward_plugin_sdk::arrow::{Array, DataType, Field, RecordBatch, Schema, StringArray};
+//! use pgward_plugin_sdk::testing::TestHarness;
+//! use std::sync::Arc;
+//!
+//! let mut h = TestHarness::<ShortenTokens>::new("").unwrap();
+//! let s = h.session("alice", &["dev"]);
+//! let columns = [
+//!     Column { index: 0, name: "id".into(), type_oid: 23, ..Default::default() },
+//!     Column { index: 1, name: "token".into(), type_oid: 25, ..Default::default() },
+//! ];
+//! let interest = h.result_schema(&s, &columns);
+//! assert_eq!((interest.read.as_slice(), interest.modify.as_slice()), (&[1][..], &[1][..]));
+//!
+//! // What the gateway would send: the `token` column of two rows.
+//! let schema = Schema::new(vec![Field::new("token", DataType::Utf8, true)]);
+//! let tokens = StringArray::from(vec![Some("sk_live_4f9a1c"), None]);
+//! let batch = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(tokens)]).unwrap();
+//!
+//! let BatchResult::Replace(ipc) = h.batch(&s, &arrow::write_batch(&batch).unwrap()) else {
+//!     panic!("expected replaced tokens");
+//! };
+//! let out = arrow::read_batch(&ipc).unwrap();
+//! let out = out.column(0).as_string::<i32>();
+//! assert_eq!(out.value(0), "sk_l…");
+//! assert!(out.is_null(1));
+//! # }
+//! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -139,6 +241,9 @@ mod config;
 mod plugin;
 pub mod sqlstate;
 pub mod types;
+
+#[cfg(feature = "arrow")]
+pub mod arrow;
 
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)] // wit-bindgen's generated ABI glue.

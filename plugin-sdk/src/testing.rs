@@ -185,19 +185,28 @@ impl<P: Plugin> TestHarness<P> {
         interest
     }
 
-    /// Calls `on_batch` with an Arrow IPC stream.
+    /// Calls `on_batch` with an Arrow IPC stream (build one with `arrow::write_batch`, feature
+    /// `arrow`).
+    ///
+    /// With the feature `arrow`, a replacement is also checked the way the gateway reads it: one
+    /// record batch with as many rows as the input.
     #[track_caller]
     pub fn batch(&mut self, session: &Session, batch: &[u8]) -> BatchResult {
         self.expect_hook(Hooks::ON_BATCH, "on_batch");
         let result = self.plugin.on_batch(session, batch);
         self.collect_logs();
-        if let BatchResult::Abort(deny) = &result {
-            if let Err(e) = deny.validate() {
-                panic!(
-                    "{}: on_batch aborted with an error the gateway rejects ({e}): {deny:?}",
-                    P::NAME
-                );
+        match &result {
+            BatchResult::Abort(deny) => {
+                if let Err(e) = deny.validate() {
+                    panic!(
+                        "{}: on_batch aborted with an error the gateway rejects ({e}): {deny:?}",
+                        P::NAME
+                    );
+                }
             }
+            #[cfg(feature = "arrow")]
+            BatchResult::Replace(replacement) => check_replacement::<P>(batch, replacement),
+            _ => {}
         }
         result
     }
@@ -238,6 +247,29 @@ impl<P: Plugin> TestHarness<P> {
             "{}: {name} called, but HOOKS ({:?}) does not include it, so the gateway would never call it",
             P::NAME,
             P::HOOKS
+        );
+    }
+}
+
+#[cfg(feature = "arrow")]
+#[track_caller]
+fn check_replacement<P: Plugin>(input: &[u8], replacement: &[u8]) {
+    let out = match crate::arrow::read_batch(replacement) {
+        Ok(out) => out,
+        Err(e) => panic!(
+            "{}: on_batch returned a replacement the gateway cannot read: {e}",
+            P::NAME
+        ),
+    };
+    // An input the test made up need not be valid; then there is nothing to compare with.
+    if let Ok(input) = crate::arrow::read_batch(input) {
+        assert_eq!(
+            out.num_rows(),
+            input.num_rows(),
+            "{}: on_batch returned a replacement with {} rows for a batch of {}",
+            P::NAME,
+            out.num_rows(),
+            input.num_rows()
         );
     }
 }
@@ -465,6 +497,50 @@ mod tests {
         let mut h = TestHarness::<Recorder>::new("").unwrap();
         let s = h.session("bob", &[]);
         h.connect(&s);
+    }
+
+    #[cfg(feature = "arrow")]
+    struct BadBatches;
+
+    #[cfg(feature = "arrow")]
+    impl Plugin for BadBatches {
+        const NAME: &'static str = "bad-batches";
+        const VERSION: &'static str = "0.0.0";
+        const HOOKS: Hooks = Hooks::ON_BATCH;
+        fn init(_config: &str) -> Result<Self, String> {
+            Ok(BadBatches)
+        }
+        fn on_batch(&mut self, _session: &Session, batch: &[u8]) -> BatchResult {
+            use crate::arrow::{read_batch, write_batch};
+            match read_batch(batch) {
+                Ok(b) => BatchResult::Replace(write_batch(&b.slice(0, b.num_rows() - 1)).unwrap()),
+                Err(_) => BatchResult::Replace(b"junk".to_vec()),
+            }
+        }
+    }
+
+    #[cfg(feature = "arrow")]
+    #[test]
+    #[should_panic(expected = "replacement the gateway cannot read")]
+    fn harness_rejects_unreadable_replacements() {
+        let mut h = TestHarness::<BadBatches>::new("").unwrap();
+        let s = h.session("bob", &[]);
+        h.batch(&s, b"not arrow");
+    }
+
+    #[cfg(feature = "arrow")]
+    #[test]
+    #[should_panic(expected = "replacement with 1 rows for a batch of 2")]
+    fn harness_rejects_replacements_that_lose_rows() {
+        use crate::arrow::{write_batch, RecordBatch, StringArray};
+        let mut h = TestHarness::<BadBatches>::new("").unwrap();
+        let s = h.session("bob", &[]);
+        let batch = RecordBatch::try_from_iter([(
+            "email",
+            std::sync::Arc::new(StringArray::from(vec!["a", "b"])) as _,
+        )])
+        .unwrap();
+        h.batch(&s, &write_batch(&batch).unwrap());
     }
 
     #[test]

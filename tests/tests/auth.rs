@@ -202,3 +202,39 @@ fn trust_mode_admits_only_configured_users() {
         stderr(&out)
     );
 }
+
+#[test]
+fn startup_settings_that_change_the_role_are_refused() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("auth").unwrap();
+    let gw = Gateway::start(pg, GatewayOptions::default()).unwrap();
+    let conninfo = format!("host=127.0.0.1 port={} user=alice dbname={db}", gw.port);
+    for options in [
+        "-c role=postgres",
+        "-crole=postgres",
+        "-c r\\ole=postgres",
+        "-c client_encoding=SJIS",
+    ] {
+        let out = run_psql(
+            &format!("{conninfo} options='{}'", options.replace('\\', "\\\\")),
+            "alice-pw",
+            &["-c", "SELECT current_user"],
+            None,
+        );
+        assert!(!out.status.success(), "{options} must be refused");
+        assert!(
+            stderr(&out).contains("not allowed through pgward")
+                || stderr(&out).contains("not supported by pgward"),
+            "{options}: {}",
+            stderr(&out)
+        );
+    }
+    // Harmless settings pass through.
+    let out = run_psql(
+        &format!("{conninfo} options='-c statement_timeout=5s'"),
+        "alice-pw",
+        &["-c", "SHOW statement_timeout"],
+        None,
+    );
+    assert_eq!(stdout_ok(&out), "5s\n");
+}

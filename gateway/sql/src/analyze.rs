@@ -22,6 +22,10 @@ use crate::{
 enum Unanalysable {
     #[error("backslash in string literal with standard_conforming_strings=off")]
     BackslashWithoutStandardStrings,
+    #[error("a string literal ends in a different place if standard_conforming_strings is off")]
+    DependsOnStringMode,
+    #[error("a non-ASCII byte before a backslash: the quoting depends on the client encoding")]
+    MultibyteBackslash,
     #[error("parse error: {0}")]
     Parse(String),
     #[error(
@@ -59,9 +63,18 @@ pub(crate) fn analyze_text(
 ) -> Outcome {
     let fingerprint_id = format!("{:016x}", lexer::fingerprint_hash(fingerprint));
     let fingerprint = String::from_utf8_lossy(fingerprint).into_owned();
-    if flags.backslash_in_plain_string && !opts.standard_conforming_strings {
+    let ambiguity = if flags.backslash_in_plain_string && !opts.standard_conforming_strings {
         // The server would split and unescape this text differently from sqlparser.
-        let statement = unknown(sql, opts, Unanalysable::BackslashWithoutStandardStrings);
+        Some(Unanalysable::BackslashWithoutStandardStrings)
+    } else if flags.depends_on_string_mode {
+        Some(Unanalysable::DependsOnStringMode)
+    } else if flags.multibyte_backslash {
+        Some(Unanalysable::MultibyteBackslash)
+    } else {
+        None
+    };
+    if let Some(reason) = ambiguity {
+        let statement = unknown(sql, opts, reason);
         let analysis = Analysis {
             fingerprint,
             fingerprint_id,
@@ -1513,6 +1526,36 @@ mod tests {
     }
 
     #[test]
+    fn quoting_that_depends_on_session_state_is_unknown() {
+        // A `SET standard_conforming_strings = off` pipelined before this text would make the
+        // server end the literal later and run the DROP: whatever the reported setting, the
+        // text is ambiguous.
+        let a = analyze_sql("SELECT 'x\\''; DROP TABLE t; --'", ON);
+        assert!(a.has_unknown(), "{a:?}");
+        assert!(a.statements.iter().all(|s| s.writes.is_empty()));
+        // A backslash that does not move the end of the literal is fine.
+        let a = analyze_sql("SELECT 'C:\\temp\\x' AS path", ON);
+        assert!(!a.has_unknown(), "{a:?}");
+        // In SJIS, 0x95 0x5C is one character: the backslash escapes nothing and the quote
+        // after it ends the E'' string, so the DROP runs. Any non-ASCII byte before a
+        // backslash is unknown.
+        let a = analyze_sql("SELECT E'\u{d5}\\'; DROP TABLE t; --'", ON);
+        assert!(a.has_unknown(), "{a:?}");
+        // And neither is cached under a shape that a harmless text shares.
+        let analyzer = crate::SqlAnalyzer::new(100);
+        analyzer.analyze("SELECT 'a' AS x", ON);
+        let b = analyzer.analyze("SELECT 'x\\y' AS x", ON);
+        assert!(!b.has_unknown());
+        let b = analyzer.analyze("SELECT 'x\\' AS x", ON);
+        assert!(
+            b.has_unknown(),
+            "the end of 'x\\' depends on the string mode"
+        );
+        let c = analyzer.analyze("SELECT '\u{e9}\\' AS x", ON);
+        assert!(c.has_unknown());
+    }
+
+    #[test]
     fn backslash_strings_without_standard_conforming_strings_are_unknown() {
         let a = analyze_sql(r"SELECT 'a\'; DROP TABLE x; --'", OFF);
         assert_eq!(a.statements.len(), 1);
@@ -1521,13 +1564,16 @@ mod tests {
             reason,
             "backslash in string literal with standard_conforming_strings=off"
         );
-        // Without a backslash, or with it on, nothing is ambiguous.
+        // Without a backslash nothing is ambiguous.
         assert!(!analyze_sql("SELECT 'a'; SELECT E'\\n'", OFF).has_unknown());
+        // With it on, the same text would split in two; but a pipelined SET could turn it off
+        // before the server reads this, so it is unknown too.
+        let a = analyze_sql(r"SELECT 'a\'; DROP TABLE x; --'", ON);
         assert_eq!(
-            analyze_sql(r"SELECT 'a\'; DROP TABLE x; --'", ON)
-                .statements
-                .len(),
-            2
+            a.statements[0].unknown.as_deref(),
+            Some(
+                "a string literal ends in a different place if standard_conforming_strings is off"
+            )
         );
     }
 

@@ -122,7 +122,11 @@ impl SqlAnalyzer {
 /// Whether an analysis of a text with these lexer flags may serve other texts.
 pub(crate) fn cacheable(flags: LexFlags) -> bool {
     // The backslash flag is only raised when standard_conforming_strings is off.
-    !flags.unterminated && !flags.question_operator && !flags.backslash_in_plain_string
+    !flags.unterminated
+        && !flags.question_operator
+        && !flags.backslash_in_plain_string
+        && !flags.depends_on_string_mode
+        && !flags.multibyte_backslash
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {

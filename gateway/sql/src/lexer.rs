@@ -36,6 +36,13 @@ pub(crate) struct LexFlags {
     pub backslash_in_plain_string: bool,
     /// A `?` operator outside literals: it would read like the literal placeholder.
     pub question_operator: bool,
+    /// A plain string would end elsewhere had standard_conforming_strings been off (`'a\'...`).
+    /// The setting can change in the middle of a pipeline, before the server reports it.
+    pub depends_on_string_mode: bool,
+    /// A non-ASCII byte right before a backslash: in client encodings such as SJIS or BIG5 the
+    /// backslash is part of a multibyte character, so the server would read the quoting
+    /// differently.
+    pub multibyte_backslash: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -71,7 +78,16 @@ impl<'a> Lexer<'a> {
 
     fn plain_string(&mut self, body: usize) -> usize {
         if self.standard_strings {
-            self.string(body, Quoting::Standard)
+            let end = self.string(body, Quoting::Standard);
+            if self.src[body..end].contains(&b'\\') {
+                let flags = self.flags;
+                let other = self.string(body, Quoting::Backslash);
+                self.flags = flags;
+                if other != end {
+                    self.flags.depends_on_string_mode = true;
+                }
+            }
+            end
         } else {
             let end = self.string(body, Quoting::Backslash);
             if self.src[body..end].contains(&b'\\') {
@@ -370,6 +386,7 @@ pub(crate) fn normalize_into(sql: &str, opts: LexOptions, out: &mut Vec<u8>) -> 
     out.reserve(src.len());
     let base = out.len();
     let mut lexer = Lexer::new(sql, opts);
+    lexer.flags.multibyte_backslash = src.windows(2).any(|w| w[0] >= 0x80 && w[1] == b'\\');
     let mut boundary = Boundary::default();
     let (mut space, mut separator, mut in_statement) = (false, false, false);
     let mut after_uescape = false;

@@ -117,14 +117,17 @@ impl std::fmt::Debug for LoadedPlugin {
 /// it started with.
 #[derive(Default)]
 pub struct Chain {
+    /// Changes with every swap; threads drop instances of unloaded versions when it does.
+    generation: u64,
     pub plugins: Vec<Arc<LoadedPlugin>>,
     on_query: bool,
     on_connect: bool,
 }
 
 impl Chain {
-    fn new(plugins: Vec<Arc<LoadedPlugin>>) -> Self {
+    fn new(generation: u64, plugins: Vec<Arc<LoadedPlugin>>) -> Self {
         Chain {
+            generation,
             on_query: plugins.iter().any(|p| p.hooks.on_query),
             on_connect: plugins.iter().any(|p| p.hooks.on_connect),
             plugins,
@@ -289,6 +292,8 @@ struct Instance {
 thread_local! {
     /// Instances of plugin versions on this thread, by `LoadedPlugin::id`.
     static INSTANCES: RefCell<HashMap<u64, Instance>> = RefCell::new(HashMap::new());
+    /// The chain generation those instances were last pruned for.
+    static PRUNED_FOR: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// The plugin runtime: engine, linker, the current chain and the status of every file.
@@ -397,6 +402,7 @@ impl PluginHost {
             .instances(16)
             .tables(16)
             .memories(4)
+            .table_elements(100_000)
             .trap_on_grow_failure(true)
             .build();
         let mut store = Store::new(
@@ -443,17 +449,18 @@ impl PluginHost {
     ) -> Result<R, CallError> {
         INSTANCES.with(|cell| {
             let mut instances = cell.borrow_mut();
-            if !instances.contains_key(&plugin.id) {
-                let inst = self.instantiate(plugin)?;
-                // Drop instances of versions that were unloaded.
-                if instances.len() >= 64 {
-                    let live: Vec<u64> = self.chain.load().plugins.iter().map(|p| p.id).collect();
-                    instances.retain(|id, _| live.contains(id));
-                }
-                instances.insert(plugin.id, inst);
+            // After a reload, free this thread's instances of versions no longer in the chain
+            // (their memory can be large); the one being called stays even if it was unloaded.
+            let chain = self.chain.load();
+            if PRUNED_FOR.get() != chain.generation {
+                PRUNED_FOR.set(chain.generation);
+                instances
+                    .retain(|id, _| *id == plugin.id || chain.plugins.iter().any(|p| p.id == *id));
             }
-            let Some(inst) = instances.get_mut(&plugin.id) else {
-                return Err(CallError::Instantiate("instance vanished".into()));
+            drop(chain);
+            let inst = match instances.entry(plugin.id) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(self.instantiate(plugin)?),
             };
             Self::arm(&mut inst.store, deadline);
             let result = f(&mut inst.store, &inst.plugin);
@@ -657,7 +664,8 @@ impl PluginHost {
                 .map(|p| format!("{}@{}", p.name, p.version))
                 .collect();
             info!(chain = ?names, "plugin chain updated");
-            self.chain.store(Arc::new(Chain::new(plugins)));
+            self.chain
+                .store(Arc::new(Chain::new(self.next_id(), plugins)));
         }
         loader::write_status(self, &status);
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;

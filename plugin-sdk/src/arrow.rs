@@ -1,0 +1,543 @@
+//! Arrow helpers for `on_batch` (cargo feature `arrow`): decode the batch the gateway sends,
+//! transform string columns, encode the replacement.
+//!
+//! The gateway calls `on_batch` with one Arrow IPC *stream* holding exactly one record batch:
+//! the columns the plugin named in `on_result_schema`, in result order, each field named as the
+//! client sees the column. [`read_batch`] decodes it, [`map_strings`] (or the allocation-free
+//! [`map_strings_into`]) and [`replace_column`] change it, [`write_batch`] encodes the answer
+//! for [`BatchResult::Replace`]; [`transform_batch`] does all of that around one closure and
+//! fails closed on any error.
+//!
+//! A replacement is the received batch with some columns replaced: same columns, same order,
+//! same number of rows. The client has already been told each column's PostgreSQL type, so a
+//! replaced column should keep the Arrow data type it arrived with (a masked `Utf8` stays
+//! `Utf8`).
+//!
+//! Errors are `String`s that say what is wrong, ready for a log line or an abort message. The
+//! Arrow crates are re-exported ([`arrow_array`], [`arrow_schema`], [`arrow_buffer`]), so a
+//! plugin needs no Arrow dependency of its own, and no version of its own to keep in step.
+//!
+//! See the crate documentation, "Result batches", for a complete plugin.
+
+use crate::sqlstate;
+use crate::types::{BatchResult, Deny};
+use arrow_array::builder::{GenericStringBuilder, StringViewBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::{GenericStringArray, OffsetSizeTrait, RecordBatchOptions};
+use arrow_buffer::Buffer;
+use arrow_ipc::convert::try_fb_to_schema;
+use arrow_ipc::reader::read_record_batch;
+use arrow_ipc::writer::StreamWriter;
+use arrow_ipc::{root_as_message, Message};
+use arrow_schema::ArrowError;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use arrow_array;
+pub use arrow_array::{Array, ArrayRef, LargeStringArray, RecordBatch, StringArray};
+pub use arrow_buffer;
+pub use arrow_schema;
+pub use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+/// Decodes the Arrow IPC stream `on_batch` receives into its one record batch.
+///
+/// Fails when the bytes are not an IPC stream, hold no batch or more than one, or hold
+/// dictionary batches (the gateway does not dictionary-encode columns).
+pub fn read_batch(ipc: &[u8]) -> Result<RecordBatch, String> {
+    // The stream is walked here rather than with `arrow_ipc::reader::StreamReader`, whose
+    // support for delta dictionaries links arrow-select: a component of 1.78 MB instead of 0.95.
+    let mut messages = Messages { rest: ipc };
+    let (message, _) = messages
+        .next()?
+        .ok_or("batch is not an Arrow IPC stream: it is empty")?;
+    let schema = message
+        .header_as_schema()
+        .ok_or_else(|| {
+            format!(
+                "batch is not an Arrow IPC stream: it starts with a {:?} message, not a schema",
+                message.header_type()
+            )
+        })
+        .and_then(|s| {
+            try_fb_to_schema(s).map_err(|e| format!("Arrow IPC stream has an invalid schema: {e}"))
+        })?;
+    let schema = Arc::new(schema);
+    let (message, body) = messages
+        .next()?
+        .ok_or("Arrow IPC stream holds no record batch (expected exactly one)")?;
+    let Some(header) = message.header_as_record_batch() else {
+        return Err(format!(
+            "Arrow IPC stream holds a {:?} message where a record batch was expected",
+            message.header_type()
+        ));
+    };
+    // Copies the body once, into an aligned buffer the arrays then share.
+    let body = Buffer::from(body);
+    let no_dictionaries = HashMap::new();
+    let batch = read_record_batch(
+        &body,
+        header,
+        schema,
+        &no_dictionaries,
+        None,
+        &message.version(),
+    )
+    .map_err(|e| format!("Arrow IPC stream holds an invalid batch: {e}"))?;
+    match messages.next()? {
+        None => Ok(batch),
+        Some((m, _)) if m.header_as_record_batch().is_some() => Err(
+            "Arrow IPC stream holds more than one record batch (expected exactly one)".to_owned(),
+        ),
+        Some((m, _)) => Err(format!(
+            "Arrow IPC stream holds a {:?} message after its record batch",
+            m.header_type()
+        )),
+    }
+}
+
+/// The encapsulated messages of an IPC stream held in memory.
+struct Messages<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Messages<'a> {
+    /// The next message and its body; `None` at the end-of-stream marker or the end of the bytes.
+    fn next(&mut self) -> Result<Option<(Message<'a>, &'a [u8])>, String> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let mut len = self.take(4)?;
+        // 0xFFFFFFFF then the length; a bare length is the pre-1.0 framing, still valid.
+        if len == [0xff; 4] {
+            len = self.take(4)?;
+        }
+        let len = i32::from_le_bytes(len.try_into().expect("4 bytes"));
+        if len == 0 {
+            if !self.rest.is_empty() {
+                return Err(format!(
+                    "Arrow IPC stream has {} bytes after its end-of-stream marker",
+                    self.rest.len()
+                ));
+            }
+            return Ok(None);
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| format!("Arrow IPC stream has a message of length {len}"))?;
+        let metadata = self.take(len)?;
+        let message = root_as_message(metadata)
+            .map_err(|e| format!("Arrow IPC stream has an invalid message: {e}"))?;
+        let body_len = usize::try_from(message.bodyLength()).map_err(|_| {
+            format!(
+                "Arrow IPC stream has a body of {} bytes",
+                message.bodyLength()
+            )
+        })?;
+        Ok(Some((message, self.take(body_len)?)))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if n > self.rest.len() {
+            return Err(format!(
+                "Arrow IPC stream is truncated: {n} bytes expected, {} left",
+                self.rest.len()
+            ));
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(head)
+    }
+}
+
+/// Encodes `batch` as an Arrow IPC stream (schema, the batch, end-of-stream marker), the form
+/// [`BatchResult::Replace`] carries.
+pub fn write_batch(batch: &RecordBatch) -> Result<Vec<u8>, String> {
+    let error = |e: ArrowError| format!("cannot encode the batch as an Arrow IPC stream: {e}");
+    let mut writer = StreamWriter::try_new(Vec::new(), batch.schema_ref()).map_err(error)?;
+    writer.write(batch).map_err(error)?;
+    writer.finish().map_err(error)?;
+    writer.into_inner().map_err(error)
+}
+
+/// A new string array holding `f(value)` for every value of `array`; nulls stay null and `f` is
+/// not called for them.
+///
+/// `array` must be `Utf8`, `LargeUtf8` or `Utf8View`; the result has the same data type and
+/// length. Return `Cow::Borrowed(value)` from `f` to keep a value. Every `Cow::Owned` is an
+/// allocation, which inside a plugin costs more than the rewrite itself: on hot paths prefer
+/// [`map_strings_into`].
+pub fn map_strings(
+    array: &dyn Array,
+    mut f: impl FnMut(&str) -> Cow<'_, str>,
+) -> Result<ArrayRef, String> {
+    map_strings_into(array, |value, out| out.push_str(&f(value)))
+}
+
+/// Like [`map_strings`], without an allocation per value: `f` appends the new value to `out`,
+/// which is empty on each call (one buffer reused for the whole array).
+///
+/// Masking 4096 addresses this way takes less than half the time of returning a new `String` per
+/// value, natively and in a plugin.
+pub fn map_strings_into(
+    array: &dyn Array,
+    f: impl FnMut(&str, &mut String),
+) -> Result<ArrayRef, String> {
+    match array.data_type() {
+        DataType::Utf8 => Ok(Arc::new(map_offset_strings(array.as_string::<i32>(), f))),
+        DataType::LargeUtf8 => Ok(Arc::new(map_offset_strings(array.as_string::<i64>(), f))),
+        DataType::Utf8View => {
+            let mut f = f;
+            let strings = array.as_string_view();
+            let mut builder = StringViewBuilder::with_capacity(strings.len());
+            let mut out = String::new();
+            for value in strings {
+                match value {
+                    Some(s) => {
+                        out.clear();
+                        f(s, &mut out);
+                        builder.append_value(&out);
+                    }
+                    None => builder.append_null(),
+                }
+            }
+            Ok(Arc::new(builder.finish()))
+        }
+        other => Err(format!(
+            "expected a string column (Utf8, LargeUtf8 or Utf8View), found {other}"
+        )),
+    }
+}
+
+fn map_offset_strings<O: OffsetSizeTrait>(
+    strings: &GenericStringArray<O>,
+    mut f: impl FnMut(&str, &mut String),
+) -> GenericStringArray<O> {
+    // Same-length rewrites (masking) need exactly the input's bytes; a slice of a larger array
+    // counts only its own.
+    let offsets = strings.value_offsets();
+    let bytes = offsets[offsets.len() - 1].as_usize() - offsets[0].as_usize();
+    let mut builder = GenericStringBuilder::<O>::with_capacity(strings.len(), bytes);
+    let mut out = String::new();
+    for value in strings {
+        match value {
+            Some(s) => {
+                out.clear();
+                f(s, &mut out);
+                builder.append_value(&out);
+            }
+            None => builder.append_null(),
+        }
+    }
+    builder.finish()
+}
+
+/// `batch` with column `index` replaced by `new`, which must have as many rows as the batch.
+///
+/// The field keeps its name and metadata; its data type becomes `new`'s, and it becomes
+/// nullable if `new` holds nulls.
+pub fn replace_column(
+    batch: &RecordBatch,
+    index: usize,
+    new: ArrayRef,
+) -> Result<RecordBatch, String> {
+    let schema = batch.schema_ref();
+    let Some(old) = schema.fields().get(index) else {
+        return Err(format!(
+            "cannot replace column {index}: the batch has {} columns",
+            batch.num_columns()
+        ));
+    };
+    if new.len() != batch.num_rows() {
+        return Err(format!(
+            "replacement for column {index} ({:?}) has {} rows, the batch has {}",
+            old.name(),
+            new.len(),
+            batch.num_rows()
+        ));
+    }
+    let field = old
+        .as_ref()
+        .clone()
+        .with_data_type(new.data_type().clone())
+        .with_nullable(old.is_nullable() || new.null_count() > 0);
+    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+    fields[index] = Arc::new(field);
+    let mut columns = batch.columns().to_vec();
+    columns[index] = new;
+    let schema = Schema::new_with_metadata(fields, schema.metadata().clone());
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(Arc::new(schema), columns, &options)
+        .map_err(|e| format!("cannot replace column {index}: {e}"))
+}
+
+/// The whole of a typical `on_batch`: decodes `ipc`, hands the batch to `transform`, and encodes
+/// what it returns. `Ok(None)` means nothing changed ([`BatchResult::Unchanged`]); `Ok(Some(b))`
+/// replaces the batch with `b`; an error of the transform or of the decoding or encoding aborts
+/// the result with SQLSTATE 58000 and the error text, so a plugin that cannot do its job never
+/// lets the rows through unchanged.
+pub fn transform_batch(
+    ipc: &[u8],
+    transform: impl FnOnce(RecordBatch) -> Result<Option<RecordBatch>, String>,
+) -> BatchResult {
+    let result = read_batch(ipc)
+        .and_then(transform)
+        .and_then(|b| b.as_ref().map(write_batch).transpose());
+    match result {
+        Ok(None) => BatchResult::Unchanged,
+        Ok(Some(bytes)) => BatchResult::Replace(bytes),
+        Err(e) => BatchResult::Abort(Deny::new(sqlstate::SYSTEM_ERROR, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int32Array, StringViewArray};
+
+    fn emails() -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int32, false),
+            Field::new("email", DataType::Utf8, true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int32Array::from(vec![1, 2, 3])),
+                Arc::new(StringArray::from(vec![
+                    Some("ada@example.com"),
+                    None,
+                    Some("ü@x"),
+                ])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn upper(s: &str) -> Cow<'_, str> {
+        if s.bytes().any(|b| b.is_ascii_lowercase()) {
+            Cow::Owned(s.to_ascii_uppercase())
+        } else {
+            Cow::Borrowed(s)
+        }
+    }
+
+    #[test]
+    fn a_written_batch_reads_back_equal() {
+        let batch = emails();
+        let ipc = write_batch(&batch).unwrap();
+        assert_eq!(read_batch(&ipc).unwrap(), batch);
+        assert_eq!(read_batch(&ipc).unwrap().schema(), batch.schema());
+    }
+
+    #[test]
+    fn pre_1_0_framing_and_metadata_v4_are_read() {
+        use arrow_ipc::writer::IpcWriteOptions;
+        use arrow_ipc::MetadataVersion;
+        let batch = emails();
+        let options = IpcWriteOptions::try_new(8, true, MetadataVersion::V4).unwrap();
+        let mut writer =
+            StreamWriter::try_new_with_options(Vec::new(), batch.schema_ref(), options).unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        let ipc = writer.into_inner().unwrap();
+        assert_ne!(
+            ipc[..4],
+            [0xff; 4],
+            "legacy framing has no continuation marker"
+        );
+        assert_eq!(read_batch(&ipc).unwrap(), batch);
+    }
+
+    #[test]
+    fn reading_names_what_is_wrong_with_the_stream() {
+        let err = read_batch(b"not arrow").unwrap_err();
+        assert!(err.starts_with("Arrow IPC stream is truncated"), "{err}");
+        let err = read_batch(&[]).unwrap_err();
+        assert!(err.contains("it is empty"), "{err}");
+
+        let batch = emails();
+        let mut writer = StreamWriter::try_new(Vec::new(), batch.schema_ref()).unwrap();
+        writer.finish().unwrap();
+        let empty = writer.into_inner().unwrap();
+        let err = read_batch(&empty).unwrap_err();
+        assert!(err.contains("no record batch"), "{err}");
+
+        let mut writer = StreamWriter::try_new(Vec::new(), batch.schema_ref()).unwrap();
+        writer.write(&batch).unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        let two = writer.into_inner().unwrap();
+        let err = read_batch(&two).unwrap_err();
+        assert!(err.contains("more than one record batch"), "{err}");
+
+        let ipc = write_batch(&batch).unwrap();
+        let err = read_batch(&ipc[..ipc.len() - 20]).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+        let mut trailing = ipc.clone();
+        trailing.push(0);
+        let err = read_batch(&trailing).unwrap_err();
+        assert!(err.contains("after its end-of-stream marker"), "{err}");
+        // Without the end-of-stream marker the stream ends with the bytes (the format allows it).
+        assert_eq!(read_batch(&ipc[..ipc.len() - 8]).unwrap(), batch);
+        let err = read_batch(&ipc[8..]).unwrap_err();
+        assert!(err.starts_with("Arrow IPC stream"), "{err}");
+    }
+
+    #[test]
+    fn reading_refuses_a_batch_before_its_schema_and_dictionaries() {
+        use arrow_array::types::Int32Type;
+        use arrow_array::DictionaryArray;
+        let dict: DictionaryArray<Int32Type> = vec!["a", "b", "a"].into_iter().collect();
+        let batch = RecordBatch::try_from_iter([("d", Arc::new(dict) as ArrayRef)]).unwrap();
+        let err = read_batch(&write_batch(&batch).unwrap()).unwrap_err();
+        assert!(
+            err.contains("DictionaryBatch message where a record batch"),
+            "{err}"
+        );
+
+        // A schema message alone twice: the second is not a batch.
+        let schema = emails().schema();
+        let mut writer = StreamWriter::try_new(Vec::new(), &schema).unwrap();
+        writer.finish().unwrap();
+        let only_schema = writer.into_inner().unwrap();
+        let schema_len = only_schema.len() - 8;
+        let mut twice = only_schema[..schema_len].to_vec();
+        twice.extend_from_slice(&only_schema);
+        let err = read_batch(&twice).unwrap_err();
+        assert!(err.contains("Schema message where a record batch"), "{err}");
+    }
+
+    #[test]
+    fn mapping_strings_keeps_nulls_and_type() {
+        let batch = emails();
+        let mut calls = 0;
+        let mapped = map_strings(batch.column(1).as_ref(), |s| {
+            calls += 1;
+            upper(s)
+        })
+        .unwrap();
+        assert_eq!(calls, 2, "f is not called for nulls");
+        assert_eq!(mapped.data_type(), &DataType::Utf8);
+        let mapped = mapped.as_string::<i32>();
+        assert_eq!(
+            mapped.iter().collect::<Vec<_>>(),
+            [Some("ADA@EXAMPLE.COM"), None, Some("ü@X")]
+        );
+    }
+
+    #[test]
+    fn mapping_works_on_large_view_and_sliced_strings() {
+        let large = LargeStringArray::from(vec![Some("a"), None]);
+        let mapped = map_strings(&large, upper).unwrap();
+        assert_eq!(mapped.data_type(), &DataType::LargeUtf8);
+        assert_eq!(
+            mapped.as_string::<i64>().iter().collect::<Vec<_>>(),
+            [Some("A"), None]
+        );
+
+        let view = StringViewArray::from(vec![Some("a much longer string than twelve"), None]);
+        let mapped = map_strings(&view, upper).unwrap();
+        assert_eq!(mapped.data_type(), &DataType::Utf8View);
+        assert_eq!(
+            mapped.as_string_view().value(0),
+            "A MUCH LONGER STRING THAN TWELVE"
+        );
+        assert!(mapped.is_null(1));
+
+        let sliced = StringArray::from(vec!["x", "y", "z"]).slice(1, 2);
+        let mapped = map_strings(&sliced, upper).unwrap();
+        assert_eq!(
+            mapped.as_string::<i32>().iter().collect::<Vec<_>>(),
+            [Some("Y"), Some("Z")]
+        );
+    }
+
+    #[test]
+    fn mapping_into_a_reused_buffer_sees_it_empty_each_time() {
+        let batch = emails();
+        for array in [
+            batch.column(1).clone(),
+            Arc::new(LargeStringArray::from(vec![Some("ab"), None, Some("c")])) as ArrayRef,
+            Arc::new(StringViewArray::from(vec![Some("ab"), None, Some("c")])) as ArrayRef,
+        ] {
+            let mapped = map_strings_into(&array, |s, out| {
+                assert!(out.is_empty());
+                out.push_str(s);
+                out.push('!');
+            })
+            .unwrap();
+            assert_eq!(mapped.data_type(), array.data_type());
+            assert_eq!(mapped.len(), 3);
+            assert!(mapped.is_null(1));
+        }
+        let first = |s: &str, out: &mut String| out.extend(s.chars().next());
+        let mapped = map_strings_into(batch.column(1), first).unwrap();
+        assert_eq!(
+            mapped.as_string::<i32>().iter().collect::<Vec<_>>(),
+            [Some("a"), None, Some("ü")]
+        );
+    }
+
+    #[test]
+    fn mapping_refuses_non_string_columns() {
+        let err = map_strings(&Int32Array::from(vec![1]), upper).unwrap_err();
+        assert!(err.contains("found Int32"), "{err}");
+    }
+
+    #[test]
+    fn replacing_a_column_keeps_name_metadata_and_other_columns() {
+        let batch = emails();
+        let metadata =
+            std::collections::HashMap::from([("pg.type_oid".to_owned(), "25".to_owned())]);
+        let schema = Schema::new(vec![
+            batch.schema().field(0).clone(),
+            batch.schema().field(1).clone().with_metadata(metadata),
+        ]);
+        let batch = RecordBatch::try_new(Arc::new(schema), batch.columns().to_vec()).unwrap();
+        let new: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c"]));
+        let replaced = replace_column(&batch, 1, new.clone()).unwrap();
+        assert_eq!(replaced.column(0), batch.column(0));
+        assert_eq!(replaced.column(1), &new);
+        assert_eq!(replaced.schema().field(1), batch.schema().field(1));
+
+        let err = replace_column(&batch, 2, new.clone()).unwrap_err();
+        assert!(err.contains("has 2 columns"), "{err}");
+        let err = replace_column(&batch, 1, new.slice(0, 2)).unwrap_err();
+        assert!(err.contains("has 2 rows, the batch has 3"), "{err}");
+    }
+
+    #[test]
+    fn replacing_with_nulls_makes_the_field_nullable() {
+        let batch = emails();
+        let new: ArrayRef = Arc::new(Int32Array::from(vec![Some(1), None, Some(3)]));
+        let replaced = replace_column(&batch, 0, new).unwrap();
+        assert!(replaced.schema().field(0).is_nullable());
+    }
+
+    #[test]
+    fn transform_batch_encodes_replacements_and_fails_closed() {
+        let ipc = write_batch(&emails()).unwrap();
+        assert_eq!(transform_batch(&ipc, |_| Ok(None)), BatchResult::Unchanged);
+
+        let result = transform_batch(&ipc, |batch| {
+            let upper = map_strings(batch.column(1), upper)?;
+            replace_column(&batch, 1, upper).map(Some)
+        });
+        let BatchResult::Replace(bytes) = result else {
+            panic!("expected a replacement, got {result:?}");
+        };
+        let out = read_batch(&bytes).unwrap();
+        assert_eq!(out.column(1).as_string::<i32>().value(0), "ADA@EXAMPLE.COM");
+
+        for result in [
+            transform_batch(b"junk", |_| Ok(None)),
+            transform_batch(&ipc, |_| Err("no".to_owned())),
+        ] {
+            let BatchResult::Abort(deny) = result else {
+                panic!("expected an abort, got {result:?}");
+            };
+            assert_eq!(deny.sqlstate, sqlstate::SYSTEM_ERROR);
+            deny.validate().unwrap();
+        }
+    }
+}
