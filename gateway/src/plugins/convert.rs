@@ -2,6 +2,57 @@
 
 use super::wit;
 use pgward_sql as sql;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+thread_local! {
+    /// Converted queries by the address of the cached analysis they came from. The `Weak` keeps
+    /// that allocation from being reused while the entry exists, so an address names one
+    /// analysis; a statement shape is converted once per thread, not once per call.
+    static CONVERTED: RefCell<HashMap<usize, (Weak<sql::Analysis>, wit::Query)>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Most entries kept per thread (analyses of texts that were not cacheable come and go).
+const MAX_CONVERTED: usize = 512;
+
+/// Runs `f` with the `query` record for `text`, converting `analysis` only the first time this
+/// thread sees it.
+pub fn with_query<R>(
+    text: &str,
+    analysis: &Arc<sql::Analysis>,
+    protocol: wit::Protocol,
+    f: impl FnOnce(&wit::Query) -> R,
+) -> R {
+    CONVERTED.with(|cell| {
+        let Ok(mut map) = cell.try_borrow_mut() else {
+            return f(&query(text, analysis, protocol));
+        };
+        let key = Arc::as_ptr(analysis) as usize;
+        let fresh = map
+            .get(&key)
+            .is_some_and(|(w, _)| w.upgrade().is_some_and(|a| Arc::ptr_eq(&a, analysis)));
+        if !fresh {
+            if map.len() >= MAX_CONVERTED {
+                map.clear();
+            }
+            map.insert(
+                key,
+                (Arc::downgrade(analysis), query("", analysis, protocol)),
+            );
+        }
+        match map.get_mut(&key) {
+            Some((_, q)) => {
+                q.sql.clear();
+                q.sql.push_str(text);
+                q.protocol = protocol;
+                f(q)
+            }
+            None => f(&query(text, analysis, protocol)),
+        }
+    })
+}
 
 /// The `query` record for one statement text.
 pub fn query(text: &str, analysis: &sql::Analysis, protocol: wit::Protocol) -> wit::Query {

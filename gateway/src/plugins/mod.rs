@@ -525,19 +525,22 @@ impl PluginHost {
         chain: &Chain,
         session: &wit::Session,
         sql: &str,
-        analysis: &pgward_sql::Analysis,
+        analysis: &Arc<pgward_sql::Analysis>,
         protocol: wit::Protocol,
         analyse: impl Fn(&str) -> Arc<pgward_sql::Analysis>,
     ) -> QueryDecision {
-        let mut rewritten: Option<(String, Arc<pgward_sql::Analysis>)> = None;
+        let deadline = self.settings.query_deadline;
+        let mut rewritten: Option<(String, wit::Query)> = None;
         for p in chain.plugins.iter().filter(|p| p.hooks.on_query) {
-            let query = match &rewritten {
-                Some((text, a)) => convert::query(text, a, protocol),
-                None => convert::query(sql, analysis, protocol),
+            let ask = |query: &wit::Query| {
+                self.call(p, deadline, |store, inst| {
+                    poll_once(inst.call_on_query(store, session, query))
+                })
             };
-            let verdict = self.call(p, self.settings.query_deadline, |store, inst| {
-                poll_once(inst.call_on_query(store, session, &query))
-            });
+            let verdict = match &rewritten {
+                Some((_, query)) => ask(query),
+                None => convert::with_query(sql, analysis, protocol, ask),
+            };
             match verdict {
                 Ok(wit::Verdict::Allow) => {}
                 Ok(wit::Verdict::Deny(d)) => {
@@ -558,8 +561,8 @@ impl PluginHost {
                         ));
                         return QueryDecision::Deny(self.record_failure(p, "on-query", &e));
                     }
-                    let a = analyse(&text);
-                    rewritten = Some((text, a));
+                    let query = convert::query(&text, &analyse(&text), protocol);
+                    rewritten = Some((text, query));
                 }
                 Ok(wit::Verdict::RequireApproval(a)) => {
                     if a.reason.len() > self.settings.max_output || a.approver_group.len() > 256 {
