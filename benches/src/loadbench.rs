@@ -246,6 +246,22 @@ fn start_pgbouncer(pg: &Postgres, db: &str, dir: &Path) -> Result<(Child, u16)> 
     Ok((child, port))
 }
 
+/// A gateway as benchmarked: logging at info, `BENCH_WORKERS` workers, optional plugins.
+fn bench_gateway(pg: &Postgres, plugins_dir: Option<std::path::PathBuf>) -> Result<Gateway> {
+    Gateway::start(
+        pg,
+        GatewayOptions {
+            listen_extra: format!(
+                "max_connections = 500\nworkers = {}",
+                env_num("BENCH_WORKERS", 0)
+            ),
+            log_level: "info".into(),
+            plugins_dir,
+            ..Default::default()
+        },
+    )
+}
+
 /// A plugins directory with the deny-keyword test plugin and the template plugin.
 fn plugin_dir_for_bench() -> Option<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -329,17 +345,7 @@ async fn main() -> Result<()> {
     )?;
     pg.superuser_sql(&db, "VACUUM ANALYZE bench_rows")?;
 
-    let gw = Gateway::start(
-        &pg,
-        GatewayOptions {
-            listen_extra: format!(
-                "max_connections = 500\nworkers = {}",
-                env_num("BENCH_WORKERS", 0)
-            ),
-            log_level: "info".into(),
-            ..Default::default()
-        },
-    )?;
+    let gw = bench_gateway(&pg, None)?;
     let alice = gw.user("alice").clone();
     let pgward = Target {
         name: "pgward",
@@ -352,18 +358,7 @@ async fn main() -> Result<()> {
     let mut targets = vec![direct, pgward];
     // The same gateway with two on-query plugins, when they are built (scripts/build-plugins.sh).
     let plugin_gw = match plugin_dir_for_bench() {
-        Some(dir) => Some(Gateway::start(
-            &pg,
-            GatewayOptions {
-                listen_extra: format!(
-                    "max_connections = 500\nworkers = {}",
-                    env_num("BENCH_WORKERS", 0)
-                ),
-                log_level: "info".into(),
-                plugins_dir: Some(dir),
-                ..Default::default()
-            },
-        )?),
+        Some(dir) => Some(bench_gateway(&pg, Some(dir))?),
         None => {
             eprintln!("plugins not built: skipping the pgward+plugins target");
             None

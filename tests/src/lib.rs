@@ -568,6 +568,33 @@ impl Gateway {
         )
     }
 
+    /// Runs pgbench through the gateway as `user`, panicking with its output if it fails;
+    /// returns stdout and stderr.
+    pub fn pgbench(&self, user: &str, db: &str, args: &[&str]) -> String {
+        let u = self.user(user);
+        let out = Command::new("pgbench")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &u.name,
+            ])
+            .args(args)
+            .arg(db)
+            .env("PGPASSWORD", &u.password)
+            .output()
+            .expect("pgbench is installed");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+        text
+    }
+
     /// Connects with tokio-postgres (no TLS) and drives the connection in the background.
     pub async fn connect(&self, user: &str, db: &str) -> Result<tokio_postgres::Client> {
         let (client, conn) =
@@ -632,6 +659,25 @@ pub fn run_psql(conninfo: &str, password: &str, extra: &[&str], stdin: Option<&s
         s.write_all(input.as_bytes()).unwrap();
     }
     child.wait_with_output().expect("psql ran")
+}
+
+/// The value of a `prefix` line of a pgbench report (e.g. `"number of failed transactions:"`).
+pub fn pgbench_field(report: &str, prefix: &str) -> String {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{report}"))
+        .trim()
+        .to_owned()
+}
+
+/// Panics unless a pgbench report says no transaction failed.
+pub fn assert_no_failed_transactions(report: &str) {
+    let failed = pgbench_field(report, "number of failed transactions:");
+    assert!(
+        failed.starts_with("0 "),
+        "failed transactions: {failed}\n{report}"
+    );
 }
 
 /// stdout of a successful command, or a panic with its stderr.

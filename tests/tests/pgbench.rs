@@ -1,33 +1,9 @@
 //! pgbench through the gateway: initialisation (COPY, DDL, VACUUM) and all three query modes.
 
-use pgward_e2e::{Gateway, GatewayOptions, Postgres};
-use std::process::Command;
+use pgward_e2e::{pgbench_field as field, Gateway, GatewayOptions, Postgres};
 
 fn pgbench(gw: &Gateway, db: &str, args: &[&str]) -> String {
-    let u = gw.user("alice");
-    let out = Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &gw.port.to_string(), "-U", &u.name])
-        .args(args)
-        .arg(db)
-        .env("PGPASSWORD", &u.password)
-        .output()
-        .expect("pgbench is installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    text
-}
-
-fn field(report: &str, prefix: &str) -> String {
-    report
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{report}"))
-        .trim()
-        .to_owned()
+    gw.pgbench("alice", db, args)
 }
 
 #[test]

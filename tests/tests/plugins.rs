@@ -206,107 +206,53 @@ fn hot_reload_under_pgbench_applies_within_a_second() {
         Some(&deny_config("alpha_table")),
     );
     let gw = gateway_with(pg, &dir, "");
-    let u = gw.user("alice").clone();
-    let init = std::process::Command::new("pgbench")
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &gw.port.to_string(),
-            "-U",
-            &u.name,
-            &db,
-        ])
-        .env("PGPASSWORD", &u.password)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let port = gw.port;
-    let dbname = db.clone();
-    let bench = std::thread::spawn(move || {
-        std::process::Command::new("pgbench")
-            .args([
-                "-n",
-                "-M",
-                "prepared",
-                "-c",
-                "4",
-                "-j",
-                "2",
-                "-T",
-                "6",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                &u.name,
-                &dbname,
-            ])
-            .env("PGPASSWORD", &u.password)
-            .output()
-            .unwrap()
+    gw.pgbench("alice", &db, &["-i", "-q", "-s", "1"]);
+    std::thread::scope(|scope| {
+        let bench = scope.spawn(|| {
+            gw.pgbench(
+                "alice",
+                &db,
+                &["-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "6"],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(denied(&gw, &db, "SELECT * FROM alpha_table"));
+        assert!(!denied(&gw, &db, "SELECT * FROM beta_table"));
+
+        // Replace the rule: a new config and the plugin file swapped in by rename.
+        install(
+            &dir,
+            "10-policy",
+            "deny_keyword",
+            Some(&deny_config("beta_table")),
+        );
+        let took = wait_for(Duration::from_secs(3), || {
+            denied(&gw, &db, "SELECT * FROM beta_table")
+        })
+        .expect("the new rule applies");
+        assert!(
+            took < Duration::from_secs(1),
+            "new rule applied after {took:?}"
+        );
+        assert!(
+            !denied(&gw, &db, "SELECT * FROM alpha_table"),
+            "the old rule is gone"
+        );
+
+        // Deleting the file removes the rule.
+        std::fs::remove_file(dir.join("10-policy.wasm")).unwrap();
+        let took = wait_for(Duration::from_secs(3), || {
+            !denied(&gw, &db, "SELECT * FROM beta_table")
+        })
+        .expect("the rule is removed");
+        assert!(
+            took < Duration::from_secs(1),
+            "removal applied after {took:?}"
+        );
+
+        let report = bench.join().unwrap();
+        pgward_e2e::assert_no_failed_transactions(&report);
     });
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(denied(&gw, &db, "SELECT * FROM alpha_table"));
-    assert!(!denied(&gw, &db, "SELECT * FROM beta_table"));
-
-    // Replace the rule: a new config and the plugin file swapped in by rename.
-    install(
-        &dir,
-        "10-policy",
-        "deny_keyword",
-        Some(&deny_config("beta_table")),
-    );
-    let took = wait_for(Duration::from_secs(3), || {
-        denied(&gw, &db, "SELECT * FROM beta_table")
-    })
-    .expect("the new rule applies");
-    assert!(
-        took < Duration::from_secs(1),
-        "new rule applied after {took:?}"
-    );
-    assert!(
-        !denied(&gw, &db, "SELECT * FROM alpha_table"),
-        "the old rule is gone"
-    );
-
-    // Deleting the file removes the rule.
-    std::fs::remove_file(dir.join("10-policy.wasm")).unwrap();
-    let took = wait_for(Duration::from_secs(3), || {
-        !denied(&gw, &db, "SELECT * FROM beta_table")
-    })
-    .expect("the rule is removed");
-    assert!(
-        took < Duration::from_secs(1),
-        "removal applied after {took:?}"
-    );
-
-    let out = bench.join().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{report}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let failed = report
-        .lines()
-        .find_map(|l| l.strip_prefix("number of failed transactions:"))
-        .unwrap_or("?")
-        .trim()
-        .to_owned();
-    assert!(
-        failed.starts_with("0 "),
-        "pgbench failed transactions: {failed}\n{report}"
-    );
 }
 
 #[test]
@@ -463,39 +409,13 @@ fn healthy_plugins_are_not_denied_on_a_saturated_machine() {
     );
     // A short deadline makes preemption-induced false denials likely if deadlines were wall time.
     let gw = gateway_with(pg, &dir, "query_deadline = \"2ms\"");
-    let u = gw.user("alice").clone();
-    let run = |args: &[&str]| {
-        std::process::Command::new("pgbench")
-            .args(["-h", "127.0.0.1", "-p", &gw.port.to_string(), "-U", &u.name])
-            .args(args)
-            .arg(&db)
-            .env("PGPASSWORD", &u.password)
-            .output()
-            .unwrap()
-    };
-    let init = run(&["-i", "-q", "-s", "1"]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
+    gw.pgbench("alice", &db, &["-i", "-q", "-s", "1"]);
+    let report = gw.pgbench(
+        "alice",
+        &db,
+        &["-n", "-S", "-M", "simple", "-c", "32", "-j", "2", "-T", "4"],
     );
-    let out = run(&["-n", "-S", "-M", "simple", "-c", "32", "-j", "2", "-T", "4"]);
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{report}");
-    let failed = report
-        .lines()
-        .find_map(|l| l.strip_prefix("number of failed transactions:"))
-        .unwrap_or("?")
-        .trim()
-        .to_owned();
-    assert!(
-        failed.starts_with("0 "),
-        "failed transactions: {failed}\n{report}"
-    );
+    pgward_e2e::assert_no_failed_transactions(&report);
     assert!(
         !gw.log().contains("plugin failed"),
         "a healthy plugin was reported as failed"
