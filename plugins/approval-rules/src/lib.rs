@@ -1,0 +1,2 @@
+//! Built-in policy: require approval for sensitive statements (work in progress).
+#![forbid(unsafe_code)]
