@@ -66,6 +66,10 @@ pub struct PluginsConfig {
     pub cache_dir: Option<PathBuf>,
     /// Watch the directory and apply changes without a restart.
     pub watch: bool,
+    /// Most rows in one result batch handed to on-batch.
+    pub batch_rows: usize,
+    /// Most bytes of row data in one result batch.
+    pub batch_bytes: usize,
 }
 
 impl Default for PluginsConfig {
@@ -79,6 +83,8 @@ impl Default for PluginsConfig {
             max_output: 1 << 20,
             cache_dir: None,
             watch: true,
+            batch_rows: 4096,
+            batch_bytes: 1 << 20,
         }
     }
 }
@@ -430,6 +436,15 @@ impl Config {
         if self.plugins.max_output < 1024 {
             return Err(invalid(
                 "plugins.max_output",
+                "must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.plugins.batch_rows == 0 {
+            return Err(invalid("plugins.batch_rows", "must be at least 1".into()));
+        }
+        if self.plugins.batch_bytes < 1024 {
+            return Err(invalid(
+                "plugins.batch_bytes",
                 "must be at least 1024 bytes".into(),
             ));
         }

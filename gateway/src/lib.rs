@@ -12,6 +12,7 @@
 //! - [`sql`]: statement analysis with sqlparser, cached by normalized text (the `pgward-sql`
 //!   crate, shared with the plugin SDK's test harness).
 //! - [`plugins`]: WebAssembly policy plugins: loading, chain, hot reload, sandboxed calls.
+//! - [`results`]: result rows through plugins as Arrow batches, with lineage from the catalog.
 //! - [`tls`]: rustls configurations for both sides.
 //! - [`error`]: what a client is told when the gateway refuses something.
 //! - [`stream`]: plain or TLS connections and their halves.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod plugins;
 pub mod protocol;
 pub mod relay;
+pub mod results;
 pub mod server;
 pub mod session;
 pub use pgward_sql as sql;

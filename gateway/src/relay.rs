@@ -12,13 +12,18 @@ use crate::error::ClientError;
 use crate::plugins::bindings::pgward::plugin::types as wit;
 use crate::plugins::{PluginHost, QueryDecision, Refusal};
 use crate::protocol::{self, FrameError};
+use crate::results::catalog::Catalog;
+use crate::results::types::Styles;
+use crate::results::{self, Filter};
 use crate::server::ShutdownSignal;
-use crate::sql::{LexOptions, SqlAnalyzer};
+use crate::sql::{Analysis, LexOptions, SqlAnalyzer, StatementKind};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
+use crate::upstream::UpstreamTarget;
 use bytes::{Buf, BufMut, BytesMut};
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
@@ -50,6 +55,26 @@ pub struct RelayState {
     substitutions: Mutex<VecDeque<(String, BytesMut)>>,
     has_substitutions: AtomicBool,
     next_token: AtomicU64,
+    /// What the server will answer, in order, for the messages that matter to result
+    /// filtering (kept only when plugins are configured).
+    expect: Mutex<VecDeque<Expect>>,
+    /// `DateStyle` is ISO and `IntervalStyle` postgres: text dates can be decoded.
+    iso_dates: AtomicBool,
+    postgres_intervals: AtomicBool,
+}
+
+/// A request sent upstream whose answer the result filter must recognise.
+#[derive(Debug)]
+enum Expect {
+    /// A Query: its results, one statement after another, then ReadyForQuery.
+    Query(Option<Arc<Analysis>>),
+    /// A Describe: RowDescription or NoData (after ParameterDescription for a statement).
+    /// An injected one is the gateway's own, and its answer is not relayed.
+    Describe { injected: bool },
+    /// An Execute of a portal bound to this statement.
+    Execute(Option<Arc<Analysis>>),
+    /// A Sync (or FunctionCall): ReadyForQuery.
+    Sync,
 }
 
 /// `text` contains `token` not followed by another digit or `_` (token `x_1` is not in `x_12`).
@@ -78,6 +103,9 @@ impl RelayState {
             substitutions: Mutex::new(VecDeque::new()),
             has_substitutions: AtomicBool::new(false),
             next_token: AtomicU64::new(1),
+            expect: Mutex::new(VecDeque::new()),
+            iso_dates: AtomicBool::new(true),
+            postgres_intervals: AtomicBool::new(true),
         }
     }
 
@@ -131,9 +159,28 @@ impl RelayState {
 
     /// Tracks the server settings that change how the gateway reads SQL.
     pub fn observe_parameter(&self, name: &str, value: &str) {
-        if name == "standard_conforming_strings" {
-            self.standard_conforming_strings
-                .store(value.eq_ignore_ascii_case("on"), Ordering::Relaxed);
+        match name {
+            "standard_conforming_strings" => self
+                .standard_conforming_strings
+                .store(value.eq_ignore_ascii_case("on"), Ordering::Relaxed),
+            "DateStyle" => self
+                .iso_dates
+                .store(value.starts_with("ISO"), Ordering::Relaxed),
+            "IntervalStyle" => self
+                .postgres_intervals
+                .store(value == "postgres", Ordering::Relaxed),
+            _ => {}
+        }
+    }
+
+    fn expect(&self) -> std::sync::MutexGuard<'_, VecDeque<Expect>> {
+        self.expect.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn styles(&self) -> Styles {
+        Styles {
+            iso_dates: self.iso_dates.load(Ordering::Relaxed),
+            postgres_intervals: self.postgres_intervals.load(Ordering::Relaxed),
         }
     }
 
@@ -169,6 +216,17 @@ pub struct RelayContext<'a> {
     pub plugins: Option<&'a PluginHost>,
     /// The session as plugins see it.
     pub plugin_session: &'a wit::Session,
+    /// Result filtering; present when plugins are configured.
+    pub results: Option<ResultsContext<'a>>,
+}
+
+/// What filtering results through plugins needs.
+pub struct ResultsContext<'a> {
+    pub catalog: &'a Catalog,
+    pub upstream: &'a UpstreamTarget,
+    pub database: &'a str,
+    pub batch_rows: usize,
+    pub batch_bytes: usize,
 }
 
 /// Why the relay stopped.
@@ -200,7 +258,7 @@ pub async fn run(
     let (mut server_r, mut server_w) = server.split();
     tokio::select! {
         end = client_to_server(ctx, &mut client_r, &mut server_w, state) => end,
-        end = server_to_client(&mut server_r, &mut client_w, state) => end,
+        end = server_to_client(ctx, &mut server_r, &mut client_w, state) => end,
         end = wait_for_shutdown(shutdown, state) => end,
     }
 }
@@ -282,6 +340,85 @@ fn message_limit(tag: u8, max_inspected: usize) -> usize {
     }
 }
 
+/// What the client has prepared and bound, so an Execute's rows can be matched to the
+/// statement that produced them (kept only when result filtering is on).
+#[derive(Default)]
+struct Prepared {
+    statements: HashMap<Vec<u8>, Option<Arc<Analysis>>>,
+    portals: HashMap<Vec<u8>, Option<Arc<Analysis>>>,
+}
+
+/// Most prepared statements and portals remembered; past that the oldest knowledge is dropped
+/// (their results then carry no inferred lineage, which only makes plugins more careful).
+const MAX_PREPARED: usize = 10_000;
+
+impl Prepared {
+    fn remember(
+        map: &mut HashMap<Vec<u8>, Option<Arc<Analysis>>>,
+        name: &[u8],
+        a: Option<Arc<Analysis>>,
+    ) {
+        if map.len() >= MAX_PREPARED {
+            map.clear();
+        }
+        map.insert(name.to_vec(), a);
+    }
+
+    /// Tracks a Bind, Describe, Execute or Close; appends what goes upstream to `out`.
+    fn client_message(
+        &mut self,
+        ctx: &RelayContext<'_>,
+        state: &RelayState,
+        frame: &[u8],
+        out: &mut BytesMut,
+    ) {
+        let mut body = &frame[5..];
+        match frame[0] {
+            b'B' => {
+                if let (Some(portal), Some(stmt)) = (
+                    protocol::take_cstr(&mut body),
+                    protocol::take_cstr(&mut body),
+                ) {
+                    let a = self.statements.get(stmt).cloned().flatten();
+                    Self::remember(&mut self.portals, portal, a);
+                }
+            }
+            b'D' => state
+                .expect()
+                .push_back(Expect::Describe { injected: false }),
+            b'E' => {
+                let portal = protocol::take_cstr(&mut body).unwrap_or_default();
+                let analysis = self.portals.get(portal).cloned().flatten();
+                let wants = ctx.plugins.is_some_and(|p| p.chain().wants_results());
+                let mut q = state.expect();
+                if wants {
+                    // Ask for the portal's columns right before its rows: the filter needs
+                    // them, and a client need not have asked (Bind + Execute alone is valid).
+                    protocol::put_message(out, b'D', |o| {
+                        o.put_u8(b'P');
+                        o.extend_from_slice(portal);
+                        o.put_u8(0);
+                    });
+                    q.push_back(Expect::Describe { injected: true });
+                }
+                q.push_back(Expect::Execute(analysis));
+            }
+            b'C' => {
+                let kind = body.first().copied();
+                body = body.get(1..).unwrap_or_default();
+                if let Some(name) = protocol::take_cstr(&mut body) {
+                    match kind {
+                        Some(b'S') => self.statements.remove(name),
+                        _ => self.portals.remove(name),
+                    };
+                }
+            }
+            _ => {}
+        }
+        out.extend_from_slice(frame);
+    }
+}
+
 async fn client_to_server(
     ctx: &RelayContext<'_>,
     client: &mut ReadHalf<'_>,
@@ -290,6 +427,8 @@ async fn client_to_server(
 ) -> RelayEnd {
     let mut buf = BytesMut::with_capacity(CLIENT_READ_BUF);
     let mut out = BytesMut::with_capacity(CLIENT_READ_BUF);
+    let tracking = ctx.results.is_some();
+    let mut prepared = Prepared::default();
     // Bytes of the current frame still to copy through without looking at them.
     let mut pass = 0usize;
     loop {
@@ -324,15 +463,28 @@ async fn client_to_server(
                     Ok(None) => break,
                     Err(e) => return RelayEnd::ClientProtocol(e),
                 };
+            let whole = matches!(tag, b'Q' | b'P' | b'F')
+                || (tracking && matches!(tag, b'B' | b'D' | b'E' | b'C'));
+            if whole && buf.len() - pos < header.frame_len {
+                // Grow as the bytes arrive: a header alone must not pin a large buffer.
+                buf.reserve((header.frame_len - (buf.len() - pos)).min(1 << 20));
+                break;
+            }
             match tag {
                 b'Q' | b'P' | b'F' => {
-                    if buf.len() - pos < header.frame_len {
-                        // Grow as the bytes arrive: a header alone must not pin a large buffer.
-                        buf.reserve((header.frame_len - (buf.len() - pos)).min(1 << 20));
-                        break;
-                    }
                     let frame = &buf[pos..pos + header.frame_len];
-                    inspect_client_message(ctx, state, frame, &mut out);
+                    let analysis = inspect_client_message(ctx, state, frame, &mut out);
+                    if tracking {
+                        match tag {
+                            b'Q' => state.expect().push_back(Expect::Query(analysis)),
+                            b'P' => {
+                                let mut body = &frame[5..];
+                                let name = protocol::take_cstr(&mut body).unwrap_or_default();
+                                Prepared::remember(&mut prepared.statements, name, analysis);
+                            }
+                            _ => state.expect().push_back(Expect::Sync),
+                        }
+                    }
                     pos += header.frame_len;
                     if tag == b'P' {
                         state.unsynced.store(true, Ordering::Release);
@@ -345,9 +497,18 @@ async fn client_to_server(
                     terminated = true;
                     break;
                 }
+                b'B' | b'D' | b'E' | b'C' if tracking => {
+                    let frame = &buf[pos..pos + header.frame_len];
+                    prepared.client_message(ctx, state, frame, &mut out);
+                    state.unsynced.store(true, Ordering::Release);
+                    pos += header.frame_len;
+                }
                 _ => {
                     match tag {
                         b'S' => {
+                            if tracking {
+                                state.expect().push_back(Expect::Sync);
+                            }
                             state.pending.fetch_add(1, Ordering::AcqRel);
                             state.unsynced.store(false, Ordering::Release);
                         }
@@ -398,12 +559,13 @@ async fn read_client(
 
 /// Looks at a complete Query, Parse or FunctionCall frame and appends what goes upstream in
 /// its place: the frame itself, a rewritten frame, or a stand-in that makes the server fail it.
+/// Returns the analysis of the text that was sent.
 fn inspect_client_message(
     ctx: &RelayContext<'_>,
     state: &RelayState,
     frame: &[u8],
     out: &mut BytesMut,
-) {
+) -> Option<Arc<Analysis>> {
     let chain = ctx.plugins.map(|p| p.chain());
     let policing = chain.as_ref().is_some_and(|c| c.wants_query());
     let mut body = &frame[5..];
@@ -428,20 +590,25 @@ fn inspect_client_message(
             } else {
                 out.extend_from_slice(frame);
             }
-            return;
+            return None;
         }
     };
     let Some(sql) = sql else {
         // Malformed: the server rejects it with its own error.
         debug!(tag = %(frame[0] as char), "malformed message passed to the server");
         out.extend_from_slice(frame);
-        return;
+        return None;
     };
     let lex = state.lex_options();
     let (text, analysis) = match std::str::from_utf8(sql) {
         Ok(text) => (text, Some(ctx.analyzer.analyze(text, lex))),
         Err(_) => ("", None),
     };
+    if let (Some(a), Some(r)) = (&analysis, &ctx.results) {
+        if a.statements.iter().any(|s| s.kind == StatementKind::Ddl) {
+            r.catalog.invalidate(r.database);
+        }
+    }
     if let Some(a) = &analysis {
         debug!(
             user = %ctx.identity.user,
@@ -450,9 +617,15 @@ fn inspect_client_message(
             "statement analysed"
         );
     }
+    if let (Some(a), Some(chain)) = (&analysis, &chain) {
+        if chain.wants_results() && copies_to_client(a) {
+            deny(ctx, state, &copy_refusal(), frame[0], name, out);
+            return analysis;
+        }
+    }
     let (Some(host), Some(chain)) = (ctx.plugins, chain.as_ref().filter(|_| policing)) else {
         out.extend_from_slice(frame);
-        return;
+        return analysis;
     };
     let Some(analysis) = analysis else {
         // Text the gateway cannot read cannot be judged: fail closed.
@@ -463,7 +636,7 @@ fn inspect_client_message(
             hint: None,
         };
         deny(ctx, state, &refusal, frame[0], name, out);
-        return;
+        return None;
     };
     let protocol_kind = if frame[0] == b'Q' {
         wit::Protocol::Simple
@@ -479,13 +652,43 @@ fn inspect_client_message(
         |t| ctx.analyzer.analyze(t, lex),
     );
     match decision {
-        QueryDecision::Allow => out.extend_from_slice(frame),
+        QueryDecision::Allow => {
+            out.extend_from_slice(frame);
+            Some(analysis)
+        }
         QueryDecision::Rewrite(new_sql) => {
             info!(fingerprint = %analysis.fingerprint_id, "statement rewritten by policy");
+            let rewritten = ctx.analyzer.analyze(&new_sql, lex);
+            if chain.wants_results() && copies_to_client(&rewritten) {
+                deny(ctx, state, &copy_refusal(), frame[0], name, out);
+                return None;
+            }
             put_statement(out, frame[0], name, &new_sql, body);
+            Some(rewritten)
         }
-        QueryDecision::Deny(refusal) => deny(ctx, state, &refusal, frame[0], name, out),
+        QueryDecision::Deny(refusal) => {
+            deny(ctx, state, &refusal, frame[0], name, out);
+            None
+        }
     }
+}
+
+fn copy_refusal() -> Refusal {
+    Refusal {
+        plugin: "pgward".into(),
+        sqlstate: "0A000".into(),
+        message: "COPY ... TO STDOUT is not allowed while result policies are active".into(),
+        hint: Some("read the rows with SELECT, which the policies can filter".into()),
+    }
+}
+
+/// Some statement copies table data to the client (`COPY ... TO STDOUT`).
+fn copies_to_client(a: &Analysis) -> bool {
+    a.statements.iter().any(|s| {
+        s.copy
+            .as_ref()
+            .is_some_and(|c| c.direction == crate::sql::CopyDirection::To && c.stdio)
+    })
 }
 
 /// Sends a stand-in for a denied statement: the server fails it in order, and its error is
@@ -517,30 +720,53 @@ fn put_statement(out: &mut BytesMut, tag: u8, name: Option<&[u8]>, sql: &str, pa
     });
 }
 
+/// Where the server's answers stand, for result filtering.
+#[derive(Default)]
+struct Results {
+    /// Statements of the current Query whose results are complete.
+    statement: usize,
+    filter: Option<Filter>,
+    /// A result was refused: drop what the server sends until ReadyForQuery.
+    discard: bool,
+}
+
 async fn server_to_client(
+    ctx: &RelayContext<'_>,
     server: &mut ReadHalf<'_>,
     client: &mut WriteHalf<'_>,
     state: &RelayState,
 ) -> RelayEnd {
     let mut buf = BytesMut::with_capacity(SERVER_READ_BUF);
+    // What replaces or adds to the server's bytes; empty on the fast path.
+    let mut out = BytesMut::new();
+    let mut results = Results::default();
+    let tracking = ctx.results.is_some();
     let mut pass = 0usize;
+    // Bytes already in `buf` that have not been looked at.
+    let mut unread = false;
     loop {
         if buf.capacity() - buf.len() < SERVER_READ_BUF / 4 {
             buf.reserve(SERVER_READ_BUF);
         }
-        match server.read_buf(&mut buf).await {
-            Ok(0) => return RelayEnd::ServerEof,
-            Ok(_) => {}
-            Err(e) => return RelayEnd::ServerIo(e),
+        if !unread {
+            match server.read_buf(&mut buf).await {
+                Ok(0) => return RelayEnd::ServerEof,
+                Ok(_) => {}
+                Err(e) => return RelayEnd::ServerIo(e),
+            }
         }
+        unread = false;
         let mut pos = 0;
-        // Bytes before `written` were already sent (only when an error was replaced).
+        // Bytes before `written` were already sent or copied to `out`.
         let mut written = 0;
         loop {
             if pass > 0 {
                 let take = pass.min(buf.len() - pos);
                 pos += take;
                 pass -= take;
+                if results.discard {
+                    written = pos;
+                }
                 if pass > 0 {
                     break;
                 }
@@ -550,36 +776,194 @@ async fn server_to_client(
                 Ok(None) => break,
                 Err(e) => return RelayEnd::ServerProtocol(e),
             };
+            let whole = match header.tag {
+                b'Z' | b'S' | b'E' => true,
+                b'T' | b'n' | b'C' | b's' | b'I' => tracking,
+                b'D' => results.filter.is_some(),
+                _ => false,
+            };
+            if !whole {
+                pass = header.frame_len;
+                continue;
+            }
+            if buf.len() - pos < header.frame_len {
+                break;
+            }
+            let frame = &buf[pos..pos + header.frame_len];
+            // What to do with the frame: relay it as it is, or replace it with `out`'s new bytes.
+            let mut relay = !results.discard;
             match header.tag {
-                b'Z' | b'S' | b'E' => {
-                    if buf.len() - pos < header.frame_len {
-                        break;
+                b'E' => {
+                    if let Some(f) = results.filter.as_mut() {
+                        // Rows before an error still go out, filtered.
+                        out.extend_from_slice(&buf[written..pos]);
+                        written = pos;
+                        if let Err(r) = f.flush(
+                            ctx.plugins.expect("filter implies plugins"),
+                            ctx.plugin_session,
+                            &mut out,
+                        ) {
+                            refuse_result(&mut out, &r);
+                            results.discard = true;
+                        }
+                        results.filter = None;
                     }
-                    let frame = &buf[pos..pos + header.frame_len];
-                    if header.tag == b'E' {
-                        if let Some(refusal) = state.take_substitution(frame) {
-                            // Send what came before the server's error, then the refusal.
-                            state.client_at_boundary.store(false, Ordering::Release);
-                            if let Err(e) = write_flush(client, &buf[written..pos]).await {
-                                return RelayEnd::ClientIo(e);
-                            }
-                            if let Err(e) = write_flush(client, &refusal).await {
-                                return RelayEnd::ClientIo(e);
-                            }
-                            pos += header.frame_len;
-                            written = pos;
-                            continue;
+                    if let Some(refusal) = state.take_substitution(frame) {
+                        out.extend_from_slice(&buf[written..pos]);
+                        out.extend_from_slice(&refusal);
+                        written = pos + header.frame_len;
+                        relay = false;
+                    }
+                    if tracking {
+                        // The server skips the rest of an extended pipeline up to Sync.
+                        let mut q = state.expect();
+                        while matches!(
+                            q.front(),
+                            Some(Expect::Describe { .. } | Expect::Execute(_))
+                        ) {
+                            q.pop_front();
                         }
                     }
                     observe_server_message(state, frame);
-                    pos += header.frame_len;
                 }
-                _ => pass = header.frame_len,
+                b'Z' => {
+                    if tracking {
+                        let mut q = state.expect();
+                        while let Some(e) = q.pop_front() {
+                            match e {
+                                Expect::Query(a) => {
+                                    invalidate_after_ddl(ctx, a.as_deref());
+                                    break;
+                                }
+                                Expect::Sync => break,
+                                Expect::Execute(a) => invalidate_after_ddl(ctx, a.as_deref()),
+                                Expect::Describe { .. } => {}
+                            }
+                        }
+                        results.statement = 0;
+                        results.filter = None;
+                        relay = true;
+                        results.discard = false;
+                    }
+                    observe_server_message(state, frame);
+                }
+                b'S' => observe_server_message(state, frame),
+                b'T' | b'n' => {
+                    let front = {
+                        let mut q = state.expect();
+                        match q.front() {
+                            Some(Expect::Describe { injected }) => {
+                                let injected = *injected;
+                                q.pop_front();
+                                if injected {
+                                    // Our own Describe, right before an Execute: its columns.
+                                    relay = false;
+                                    match q.front() {
+                                        Some(Expect::Execute(a)) => Some(a.clone()),
+                                        _ => None,
+                                    }
+                                } else {
+                                    None
+                                }
+                            }
+                            Some(Expect::Query(a)) if header.tag == b'T' => Some(a.clone()),
+                            _ => None,
+                        }
+                    };
+                    if let (Some(analysis), b'T') = (front, header.tag) {
+                        let statement = if relay { results.statement } else { 0 };
+                        match start_result(ctx, state, frame, analysis.as_deref(), statement).await
+                        {
+                            Ok(filter) => results.filter = filter,
+                            Err(r) => {
+                                out.extend_from_slice(&buf[written..pos]);
+                                written = pos + header.frame_len;
+                                relay = false;
+                                if !results.discard {
+                                    refuse_result(&mut out, &r);
+                                }
+                                results.discard = true;
+                            }
+                        }
+                    }
+                }
+                b'D' => {
+                    // A filtered row: it goes out with its batch.
+                    out.extend_from_slice(&buf[written..pos]);
+                    written = pos + header.frame_len;
+                    relay = false;
+                    if let Some(f) = results.filter.as_mut() {
+                        if f.push(frame) {
+                            if let Err(r) = f.flush(
+                                ctx.plugins.expect("filter implies plugins"),
+                                ctx.plugin_session,
+                                &mut out,
+                            ) {
+                                results.filter = None;
+                                if !results.discard {
+                                    refuse_result(&mut out, &r);
+                                }
+                                results.discard = true;
+                            }
+                        }
+                    }
+                }
+                b'C' | b's' | b'I' => {
+                    if let Some(mut f) = results.filter.take() {
+                        out.extend_from_slice(&buf[written..pos]);
+                        written = pos;
+                        if let Err(r) = f.flush(
+                            ctx.plugins.expect("filter implies plugins"),
+                            ctx.plugin_session,
+                            &mut out,
+                        ) {
+                            if !results.discard {
+                                refuse_result(&mut out, &r);
+                            }
+                            results.discard = true;
+                            relay = false;
+                        }
+                    }
+                    let mut q = state.expect();
+                    match q.front() {
+                        Some(Expect::Query(_)) if header.tag != b's' => results.statement += 1,
+                        Some(Expect::Execute(_)) => {
+                            if let Some(Expect::Execute(a)) = q.pop_front() {
+                                if header.tag == b'C' {
+                                    invalidate_after_ddl(ctx, a.as_deref());
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
             }
+            if !relay {
+                // Drop the frame: send what came before it first.
+                if written < pos {
+                    out.extend_from_slice(&buf[written..pos]);
+                }
+                written = written.max(pos + header.frame_len);
+            } else if results.discard {
+                written = pos + header.frame_len;
+            }
+            pos += header.frame_len;
         }
-        if pos > written {
+        if results.discard && pass == 0 {
+            written = written.max(pos);
+        }
+        if pos > written || !out.is_empty() {
             state.client_at_boundary.store(false, Ordering::Release);
-            if let Err(e) = write_flush(client, &buf[written..pos]).await {
+            let result = if out.is_empty() {
+                write_flush(client, &buf[written..pos]).await
+            } else {
+                out.extend_from_slice(&buf[written..pos]);
+                let r = write_flush(client, &out).await;
+                out.clear();
+                r
+            };
+            if let Err(e) = result {
                 return RelayEnd::ClientIo(e);
             }
         }
@@ -587,7 +971,99 @@ async fn server_to_client(
             buf.advance(pos);
             state.client_at_boundary.store(pass == 0, Ordering::Release);
         }
+        // A partial batch waits only while the server keeps sending: when it pauses, the rows
+        // go out, so a small result is never held back for a full batch.
+        if let Some(f) = results.filter.as_mut().filter(|f| !f.is_empty()) {
+            match tokio::time::timeout(Duration::ZERO, server.read_buf(&mut buf)).await {
+                Ok(Ok(0)) => return RelayEnd::ServerEof,
+                Ok(Ok(_)) => {
+                    unread = true;
+                    continue;
+                }
+                Ok(Err(e)) => return RelayEnd::ServerIo(e),
+                Err(_) => {}
+            }
+            if let Err(r) = f.flush(
+                ctx.plugins.expect("filter implies plugins"),
+                ctx.plugin_session,
+                &mut out,
+            ) {
+                results.filter = None;
+                refuse_result(&mut out, &r);
+                results.discard = true;
+            }
+            if !out.is_empty() {
+                state.client_at_boundary.store(false, Ordering::Release);
+                let r = write_flush(client, &out).await;
+                out.clear();
+                if let Err(e) = r {
+                    return RelayEnd::ClientIo(e);
+                }
+            }
+        }
     }
+}
+
+/// The result starting with RowDescription `frame`: its filter, if some plugin subscribes.
+async fn start_result(
+    ctx: &RelayContext<'_>,
+    state: &RelayState,
+    frame: &[u8],
+    analysis: Option<&Analysis>,
+    statement: usize,
+) -> Result<Option<Filter>, Refusal> {
+    let (Some(host), Some(r)) = (ctx.plugins, &ctx.results) else {
+        return Ok(None);
+    };
+    if !host.chain().wants_results() {
+        return Ok(None);
+    }
+    let Some(fields) = results::parse_row_description(&frame[5..]) else {
+        return Err(Refusal {
+            plugin: "pgward".into(),
+            sqlstate: "08P01".into(),
+            message: "malformed RowDescription from the server".into(),
+            hint: None,
+        });
+    };
+    let inferred = analysis
+        .and_then(|a| a.statements.get(statement))
+        .and_then(crate::results::inferred::output_of);
+    let subscribe = results::Subscribe {
+        host,
+        session: ctx.plugin_session,
+        catalog: r.catalog,
+        upstream: r.upstream,
+        database: r.database,
+        batch_rows: r.batch_rows,
+        batch_bytes: r.batch_bytes,
+        styles: state.styles(),
+    };
+    results::subscribe(&subscribe, fields, inferred).await
+}
+
+fn invalidate_after_ddl(ctx: &RelayContext<'_>, analysis: Option<&Analysis>) {
+    if let (Some(a), Some(r)) = (analysis, &ctx.results) {
+        if a.statements.iter().any(|s| s.kind == StatementKind::Ddl) {
+            r.catalog.invalidate(r.database);
+        }
+    }
+}
+
+/// Ends a result with the refusal instead of (the rest of) its rows.
+fn refuse_result(out: &mut BytesMut, refusal: &Refusal) {
+    warn!(plugin = %refusal.plugin, sqlstate = %refusal.sqlstate, "result refused");
+    let detail = format!("refused by result policy \"{}\"", refusal.plugin);
+    protocol::put_error(
+        out,
+        &protocol::ErrorFields {
+            severity: protocol::Severity::Error,
+            code: &refusal.sqlstate,
+            message: &refusal.message,
+            detail: Some(&detail),
+            hint: refusal.hint.as_deref(),
+        },
+    );
 }
 
 fn observe_server_message(state: &RelayState, frame: &[u8]) {

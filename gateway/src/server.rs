@@ -45,6 +45,8 @@ pub struct GatewayShared {
     pub plugins: Option<Arc<crate::plugins::PluginHost>>,
     /// Key for decoy SCRAM verifiers of unknown users; random per process.
     pub decoy_secret: [u8; 32],
+    /// Column lineage from the upstream catalog, for result plugins.
+    pub catalog: crate::results::catalog::Catalog,
     next_session: AtomicU64,
 }
 
@@ -113,6 +115,7 @@ impl Gateway {
             cancels: CancelRegistry::new(),
             plugins,
             decoy_secret,
+            catalog: Default::default(),
             next_session: AtomicU64::new(1),
         };
         Ok(Gateway {

@@ -163,6 +163,13 @@ pub async fn serve(
         session_id: id,
         plugins: gw.plugins.as_deref(),
         plugin_session: &plugin_session,
+        results: gw.plugins.as_ref().map(|_| relay::ResultsContext {
+            catalog: &gw.catalog,
+            upstream: &gw.upstream,
+            database: &plugin_session.database,
+            batch_rows: gw.config.plugins.batch_rows,
+            batch_bytes: gw.config.plugins.batch_bytes,
+        }),
     };
     let end = relay::run(&ctx, &mut stream, &mut upstream.stream, &state, shutdown).await;
     match &end {

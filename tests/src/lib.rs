@@ -704,9 +704,13 @@ pub async fn connect_direct(pg: &Postgres, db: &str) -> Result<tokio_postgres::C
 
 /// A hand-driven protocol client for tests that need exact control over the bytes sent.
 pub struct RawClient {
-    pub stream: std::net::TcpStream,
+    stream: Box<dyn RawStream>,
     buf: Vec<u8>,
 }
+
+/// A byte stream a [`RawClient`] speaks over: TCP or a Unix socket.
+pub trait RawStream: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> RawStream for T {}
 
 impl RawClient {
     pub fn connect(port: u16) -> std::io::Result<RawClient> {
@@ -714,9 +718,24 @@ impl RawClient {
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
         stream.set_nodelay(true)?;
         Ok(RawClient {
-            stream,
+            stream: Box::new(stream),
             buf: Vec::new(),
         })
+    }
+
+    /// Connects straight to `pg` over its Unix socket, where the upstream role needs no
+    /// password; the bytes that come back are the server's own, for comparisons.
+    pub fn connect_direct(pg: &Postgres, db: &str) -> std::io::Result<RawClient> {
+        let path = pg.socket_dir.join(format!(".s.PGSQL.{}", pg.port));
+        let stream = std::os::unix::net::UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut c = RawClient {
+            stream: Box::new(stream),
+            buf: Vec::new(),
+        };
+        c.startup(UPSTREAM_USER, db)?;
+        c.read_until_ready()?;
+        Ok(c)
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {

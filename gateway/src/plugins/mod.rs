@@ -122,6 +122,7 @@ pub struct Chain {
     pub plugins: Vec<Arc<LoadedPlugin>>,
     on_query: bool,
     on_connect: bool,
+    on_results: bool,
 }
 
 impl Chain {
@@ -130,6 +131,9 @@ impl Chain {
             generation,
             on_query: plugins.iter().any(|p| p.hooks.on_query),
             on_connect: plugins.iter().any(|p| p.hooks.on_connect),
+            on_results: plugins
+                .iter()
+                .any(|p| p.hooks.on_result_schema && p.hooks.on_batch),
             plugins,
         }
     }
@@ -137,6 +141,11 @@ impl Chain {
     /// Some plugin implements on-query (otherwise statements need no plugin call).
     pub fn wants_query(&self) -> bool {
         self.on_query
+    }
+
+    /// Some plugin implements on-result-schema and on-batch (otherwise rows need no plugin).
+    pub fn wants_results(&self) -> bool {
+        self.on_results
     }
 }
 
@@ -487,10 +496,21 @@ impl PluginHost {
         Refusal {
             plugin: plugin.name.clone(),
             sqlstate: "58000".into(),
-            message: format!(
-                "policy plugin \"{}\" failed, so the statement was not run",
-                plugin.name
-            ),
+            message: match (hook, e) {
+                ("on-batch" | "on-result-schema", CallError::Invalid(what)) => format!(
+                    "policy plugin \"{}\" broke the result contract ({}), so the result was withheld",
+                    plugin.name,
+                    truncate(what, 200)
+                ),
+                ("on-batch" | "on-result-schema", _) => format!(
+                    "policy plugin \"{}\" failed, so the result was withheld",
+                    plugin.name
+                ),
+                _ => format!(
+                    "policy plugin \"{}\" failed, so the statement was not run",
+                    plugin.name
+                ),
+            },
             hint: Some("the gateway log has the details".into()),
         }
     }
@@ -612,6 +632,43 @@ impl PluginHost {
             }
         }
         Ok(result)
+    }
+
+    /// Asks `plugin` which columns of a result it reads and may replace.
+    pub fn on_result_schema(
+        &self,
+        plugin: &LoadedPlugin,
+        session: &wit::Session,
+        columns: &[wit::Column],
+    ) -> Result<wit::SchemaInterest, Refusal> {
+        self.call(plugin, self.settings.batch_deadline, |store, inst| {
+            poll_once(inst.call_on_result_schema(store, session, columns))
+        })
+        .map_err(|e| self.record_failure(plugin, "on-result-schema", &e))
+    }
+
+    /// [`Self::on_batch`] as the result filter needs it: `None` for unchanged, the replacement
+    /// IPC bytes, or the refusal that ends the result (a plugin's abort or its failure).
+    pub fn on_batch_checked(
+        &self,
+        plugin: &LoadedPlugin,
+        session: &wit::Session,
+        ipc: &[u8],
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        match self.on_batch(plugin, session, ipc) {
+            Ok(wit::BatchResult::Unchanged) => Ok(None),
+            Ok(wit::BatchResult::Replace(bytes)) => Ok(Some(bytes)),
+            Ok(wit::BatchResult::Abort(d)) => Err(match self.validate_deny(plugin, d) {
+                Ok(r) => r,
+                Err(e) => self.record_failure(plugin, "on-batch", &e),
+            }),
+            Err(e) => Err(self.record_failure(plugin, "on-batch", &e)),
+        }
+    }
+
+    /// The refusal for output of `plugin` that breaks the contract (counted as a failure).
+    pub fn invalid_output(&self, plugin: &LoadedPlugin, hook: &str, what: String) -> Refusal {
+        self.record_failure(plugin, hook, &CallError::Invalid(what))
     }
 
     fn validate_deny(&self, p: &LoadedPlugin, d: wit::Deny) -> Result<Refusal, CallError> {

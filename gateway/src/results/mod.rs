@@ -1,0 +1,498 @@
+//! Result rows through plugins as Arrow batches.
+//!
+//! When a result starts (a RowDescription), the plugins that implement on-result-schema see its
+//! columns with their lineage and say which columns they read and which they may replace. If
+//! none asks for anything, the rows stay on the byte fast path. Otherwise a [`Filter`] collects
+//! DataRows into batches (bounded by rows and bytes, flushed as soon as the server pauses),
+//! decodes only the subscribed columns to Arrow, hands each subscriber its columns, and writes
+//! the rows back: cells nobody changed are copied byte for byte, changed ones are encoded in
+//! the format the client asked for.
+
+pub mod catalog;
+pub mod inferred;
+pub mod types;
+
+use crate::plugins::bindings::pgward::plugin::types as wit;
+use crate::plugins::{LoadedPlugin, PluginHost, Refusal};
+use crate::protocol;
+use crate::upstream::UpstreamTarget;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{Field, Schema};
+use bytes::{BufMut, BytesMut};
+use catalog::Catalog;
+use std::collections::HashMap;
+use std::sync::Arc;
+use types::{Kind, Styles};
+
+/// One column of a RowDescription.
+#[derive(Debug, Clone)]
+pub struct ResultField {
+    pub name: String,
+    pub table_oid: u32,
+    pub attnum: i16,
+    pub type_oid: u32,
+    pub binary: bool,
+}
+
+/// The columns of a RowDescription body; `None` when it is malformed.
+pub fn parse_row_description(body: &[u8]) -> Option<Vec<ResultField>> {
+    let mut b = body;
+    let n = u16::from_be_bytes(b.get(..2)?.try_into().ok()?) as usize;
+    b = &b[2..];
+    let mut fields = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = protocol::take_cstr(&mut b)?;
+        let fixed = b.get(..18)?;
+        let table_oid = u32::from_be_bytes(fixed[0..4].try_into().ok()?);
+        let attnum = i16::from_be_bytes(fixed[4..6].try_into().ok()?);
+        let type_oid = u32::from_be_bytes(fixed[6..10].try_into().ok()?);
+        let format = i16::from_be_bytes(fixed[16..18].try_into().ok()?);
+        b = &b[18..];
+        fields.push(ResultField {
+            name: String::from_utf8_lossy(name).into_owned(),
+            table_oid,
+            attnum,
+            type_oid,
+            binary: format == 1,
+        });
+    }
+    Some(fields)
+}
+
+/// What deciding a result's subscribers needs.
+pub struct Subscribe<'a> {
+    pub host: &'a PluginHost,
+    pub session: &'a wit::Session,
+    pub catalog: &'a Catalog,
+    pub upstream: &'a UpstreamTarget,
+    pub database: &'a str,
+    pub batch_rows: usize,
+    pub batch_bytes: usize,
+    pub styles: Styles,
+}
+
+/// Asks the plugins about a result; `None` when nobody wants its rows (the fast path).
+/// `inferred` is the statement analysis's lineage of the output columns, for columns
+/// PostgreSQL reports no table for.
+pub async fn subscribe(
+    s: &Subscribe<'_>,
+    fields: Vec<ResultField>,
+    inferred: Option<&crate::results::inferred::OutputLineage>,
+) -> Result<Option<Filter>, Refusal> {
+    let chain = s.host.chain();
+    let plugins: Vec<Arc<LoadedPlugin>> = chain
+        .plugins
+        .iter()
+        .filter(|p| p.hooks.on_result_schema && p.hooks.on_batch)
+        .cloned()
+        .collect();
+    drop(chain);
+    if plugins.is_empty() || fields.is_empty() {
+        return Ok(None);
+    }
+    let columns = lineage(s, &fields, inferred).await?;
+    let mut subs = Vec::new();
+    for plugin in plugins {
+        let interest = s.host.on_result_schema(&plugin, s.session, &columns)?;
+        let n = fields.len() as u32;
+        if let Some(bad) = interest
+            .read
+            .iter()
+            .chain(&interest.modify)
+            .find(|&&i| i >= n)
+        {
+            return Err(s.host.invalid_output(
+                &plugin,
+                "on-result-schema",
+                format!("asked for column {bad} of a result with {n} columns"),
+            ));
+        }
+        let mut cols: Vec<usize> = interest
+            .read
+            .iter()
+            .chain(&interest.modify)
+            .map(|&i| i as usize)
+            .collect();
+        cols.sort_unstable();
+        cols.dedup();
+        if cols.is_empty() {
+            continue;
+        }
+        let mut modify: Vec<usize> = interest.modify.iter().map(|&i| i as usize).collect();
+        modify.sort_unstable();
+        modify.dedup();
+        subs.push(Subscriber {
+            plugin,
+            cols,
+            modify,
+        });
+    }
+    if subs.is_empty() {
+        return Ok(None);
+    }
+    let mut needed: Vec<usize> = subs.iter().flat_map(|s| s.cols.iter().copied()).collect();
+    needed.sort_unstable();
+    needed.dedup();
+    Ok(Some(Filter {
+        kinds: fields.iter().map(|f| Kind::of(f.type_oid)).collect(),
+        fields,
+        subs,
+        needed,
+        rows: BytesMut::new(),
+        starts: Vec::new(),
+        max_rows: s.batch_rows.max(1),
+        max_bytes: s.batch_bytes.max(1),
+        styles: s.styles,
+    }))
+}
+
+/// The columns as plugins see them: lineage from the catalog for table columns, inferred from
+/// the statement for computed ones.
+async fn lineage(
+    s: &Subscribe<'_>,
+    fields: &[ResultField],
+    inferred: Option<&crate::results::inferred::OutputLineage>,
+) -> Result<Vec<wit::Column>, Refusal> {
+    let mut oids: Vec<u32> = fields
+        .iter()
+        .filter(|f| f.table_oid != 0)
+        .map(|f| f.table_oid)
+        .collect();
+    oids.sort_unstable();
+    oids.dedup();
+    let tables = if oids.is_empty() {
+        HashMap::new()
+    } else {
+        s.catalog
+            .tables(s.upstream, s.database, &oids)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "catalog lookup failed: result refused");
+                Refusal {
+                    plugin: "pgward".into(),
+                    sqlstate: "58000".into(),
+                    message:
+                        "cannot resolve the lineage of the result's columns, so it was not sent"
+                            .into(),
+                    hint: Some("the gateway log has the details".into()),
+                }
+            })?
+    };
+    let per_column = inferred.map(|l| l.columns(fields.len()));
+    Ok(fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut lineage = Vec::new();
+            if f.table_oid != 0 {
+                if let Some(l) = tables
+                    .get(&f.table_oid)
+                    .and_then(|t| t.columns.get(&f.attnum))
+                {
+                    lineage.extend(l.iter().cloned());
+                }
+            } else if let Some(sources) = per_column.as_ref().and_then(|c| c.get(i)) {
+                lineage.extend(sources.iter().map(|s| wit::ColumnLineage {
+                    schema: s.relation.schema.clone().unwrap_or_default(),
+                    table: s.relation.name.clone(),
+                    column: s.column.clone(),
+                    inferred: true,
+                }));
+            }
+            wit::Column {
+                index: i as u32,
+                name: f.name.clone(),
+                type_oid: f.type_oid,
+                lineage,
+            }
+        })
+        .collect())
+}
+
+struct Subscriber {
+    plugin: Arc<LoadedPlugin>,
+    /// Columns the plugin sees (read ∪ modify), in result order.
+    cols: Vec<usize>,
+    /// Columns it may replace.
+    modify: Vec<usize>,
+}
+
+/// A result being filtered through plugins.
+pub struct Filter {
+    fields: Vec<ResultField>,
+    kinds: Vec<Kind>,
+    subs: Vec<Subscriber>,
+    /// Columns some subscriber sees.
+    needed: Vec<usize>,
+    /// DataRow frames of the current batch, back to back.
+    rows: BytesMut,
+    starts: Vec<usize>,
+    max_rows: usize,
+    max_bytes: usize,
+    styles: Styles,
+}
+
+impl Filter {
+    /// Adds one DataRow frame; true when the batch is full and must be flushed.
+    pub fn push(&mut self, frame: &[u8]) -> bool {
+        self.starts.push(self.rows.len());
+        self.rows.extend_from_slice(frame);
+        self.starts.len() >= self.max_rows || self.rows.len() >= self.max_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Runs the batch through the subscribers and appends the rows to send to `out`.
+    pub fn flush(
+        &mut self,
+        host: &PluginHost,
+        session: &wit::Session,
+        out: &mut BytesMut,
+    ) -> Result<(), Refusal> {
+        if self.starts.is_empty() {
+            return Ok(());
+        }
+        let result = self.run(host, session, out);
+        tracing::debug!(
+            rows = self.starts.len(),
+            bytes = self.rows.len(),
+            plugins = self.subs.len(),
+            ok = result.is_ok(),
+            "result batch filtered"
+        );
+        self.rows.clear();
+        self.starts.clear();
+        result
+    }
+
+    fn run(
+        &self,
+        host: &PluginHost,
+        session: &wit::Session,
+        out: &mut BytesMut,
+    ) -> Result<(), Refusal> {
+        let ncols = self.fields.len();
+        let nrows = self.starts.len();
+        let malformed = |what: &str| Refusal {
+            plugin: "pgward".into(),
+            sqlstate: "08P01".into(),
+            message: format!("malformed DataRow from the server: {what}"),
+            hint: None,
+        };
+        // Cell positions (start, len; len < 0 for NULL) of every row, row-major.
+        let mut cells: Vec<(usize, i32)> = Vec::with_capacity(nrows * ncols);
+        for (r, &start) in self.starts.iter().enumerate() {
+            let end = self.starts.get(r + 1).copied().unwrap_or(self.rows.len());
+            let frame = &self.rows[start..end];
+            let mut at = 5;
+            let count = frame
+                .get(at..at + 2)
+                .map(|b| i16::from_be_bytes([b[0], b[1]]))
+                .ok_or_else(|| malformed("no column count"))?;
+            at += 2;
+            if count as usize != ncols {
+                return Err(malformed("column count differs from the RowDescription"));
+            }
+            for _ in 0..ncols {
+                let len = frame
+                    .get(at..at + 4)
+                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    .ok_or_else(|| malformed("truncated cell"))?;
+                at += 4;
+                cells.push((start + at, len));
+                if len > 0 {
+                    at += len as usize;
+                    if at > frame.len() {
+                        return Err(malformed("cell longer than the row"));
+                    }
+                }
+            }
+        }
+        let cell = |r: usize, c: usize| -> Option<&[u8]> {
+            let (at, len) = cells[r * ncols + c];
+            (len >= 0).then(|| &self.rows[at..at + len as usize])
+        };
+        let decode_error = |c: usize, e: String| Refusal {
+            plugin: "pgward".into(),
+            sqlstate: "0A000".into(),
+            message: format!(
+                "column \"{}\" cannot be passed to the result policies: {e}",
+                self.fields[c].name
+            ),
+            hint: None,
+        };
+        let mut arrays: Vec<Option<ArrayRef>> = vec![None; ncols];
+        let mut column_cells = Vec::with_capacity(nrows);
+        for &c in &self.needed {
+            column_cells.clear();
+            column_cells.extend((0..nrows).map(|r| cell(r, c)));
+            let a = types::decode_column(
+                self.kinds[c],
+                self.fields[c].binary,
+                &column_cells,
+                self.styles,
+            )
+            .map_err(|e| decode_error(c, e))?;
+            arrays[c] = Some(a);
+        }
+        let original = arrays.clone();
+        for sub in &self.subs {
+            let schema = Arc::new(Schema::new(
+                sub.cols
+                    .iter()
+                    .map(|&c| {
+                        let f = &self.fields[c];
+                        Field::new(&f.name, self.kinds[c].data_type(f.binary), true).with_metadata(
+                            HashMap::from([
+                                ("pgward.type_oid".to_string(), f.type_oid.to_string()),
+                                ("pgward.index".to_string(), c.to_string()),
+                            ]),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            ));
+            let columns: Vec<ArrayRef> = sub
+                .cols
+                .iter()
+                .map(|&c| {
+                    arrays[c].clone().unwrap_or_else(|| {
+                        arrow_array::new_null_array(
+                            &self.kinds[c].data_type(self.fields[c].binary),
+                            nrows,
+                        )
+                    })
+                })
+                .collect();
+            let batch = RecordBatch::try_new(schema.clone(), columns)
+                .map_err(|e| internal(format!("cannot build the batch: {e}")))?;
+            let ipc = write_ipc(&batch).map_err(internal)?;
+            let Some(reply) = host.on_batch_checked(&sub.plugin, session, &ipc)? else {
+                continue;
+            };
+            let invalid = |what: String| host.invalid_output(&sub.plugin, "on-batch", what);
+            let replaced = read_ipc(&reply).map_err(&invalid)?;
+            if replaced.num_rows() != nrows || replaced.num_columns() != sub.cols.len() {
+                return Err(invalid(format!(
+                    "returned {} rows × {} columns for a batch of {nrows} × {}",
+                    replaced.num_rows(),
+                    replaced.num_columns(),
+                    sub.cols.len()
+                )));
+            }
+            for (j, &c) in sub.cols.iter().enumerate() {
+                if sub.modify.binary_search(&c).is_err() {
+                    continue;
+                }
+                let new = replaced.column(j);
+                let expected = schema.field(j).data_type();
+                if new.data_type() != expected {
+                    return Err(invalid(format!(
+                        "changed the type of column \"{}\" from {expected} to {}",
+                        self.fields[c].name,
+                        new.data_type()
+                    )));
+                }
+                arrays[c] = Some(new.clone());
+            }
+        }
+        let changed: Vec<usize> = self
+            .needed
+            .iter()
+            .copied()
+            .filter(|&c| match (&original[c], &arrays[c]) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                _ => false,
+            })
+            .collect();
+        if changed.is_empty() {
+            out.extend_from_slice(&self.rows);
+            return Ok(());
+        }
+        let mut value = Vec::new();
+        for (r, &start) in self.starts.iter().enumerate() {
+            let differs = |c: usize| match (&original[c], &arrays[c]) {
+                (Some(a), Some(b)) => !types::same_value(a.as_ref(), b.as_ref(), r),
+                _ => false,
+            };
+            if !changed.iter().any(|&c| differs(c)) {
+                let end = self.starts.get(r + 1).copied().unwrap_or(self.rows.len());
+                out.extend_from_slice(&self.rows[start..end]);
+                continue;
+            }
+            let mut error = None;
+            protocol::put_message(out, b'D', |o| {
+                o.put_i16(ncols as i16);
+                for (c, array) in arrays.iter().enumerate() {
+                    let new = array
+                        .as_ref()
+                        .filter(|_| changed.contains(&c) && differs(c));
+                    if let Some(a) = new {
+                        if a.is_null(r) {
+                            o.put_i32(-1);
+                            continue;
+                        }
+                        value.clear();
+                        if let Err(e) = types::encode_value(
+                            self.kinds[c],
+                            self.fields[c].binary,
+                            a.as_ref(),
+                            r,
+                            &mut value,
+                        ) {
+                            error = Some((c, e));
+                            o.put_i32(-1);
+                            continue;
+                        }
+                        o.put_i32(value.len() as i32);
+                        o.extend_from_slice(&value);
+                    } else {
+                        match cell(r, c) {
+                            None => o.put_i32(-1),
+                            Some(v) => {
+                                o.put_i32(v.len() as i32);
+                                o.extend_from_slice(v);
+                            }
+                        }
+                    }
+                }
+            });
+            if let Some((c, e)) = error {
+                return Err(decode_error(c, e));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn internal(e: String) -> Refusal {
+    tracing::error!(error = %e, "result batch failed");
+    Refusal {
+        plugin: "pgward".into(),
+        sqlstate: "XX000".into(),
+        message: format!("result batch failed: {e}"),
+        hint: None,
+    }
+}
+
+fn write_ipc(batch: &RecordBatch) -> Result<Vec<u8>, String> {
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), batch.schema_ref())
+        .map_err(|e| e.to_string())?;
+    w.write(batch).map_err(|e| e.to_string())?;
+    w.finish().map_err(|e| e.to_string())?;
+    w.into_inner().map_err(|e| e.to_string())
+}
+
+fn read_ipc(bytes: &[u8]) -> Result<RecordBatch, String> {
+    let mut reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| format!("replacement is not an Arrow IPC stream: {e}"))?;
+    let batch = reader
+        .next()
+        .ok_or("replacement holds no batch")?
+        .map_err(|e| format!("replacement batch is malformed: {e}"))?;
+    if reader.next().is_some() {
+        return Err("replacement holds more than one batch".into());
+    }
+    Ok(batch)
+}

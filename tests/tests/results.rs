@@ -1,0 +1,429 @@
+//! Result rows through plugins as Arrow batches, compared byte for byte with what the server
+//! sends on a direct connection: every common type, NULLs, empty and large values, in text and
+//! binary format, over the simple and the extended protocol, row-limited portals and cursors.
+
+use pgward_e2e::{
+    plugin_wasm, plugins_dir, sqlstate, Gateway, GatewayOptions, Postgres, RawClient,
+};
+use std::path::Path;
+
+const EVERY_TYPE: &str = r#"
+CREATE TABLE every_type (
+    id int PRIMARY KEY, b bool, i2 int2, i4 int4, i8 int8, f4 float4, f8 float8, n numeric,
+    t text, vc varchar(20), bc char(5), nm name, by bytea, d date, tm time, ts timestamp,
+    tz timestamptz, iv interval, u uuid, j json, jb jsonb, ai int4[], at text[], other inet
+);
+INSERT INTO every_type VALUES
+ (1, true, 1, 2, 3, 1.5, 2.25, 12345.6789, 'hello', 'v', 'ab', 'nm', '\x00ff', '2024-02-29',
+  '12:34:56.789', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05+02',
+  '1 year 2 mons 3 days 04:05:06', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": 1}',
+  '{"b": [1, 2]}', '{1,2,NULL}', '{"x y",NULL,"é"}', '10.0.0.1'),
+ (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (3, false, -32768, -2147483648, -9223372036854775808, 'NaN', '-Infinity', 'NaN', '', '', '',
+  '', '\x', '0044-03-15 BC', '00:00:00', 'infinity', '-infinity', '-1 days +02:00:00',
+  '00000000-0000-0000-0000-000000000000', '[]', '{}', '{}', '{}', '::1'),
+ (4, true, 32767, 2147483647, 9223372036854775807, 3.4e38, 1e-300, -0.00000000000000000001,
+  'Grüße 👋 日本語', 'ünïcødé', 'ß', 'ñame', decode(repeat('ab', 50000), 'hex'), '9999-12-31',
+  '23:59:59.999999', '1900-01-01 00:00:00', '2038-01-19 03:14:07.5-05:30', '-178000000 years',
+  'ffffffff-ffff-ffff-ffff-ffffffffffff', '"big"', '[null, true]', '{-1}', '{""}', '1.2.3.4/32'),
+ (5, false, 0, 0, 0, 0, -0, 100000000000000000000000000000, repeat('x', 100000), 'tab	quote"',
+  'a''b', 'x', '\x5c', '2000-01-01', '24:00:00', '2000-01-01 00:00:00', '1970-01-01 00:00:00+00',
+  '0', '01234567-89ab-cdef-0123-456789abcdef', '{"nested": {"k": [1, "two"]}}', 'null', '{}', '{"\\"}',
+  '0.0.0.0');
+"#;
+
+const TABLE_COLUMNS: &str = "id,b,i2,i4,i8,f4,f8,n,t,vc,bc,nm,by,d,tm,ts,tz,iv,u,j,jb,ai,at,other";
+
+const SELECT_ALL: &str = "SELECT * FROM every_type ORDER BY id";
+
+/// Bodies of the protocol messages the scripts send.
+mod msg {
+    pub fn cstr(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(s.as_bytes());
+        out.push(0);
+    }
+    pub fn query(sql: &str) -> (u8, Vec<u8>) {
+        let mut b = Vec::new();
+        cstr(&mut b, sql);
+        (b'Q', b)
+    }
+    pub fn parse(name: &str, sql: &str) -> (u8, Vec<u8>) {
+        let mut b = Vec::new();
+        cstr(&mut b, name);
+        cstr(&mut b, sql);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        (b'P', b)
+    }
+    /// Bind with no parameters and every result column in `format` (0 text, 1 binary).
+    pub fn bind(portal: &str, stmt: &str, format: i16) -> (u8, Vec<u8>) {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        cstr(&mut b, stmt);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&format.to_be_bytes());
+        (b'B', b)
+    }
+    pub fn describe_portal(portal: &str) -> (u8, Vec<u8>) {
+        let mut b = vec![b'P'];
+        cstr(&mut b, portal);
+        (b'D', b)
+    }
+    pub fn execute(portal: &str, max_rows: i32) -> (u8, Vec<u8>) {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        b.extend_from_slice(&max_rows.to_be_bytes());
+        (b'E', b)
+    }
+    pub fn sync() -> (u8, Vec<u8>) {
+        (b'S', Vec::new())
+    }
+}
+
+/// A protocol message: tag and body.
+type Message = (u8, Vec<u8>);
+
+/// Message sequences that return table data, one per path.
+fn scripts() -> Vec<(&'static str, Vec<Message>)> {
+    use msg::*;
+    let extended = |format| {
+        vec![
+            parse("", SELECT_ALL),
+            bind("", "", format),
+            describe_portal(""),
+            execute("", 0),
+            sync(),
+        ]
+    };
+    vec![
+        ("simple query", vec![query(SELECT_ALL)]),
+        (
+            "multi-statement query",
+            vec![query(
+                "SELECT 1 AS one; SELECT * FROM every_type ORDER BY id DESC; SELECT 'x' AS t",
+            )],
+        ),
+        ("extended, text", extended(0)),
+        ("extended, binary", extended(1)),
+        (
+            "prepared statement, Bind + Execute without Describe",
+            vec![
+                parse("s1", SELECT_ALL),
+                sync(),
+                bind("", "s1", 1),
+                execute("", 0),
+                bind("", "s1", 0),
+                execute("", 0),
+                sync(),
+            ],
+        ),
+        (
+            "row-limited portal",
+            vec![
+                query("BEGIN"),
+                parse("", SELECT_ALL),
+                bind("p1", "", 0),
+                describe_portal("p1"),
+                execute("p1", 2),
+                execute("p1", 2),
+                execute("p1", 0),
+                sync(),
+                bind("p2", "", 1),
+                execute("p2", 3),
+                sync(),
+                execute("p2", 0),
+                sync(),
+                query("COMMIT"),
+            ],
+        ),
+        (
+            "cursor",
+            vec![query(
+                "BEGIN; DECLARE c CURSOR FOR SELECT * FROM every_type ORDER BY id; \
+                 FETCH 2 FROM c; FETCH ALL FROM c; CLOSE c; COMMIT",
+            )],
+        ),
+        (
+            "binary cursor",
+            vec![query(
+                "BEGIN; DECLARE c BINARY CURSOR FOR SELECT * FROM every_type ORDER BY id; \
+                 FETCH ALL FROM c; COMMIT",
+            )],
+        ),
+    ]
+}
+
+/// Sends `script` and returns every message up to the last ReadyForQuery it causes.
+fn run(client: &mut RawClient, script: &[Message]) -> Vec<Message> {
+    let readies = script
+        .iter()
+        .filter(|(t, _)| matches!(t, b'Q' | b'S'))
+        .count();
+    for (tag, body) in script {
+        client.send(*tag, body).unwrap();
+    }
+    let mut out = Vec::new();
+    for _ in 0..readies {
+        out.extend(client.read_until_ready().unwrap());
+    }
+    out
+}
+
+fn gateway(pg: &Postgres, dir: &Path) -> Gateway {
+    Gateway::start(
+        pg,
+        GatewayOptions {
+            trust: true,
+            plugins_dir: Some(dir.to_path_buf()),
+            // Small batches, so every script crosses batch boundaries.
+            plugins_extra: "batch_rows = 2\n".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn install_transform(dir: &Path, config: &str) {
+    std::fs::write(dir.join("batch_transform.toml"), config).unwrap();
+    std::fs::copy(
+        plugin_wasm("batch_transform"),
+        dir.join("batch_transform.wasm"),
+    )
+    .unwrap();
+}
+
+fn setup(prefix: &str, config: &str) -> (&'static Postgres, String, Gateway) {
+    let pg = Postgres::shared();
+    let db = pg.create_database(prefix).unwrap();
+    pg.superuser_sql(&db, &format!("SET ROLE pgward_gw; {EVERY_TYPE}"))
+        .unwrap();
+    let dir = plugins_dir();
+    install_transform(&dir, config);
+    let gw = gateway(pg, &dir);
+    (pg, db, gw)
+}
+
+fn gateway_client(gw: &Gateway, db: &str) -> RawClient {
+    let mut c = RawClient::connect(gw.port).unwrap();
+    c.startup("alice", db).unwrap();
+    let hello = c.read_until_ready().unwrap();
+    assert_eq!(hello.last().map(|m| m.0), Some(b'Z'), "{hello:?}");
+    c
+}
+
+fn describe(messages: &[Message]) -> String {
+    messages
+        .iter()
+        .map(|(t, b)| format!("{}:{}", *t as char, b.len()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The cells of a DataRow body.
+fn cells(body: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let n = i16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut at = 2;
+    (0..n)
+        .map(|_| {
+            let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+            at += 4;
+            (len >= 0).then(|| {
+                let v = body[at..at + len as usize].to_vec();
+                at += len as usize;
+                v
+            })
+        })
+        .collect()
+}
+
+/// Column names of a RowDescription body.
+fn column_names(body: &[u8]) -> Vec<String> {
+    let n = i16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut at = 2;
+    (0..n)
+        .map(|_| {
+            let end = at + body[at..].iter().position(|&b| b == 0).unwrap();
+            let name = String::from_utf8(body[at..end].to_vec()).unwrap();
+            at = end + 1 + 18;
+            name
+        })
+        .collect()
+}
+
+#[test]
+fn identity_plugin_relays_every_type_byte_identical_on_every_path() {
+    let (pg, db, gw) = setup("res_identity", "mode = \"identity\"\ncolumns = [\"*\"]\n");
+    let mut direct = RawClient::connect_direct(pg, &db).unwrap();
+    let mut through = gateway_client(&gw, &db);
+    for (name, script) in scripts() {
+        let expected = run(&mut direct, &script);
+        let got = run(&mut through, &script);
+        assert!(
+            expected.iter().filter(|m| m.0 == b'D').count() >= 5,
+            "{name}: the script returns the table"
+        );
+        assert!(
+            !expected.iter().any(|m| m.0 == b'E'),
+            "{name}: the script itself fails: {}",
+            describe(&expected)
+        );
+        if got != expected {
+            panic!(
+                "{name}: differs from a direct connection\n direct: {}\n pgward: {}",
+                describe(&expected),
+                describe(&got)
+            );
+        }
+    }
+    // The rows went through the plugin in batches, not the fast path.
+    let log = gw.log();
+    let batches = log.matches("result batch filtered").count();
+    assert!(batches >= 20, "{batches} batches filtered:\n{log}");
+    assert!(!log.contains("ok=false"), "no batch failed:\n{log}");
+}
+
+#[test]
+fn upper_plugin_changes_exactly_its_column_on_every_path() {
+    let (pg, db, gw) = setup("res_upper", "mode = \"upper\"\ncolumns = [\"t\"]\n");
+    let mut direct = RawClient::connect_direct(pg, &db).unwrap();
+    let mut through = gateway_client(&gw, &db);
+    for (name, script) in scripts() {
+        let expected = run(&mut direct, &script);
+        let got = run(&mut through, &script);
+        assert_eq!(
+            expected.len(),
+            got.len(),
+            "{name}: same messages\n direct: {}\n pgward: {}",
+            describe(&expected),
+            describe(&got)
+        );
+        // Until a RowDescription says otherwise (Bind + Execute alone gets none), the table's.
+        let mut columns: Vec<String> = TABLE_COLUMNS.split(',').map(str::to_owned).collect();
+        let mut changed = 0;
+        for (e, g) in expected.iter().zip(&got) {
+            assert_eq!(e.0, g.0, "{name}: same message types");
+            match e.0 {
+                b'T' => {
+                    assert_eq!(e, g, "{name}: same columns");
+                    columns = column_names(&e.1);
+                }
+                b'D' => {
+                    let (ec, gc) = (cells(&e.1), cells(&g.1));
+                    assert_eq!(ec.len(), gc.len());
+                    for (i, (ev, gv)) in ec.iter().zip(&gc).enumerate() {
+                        if columns.get(i).is_some_and(|c| c == "t") {
+                            let upper = ev.as_ref().map(|v| {
+                                String::from_utf8(v.clone())
+                                    .unwrap()
+                                    .to_uppercase()
+                                    .into_bytes()
+                            });
+                            assert_eq!(gv, &upper, "{name}: column t upper-cased");
+                            if ev != gv {
+                                changed += 1;
+                            }
+                        } else {
+                            assert_eq!(ev, gv, "{name}: column {i} untouched");
+                        }
+                    }
+                }
+                _ => assert_eq!(e, g, "{name}: other messages untouched"),
+            }
+        }
+        assert!(changed > 0, "{name}: some value of t was changed");
+    }
+}
+
+#[test]
+fn a_plugin_that_breaks_the_batch_contract_ends_the_result_with_an_error() {
+    for (mode, code, words) in [
+        ("drop-row", "58000", "rows"),
+        ("retype", "58000", "type"),
+        ("abort", "42501", "refuses these rows"),
+    ] {
+        let (_pg, db, gw) = setup(
+            &format!("res_{}", mode.replace('-', "_")),
+            &format!("mode = \"{mode}\"\ncolumns = [\"t\", \"i4\"]\n"),
+        );
+        let mut c = gateway_client(&gw, &db);
+        for (name, script) in scripts() {
+            let got = run(&mut c, &script);
+            let error = got
+                .iter()
+                .find(|m| m.0 == b'E')
+                .unwrap_or_else(|| panic!("{mode}/{name}: no error in {}", describe(&got)));
+            assert_eq!(sqlstate(&error.1), code, "{mode}/{name}");
+            let text = String::from_utf8_lossy(&error.1);
+            assert!(
+                text.contains(words) || mode == "abort",
+                "{mode}/{name}: {text}"
+            );
+            // No CommandComplete claims the refused result finished.
+            let error_at = got.iter().position(|m| m.0 == b'E').unwrap();
+            let first_data = got
+                .iter()
+                .position(|m| m.0 == b'T' && column_names(&m.1).contains(&"t".to_string()));
+            if let Some(t) = first_data.filter(|&t| t < error_at) {
+                assert!(
+                    !got[t..error_at].iter().any(|m| m.0 == b'C'),
+                    "{mode}/{name}: result looked complete: {}",
+                    describe(&got)
+                );
+            }
+            // The session goes on.
+            c.query("ROLLBACK").unwrap();
+            c.read_until_ready().unwrap();
+            let after = run(&mut c, &[msg::query("SELECT 41 + 1 AS answer")]);
+            assert!(
+                after
+                    .iter()
+                    .any(|m| m.0 == b'D' && cells(&m.1)[0].as_deref() == Some(&b"42"[..])),
+                "{mode}/{name}: session still works: {}",
+                describe(&after)
+            );
+        }
+    }
+}
+
+#[test]
+fn copy_to_client_is_refused_while_result_policies_are_active() {
+    let (_pg, db, gw) = setup("res_copy", "mode = \"identity\"\ncolumns = [\"*\"]\n");
+    let mut c = gateway_client(&gw, &db);
+    for sql in [
+        "COPY every_type TO STDOUT",
+        "COPY (SELECT t FROM every_type) TO STDOUT (FORMAT csv)",
+        "COPY every_type TO STDOUT (FORMAT binary)",
+    ] {
+        let got = run(&mut c, &[msg::query(sql)]);
+        let error = got.iter().find(|m| m.0 == b'E').expect("refused");
+        assert_eq!(sqlstate(&error.1), "0A000", "{sql}");
+        assert!(!got.iter().any(|m| m.0 == b'd'), "{sql}: no data left");
+    }
+    // COPY FROM STDIN still works.
+    c.query("COPY every_type (id, t) FROM STDIN").unwrap();
+    let m = c.read_message().unwrap().unwrap();
+    assert_eq!(m.0, b'G', "CopyInResponse");
+    c.send(b'd', b"100\tcopied\n").unwrap();
+    c.send(b'c', b"").unwrap();
+    let done = c.read_until_ready().unwrap();
+    assert!(done.iter().any(|m| m.0 == b'C'), "{}", describe(&done));
+}
+
+#[test]
+fn a_plugin_that_asks_for_nothing_leaves_results_untouched() {
+    let (pg, db, gw) = setup(
+        "res_none",
+        "mode = \"upper\"\ncolumns = [\"no_such_column\"]\n",
+    );
+    let mut direct = RawClient::connect_direct(pg, &db).unwrap();
+    let mut through = gateway_client(&gw, &db);
+    for (name, script) in scripts() {
+        assert_eq!(
+            run(&mut direct, &script),
+            run(&mut through, &script),
+            "{name}"
+        );
+    }
+}
