@@ -12,6 +12,7 @@ use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::lexer::{self, LexFlags};
+use crate::lineage;
 use crate::{
     Analysis, CopyDirection, CopyInfo, CopyTargetKind, LexOptions, ObjectKind, RelationName,
     StatementAnalysis, StatementKind, Write, WriteAction,
@@ -44,7 +45,7 @@ enum Unanalysable {
 
 /// sqlparser builds `a OR b OR ...` as a left-deep tree that it visits and drops recursively;
 /// beyond about 20 000 links that overflows a 2 MiB thread stack (tokio's default).
-const MAX_OPERATOR_CHAIN: usize = 5_000;
+pub(crate) const MAX_OPERATOR_CHAIN: usize = 5_000;
 
 pub(crate) struct Outcome {
     pub analysis: Analysis,
@@ -163,6 +164,7 @@ fn analyze_statement(sql: &str, opts: LexOptions) -> (StatementAnalysis, bool) {
     };
     let mut c = Collector::default();
     let _ = statement.visit(&mut c);
+    let (output, output_literal_dependent) = lineage::statement_output(statement);
     let analysis = StatementAnalysis {
         kind,
         command,
@@ -173,9 +175,10 @@ fn analyze_statement(sql: &str, opts: LexOptions) -> (StatementAnalysis, bool) {
         where_always_true: c.where_always_true,
         explain_analyze: c.explain_analyze,
         copy: copy_info(statement),
+        output,
         unknown: None,
     };
-    (analysis, c.literal_dependent)
+    (analysis, c.literal_dependent || output_literal_dependent)
 }
 
 fn unknown(sql: &str, opts: LexOptions, reason: Unanalysable) -> StatementAnalysis {
@@ -189,6 +192,7 @@ fn unknown(sql: &str, opts: LexOptions, reason: Unanalysable) -> StatementAnalys
         where_always_true: false,
         explain_analyze: false,
         copy: None,
+        output: None,
         unknown: Some(reason.to_string()),
     }
 }
@@ -442,7 +446,7 @@ fn copy_info(s: &Statement) -> Option<CopyInfo> {
 }
 
 /// PostgreSQL identifier folding: unquoted names are lower-cased.
-fn fold(ident: &Ident) -> String {
+pub(crate) fn fold(ident: &Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),
         None => ident.value.to_ascii_lowercase(),

@@ -4,6 +4,7 @@
 //! - `lexer`: PostgreSQL-faithful lexing: statement boundaries, fingerprint, stable hash.
 //! - `analyze`: one statement through sqlparser into a [`StatementAnalysis`].
 //! - `cache`: [`SqlAnalyzer`], a sharded cache of analyses keyed by fingerprint.
+//! - [`lineage`]: which source columns each output column of a statement may derive from.
 //!
 //! Statement boundaries and literals are decided by our lexer, which follows PostgreSQL's, not by
 //! sqlparser. Each statement is parsed alone, and a statement whose identifiers sqlparser lexes
@@ -14,11 +15,13 @@
 mod analyze;
 mod cache;
 mod lexer;
+pub mod lineage;
 
 use serde::Serialize;
 use std::fmt;
 
 pub use cache::SqlAnalyzer;
+pub use lineage::{infer_output_lineage, OutputItem, OutputLineage, SourceColumn};
 
 /// Lexing options that depend on session state reported by the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -117,6 +120,11 @@ pub struct StatementAnalysis {
     pub explain_analyze: bool,
     /// For COPY: direction and where the data goes (no file name or command is kept).
     pub copy: Option<CopyInfo>,
+    /// For a statement that returns rows (SELECT, VALUES, set operations, RETURNING,
+    /// `DECLARE ... CURSOR FOR`, `COPY ... TO`): the source columns behind each output column.
+    /// `None` for statements that return no rows, and for EXPLAIN and `SELECT ... INTO`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputLineage>,
     /// Why the statement could not be analysed; then kind is `unknown` and nothing is guessed.
     pub unknown: Option<String>,
 }
