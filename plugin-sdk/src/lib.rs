@@ -13,6 +13,8 @@
 //!   with an allow-everything default.
 //! - [`export_plugin!`]: turns a `Plugin` into the component's exports (only on `wasm32`).
 //! - [`config()`]: typed configuration from the plugin's TOML file; [`log()`]: the gateway log.
+//! - [`NamePattern`], [`SearchPath`]: relation and function names in a config, and where an
+//!   unqualified name in a statement points.
 //! - [`testing`] (native only): run a plugin in `cargo test` with the gateway's own SQL analysis.
 //! - [`sqlstate`]: SQLSTATE codes to deny with.
 //! - `arrow` (cargo feature `arrow`): decode, transform and encode the Arrow batches of
@@ -238,6 +240,7 @@
 extern crate self as pgward_plugin_sdk;
 
 mod config;
+mod names;
 mod plugin;
 pub mod sqlstate;
 pub mod types;
@@ -255,6 +258,7 @@ pub mod __private;
 pub mod testing;
 
 pub use config::config;
+pub use names::{NamePattern, SearchPath};
 pub use plugin::Plugin;
 pub use serde;
 pub use types::*;
@@ -262,7 +266,7 @@ pub use types::*;
 /// Everything a plugin usually needs: `use pgward_plugin_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::types::*;
-    pub use crate::{config, export_plugin, log, sqlstate, Plugin};
+    pub use crate::{config, export_plugin, log, sqlstate, NamePattern, Plugin, SearchPath};
     pub use serde::Deserialize;
 }
 

@@ -876,14 +876,14 @@ impl fmt::Display for Level {
 }
 
 /// One part of a dotted name pattern, folded like a SQL identifier.
-#[derive(Debug, PartialEq, Eq)]
-enum PatternPart {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PatternPart {
     Any,
     Exact(String),
 }
 
 impl PatternPart {
-    fn matches(&self, actual: &str) -> bool {
+    pub(crate) fn matches(&self, actual: &str) -> bool {
         match self {
             PatternPart::Any => true,
             PatternPart::Exact(name) => name == actual,
@@ -936,7 +936,7 @@ impl QualifiedPattern {
 
 /// Splits a dotted pattern, folding unquoted parts to lower case and keeping `"Quoted"` ones
 /// (with `""` as an escaped quote). Returns no parts for an empty or malformed pattern.
-fn split_pattern(pattern: &str) -> Vec<PatternPart> {
+pub(crate) fn split_pattern(pattern: &str) -> Vec<PatternPart> {
     let mut parts = Vec::new();
     let mut chars = pattern.trim().chars().peekable();
     loop {
