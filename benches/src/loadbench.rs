@@ -5,7 +5,9 @@
 //! Run with `scripts/bench.sh` (builds release binaries first). Knobs (environment):
 //! `BENCH_SECONDS` per pgbench run (default 10), `BENCH_ROUNDS` (default 3),
 //! `BENCH_ROWS` for the large result (default 3000000), `BENCH_SCALE` pgbench scale (default 10),
-//! `BENCH_SKIP_PGBOUNCER=1` when PgBouncer is not installed.
+//! `BENCH_SKIP_PGBOUNCER=1` when PgBouncer is not installed, `BENCH_SUITES` (comma-separated,
+//! default `pgbench,stream,results`), `BENCH_WIDE_ROWS` for the wide result through result
+//! plugins (default 2000000), `BENCH_MEMORY_ROWS` for the peak-memory run (default 10000000).
 
 use anyhow::{bail, Context, Result};
 use futures_util::TryStreamExt;
@@ -172,6 +174,13 @@ fn pgbench(t: &Target, db: &str, mode: &str, clients: u32, seconds: u64) -> Resu
 }
 
 async fn stream_rows(t: &Target, db: &str) -> Result<f64> {
+    stream_query(t, db, "SELECT * FROM bench_rows")
+        .await
+        .map(|(_, rps)| rps)
+}
+
+/// Streams `sql` (binary results, as tokio-postgres asks for them); rows and rows/s.
+async fn stream_query(t: &Target, db: &str, sql: &str) -> Result<(u64, f64)> {
     let conn = format!(
         "host=127.0.0.1 port={} user={} password={} dbname={db}",
         t.port, t.user, t.password
@@ -181,16 +190,58 @@ async fn stream_rows(t: &Target, db: &str) -> Result<f64> {
         let _ = connection.await;
     });
     let started = Instant::now();
-    let stream = client
-        .query_raw("SELECT * FROM bench_rows", std::iter::empty::<i32>())
-        .await?;
+    let stream = client.query_raw(sql, std::iter::empty::<i32>()).await?;
     futures_util::pin_mut!(stream);
     let mut n = 0u64;
     while stream.try_next().await?.is_some() {
         n += 1;
     }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    Ok((n, n as f64 / started.elapsed().as_secs_f64()))
 }
+
+/// Peak resident memory of a process (`VmHWM`), KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A plugins directory holding one built plugin under `file`, with its config.
+fn one_plugin_dir(wasm: &str, file: &str, config: &str) -> Result<std::path::PathBuf> {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .join(format!("{wasm}.wasm"));
+    if !built.exists() {
+        bail!(
+            "{} is missing: run scripts/build-plugins.sh",
+            built.display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("pgward-test-{}-bench-{file}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(&built, dir.join(format!("{file}.wasm")))?;
+    std::fs::write(dir.join(format!("{file}.toml")), config)?;
+    Ok(dir)
+}
+
+fn target_of(name: &'static str, g: &Gateway) -> Target {
+    let u = g.user("alice").clone();
+    Target {
+        name,
+        port: g.port,
+        user: u.name,
+        password: u.password,
+        proxy_pid: Some(g.pid()),
+    }
+}
+
+/// The wide result of the results suite: ten columns of common types, one of them e-mails.
+const WIDE_SELECT: &str = "SELECT * FROM bench_wide";
 
 fn start_pgbouncer(pg: &Postgres, db: &str, dir: &Path) -> Result<(Child, u16)> {
     let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
@@ -303,6 +354,10 @@ async fn main() -> Result<()> {
     let rows = env_num("BENCH_ROWS", 3_000_000);
     let scale = env_num("BENCH_SCALE", 10);
     let skip_bouncer = std::env::var("BENCH_SKIP_PGBOUNCER").is_ok_and(|v| v == "1");
+    let suites = std::env::var("BENCH_SUITES").unwrap_or_else(|_| "pgbench,stream,results".into());
+    let suite = |name: &str| suites.split(',').any(|s| s.trim() == name);
+    let wide_rows = env_num("BENCH_WIDE_ROWS", 2_000_000);
+    let memory_rows = env_num("BENCH_MEMORY_ROWS", 10_000_000);
 
     eprintln!("starting PostgreSQL");
     let pg = Postgres::start()?;
@@ -344,6 +399,20 @@ async fn main() -> Result<()> {
         ),
     )?;
     pg.superuser_sql(&db, "VACUUM ANALYZE bench_rows")?;
+    if suite("results") {
+        pg.superuser_sql(
+            &db,
+            &format!(
+                "CREATE TABLE bench_wide AS SELECT g::int8 AS id, md5(g::text) AS name, \
+                 'user' || g || '@example.com' AS email, (g % 1000)::int4 AS score, \
+                 g / 7.0::float8 AS ratio, (g % 100000)::numeric / 100 AS amount, g % 2 = 0 AS active, \
+                 '2024-01-01'::date + (g % 365) AS day, '2024-01-01'::timestamptz + g * interval '1 second' AS at, \
+                 repeat('x', (g % 40)::int) AS note FROM generate_series(1, {wide_rows}) g; \
+                 ALTER TABLE bench_wide OWNER TO {UPSTREAM_USER};"
+            ),
+        )?;
+        pg.superuser_sql(&db, "VACUUM ANALYZE bench_wide")?;
+    }
 
     let gw = bench_gateway(&pg, None)?;
     let alice = gw.user("alice").clone();
@@ -385,6 +454,22 @@ async fn main() -> Result<()> {
         });
         bouncer_child = Some(child);
     }
+    // Result plugins: an identity transform of every column, and masking of one column.
+    let mut result_gws: Vec<(&'static str, Gateway)> = Vec::new();
+    if suite("results") {
+        let identity = one_plugin_dir(
+            "batch_transform",
+            "identity",
+            "mode = \"identity\"\ncolumns = [\"*\"]\n",
+        )?;
+        let mask = one_plugin_dir("mask_column", "mask", "columns = [\"email\"]\n")?;
+        result_gws.push(("pgward+identity", bench_gateway(&pg, Some(identity))?));
+        result_gws.push(("pgward+mask 1 column", bench_gateway(&pg, Some(mask))?));
+    }
+    let result_targets: Vec<Target> = result_gws
+        .iter()
+        .map(|(name, g)| target_of(name, g))
+        .collect();
     let postmaster = postmaster_pid(&pg)?;
     if std::env::args().nth(1).as_deref() == Some("serve") {
         // For profiling by hand: keep everything up and say where it is.
@@ -409,7 +494,7 @@ async fn main() -> Result<()> {
     // (config, target) -> samples
     let mut results: BTreeMap<(String, &str), Vec<Sample>> = BTreeMap::new();
     for round in 0..rounds {
-        for (mode, clients) in &configs {
+        for (mode, clients) in configs.iter().filter(|_| suite("pgbench")) {
             for t in &targets {
                 let before = (
                     t.proxy_pid.map(|p| proc_cpu(p, false)).unwrap_or(0.0),
@@ -437,7 +522,7 @@ async fn main() -> Result<()> {
         }
         for t in targets
             .iter()
-            .filter(|t| t.name == "direct" || t.name == "pgward")
+            .filter(|t| suite("stream") && (t.name == "direct" || t.name == "pgward"))
         {
             let before = (
                 t.proxy_pid.map(|p| proc_cpu(p, false)).unwrap_or(0.0),
@@ -459,6 +544,59 @@ async fn main() -> Result<()> {
                     client_cpu: 0.0,
                 });
         }
+        let wide: Vec<&Target> = targets
+            .iter()
+            .filter(|t| t.name == "direct" || t.name == "pgward")
+            .chain(&result_targets)
+            .filter(|_| suite("results"))
+            .collect();
+        for t in wide {
+            let before = (
+                t.proxy_pid.map(|p| proc_cpu(p, false)).unwrap_or(0.0),
+                postgres_cpu(postmaster),
+            );
+            let (n, rps) = stream_query(t, &db, WIDE_SELECT).await?;
+            if n != wide_rows {
+                bail!("{}: {n} rows of {wide_rows}", t.name);
+            }
+            let after = (
+                t.proxy_pid.map(|p| proc_cpu(p, false)).unwrap_or(0.0),
+                postgres_cpu(postmaster),
+            );
+            eprintln!("round {round} wide {}: {rps:.0} rows/s", t.name);
+            results
+                .entry((
+                    format!("wide 10-column result, {wide_rows} rows (rows/s)"),
+                    t.name,
+                ))
+                .or_default()
+                .push(Sample {
+                    value: rps,
+                    proxy_cpu: after.0 - before.0,
+                    postgres_cpu: after.1 - before.1,
+                    client_cpu: 0.0,
+                });
+        }
+    }
+
+    let mut all_targets: Vec<&Target> = targets.iter().collect();
+    all_targets.extend(&result_targets);
+    // Peak memory of a long result through a subscribing plugin.
+    let mut memory_note = None;
+    if let Some((name, g)) = result_gws.iter().find(|(n, _)| n.contains("mask")) {
+        let before = peak_rss_kib(g.pid());
+        let sql = format!(
+            "SELECT g::int8 AS id, md5(g::text) AS name, 'user' || g || '@example.com' AS email, \
+             (g % 1000)::int4 AS score, g / 7.0::float8 AS ratio FROM generate_series(1, {memory_rows}) g"
+        );
+        let (n, rps) = stream_query(&target_of(name, g), &db, &sql).await?;
+        let after = peak_rss_kib(g.pid());
+        memory_note = Some(format!(
+            "{n} rows through {name}: {rps:.0} rows/s; gateway peak RSS {} MiB before, {} MiB after (growth {} MiB)",
+            before / 1024,
+            after / 1024,
+            after.saturating_sub(before) / 1024
+        ));
     }
 
     println!("\n{rounds} interleaved rounds, {seconds} s per pgbench run, pgbench scale {scale}, medians; CPU = seconds per run (median)\n");
@@ -485,7 +623,7 @@ async fn main() -> Result<()> {
         };
         let direct = med("direct").map(|m| m.0);
         let bouncer = med("pgbouncer").map(|m| m.0);
-        for t in &targets {
+        for t in &all_targets {
             let Some((v, p, g, c)) = med(t.name) else {
                 continue;
             };
@@ -511,6 +649,9 @@ async fn main() -> Result<()> {
                 },
             );
         }
+    }
+    if let Some(note) = memory_note {
+        println!("\n{note}");
     }
     if let Some(mut c) = bouncer_child {
         let _ = c.kill();

@@ -14,7 +14,7 @@ use crate::plugins::{PluginHost, QueryDecision, Refusal};
 use crate::protocol::{self, FrameError};
 use crate::results::catalog::Catalog;
 use crate::results::types::Styles;
-use crate::results::{self, Filter};
+use crate::results::{self, CopyFilter, Filter};
 use crate::server::ShutdownSignal;
 use crate::sql::{Analysis, LexOptions, SqlAnalyzer, StatementKind};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
@@ -63,16 +63,34 @@ pub struct RelayState {
     postgres_intervals: AtomicBool,
 }
 
+/// A statement text as it went upstream.
+#[derive(Debug, Clone, Default)]
+struct Sent {
+    analysis: Option<Arc<Analysis>>,
+    /// The text, kept only when it copies rows to the client (a COPY needs it re-read).
+    copy_sql: Option<Arc<str>>,
+}
+
+impl Sent {
+    fn new(analysis: Option<Arc<Analysis>>, text: &str) -> Sent {
+        let copy_sql = analysis
+            .as_deref()
+            .filter(|a| copies_to_client(a))
+            .map(|_| Arc::from(text));
+        Sent { analysis, copy_sql }
+    }
+}
+
 /// A request sent upstream whose answer the result filter must recognise.
 #[derive(Debug)]
 enum Expect {
     /// A Query: its results, one statement after another, then ReadyForQuery.
-    Query(Option<Arc<Analysis>>),
+    Query(Sent),
     /// A Describe: RowDescription or NoData (after ParameterDescription for a statement).
     /// An injected one is the gateway's own, and its answer is not relayed.
     Describe { injected: bool },
     /// An Execute of a portal bound to this statement.
-    Execute(Option<Arc<Analysis>>),
+    Execute(Sent),
     /// A Sync (or FunctionCall): ReadyForQuery.
     Sync,
 }
@@ -344,8 +362,8 @@ fn message_limit(tag: u8, max_inspected: usize) -> usize {
 /// statement that produced them (kept only when result filtering is on).
 #[derive(Default)]
 struct Prepared {
-    statements: HashMap<Vec<u8>, Option<Arc<Analysis>>>,
-    portals: HashMap<Vec<u8>, Option<Arc<Analysis>>>,
+    statements: HashMap<Vec<u8>, Sent>,
+    portals: HashMap<Vec<u8>, Sent>,
 }
 
 /// Most prepared statements and portals remembered; past that the oldest knowledge is dropped
@@ -353,11 +371,7 @@ struct Prepared {
 const MAX_PREPARED: usize = 10_000;
 
 impl Prepared {
-    fn remember(
-        map: &mut HashMap<Vec<u8>, Option<Arc<Analysis>>>,
-        name: &[u8],
-        a: Option<Arc<Analysis>>,
-    ) {
+    fn remember(map: &mut HashMap<Vec<u8>, Sent>, name: &[u8], a: Sent) {
         if map.len() >= MAX_PREPARED {
             map.clear();
         }
@@ -379,7 +393,7 @@ impl Prepared {
                     protocol::take_cstr(&mut body),
                     protocol::take_cstr(&mut body),
                 ) {
-                    let a = self.statements.get(stmt).cloned().flatten();
+                    let a = self.statements.get(stmt).cloned().unwrap_or_default();
                     Self::remember(&mut self.portals, portal, a);
                 }
             }
@@ -388,7 +402,7 @@ impl Prepared {
                 .push_back(Expect::Describe { injected: false }),
             b'E' => {
                 let portal = protocol::take_cstr(&mut body).unwrap_or_default();
-                let analysis = self.portals.get(portal).cloned().flatten();
+                let analysis = self.portals.get(portal).cloned().unwrap_or_default();
                 let wants = ctx.plugins.is_some_and(|p| p.chain().wants_results());
                 let mut q = state.expect();
                 if wants {
@@ -559,13 +573,13 @@ async fn read_client(
 
 /// Looks at a complete Query, Parse or FunctionCall frame and appends what goes upstream in
 /// its place: the frame itself, a rewritten frame, or a stand-in that makes the server fail it.
-/// Returns the analysis of the text that was sent.
+/// Returns what was sent, with its analysis.
 fn inspect_client_message(
     ctx: &RelayContext<'_>,
     state: &RelayState,
     frame: &[u8],
     out: &mut BytesMut,
-) -> Option<Arc<Analysis>> {
+) -> Sent {
     let chain = ctx.plugins.map(|p| p.chain());
     let policing = chain.as_ref().is_some_and(|c| c.wants_query());
     let mut body = &frame[5..];
@@ -590,14 +604,14 @@ fn inspect_client_message(
             } else {
                 out.extend_from_slice(frame);
             }
-            return None;
+            return Sent::default();
         }
     };
     let Some(sql) = sql else {
         // Malformed: the server rejects it with its own error.
         debug!(tag = %(frame[0] as char), "malformed message passed to the server");
         out.extend_from_slice(frame);
-        return None;
+        return Sent::default();
     };
     let lex = state.lex_options();
     let (text, analysis) = match std::str::from_utf8(sql) {
@@ -617,15 +631,9 @@ fn inspect_client_message(
             "statement analysed"
         );
     }
-    if let (Some(a), Some(chain)) = (&analysis, &chain) {
-        if chain.wants_results() && copies_to_client(a) {
-            deny(ctx, state, &copy_refusal(), frame[0], name, out);
-            return analysis;
-        }
-    }
     let (Some(host), Some(chain)) = (ctx.plugins, chain.as_ref().filter(|_| policing)) else {
         out.extend_from_slice(frame);
-        return analysis;
+        return Sent::new(analysis, text);
     };
     let Some(analysis) = analysis else {
         // Text the gateway cannot read cannot be judged: fail closed.
@@ -636,7 +644,7 @@ fn inspect_client_message(
             hint: None,
         };
         deny(ctx, state, &refusal, frame[0], name, out);
-        return None;
+        return Sent::default();
     };
     let protocol_kind = if frame[0] == b'Q' {
         wit::Protocol::Simple
@@ -654,31 +662,17 @@ fn inspect_client_message(
     match decision {
         QueryDecision::Allow => {
             out.extend_from_slice(frame);
-            Some(analysis)
+            Sent::new(Some(analysis), text)
         }
         QueryDecision::Rewrite(new_sql) => {
             info!(fingerprint = %analysis.fingerprint_id, "statement rewritten by policy");
-            let rewritten = ctx.analyzer.analyze(&new_sql, lex);
-            if chain.wants_results() && copies_to_client(&rewritten) {
-                deny(ctx, state, &copy_refusal(), frame[0], name, out);
-                return None;
-            }
             put_statement(out, frame[0], name, &new_sql, body);
-            Some(rewritten)
+            Sent::new(Some(ctx.analyzer.analyze(&new_sql, lex)), &new_sql)
         }
         QueryDecision::Deny(refusal) => {
             deny(ctx, state, &refusal, frame[0], name, out);
-            None
+            Sent::default()
         }
-    }
-}
-
-fn copy_refusal() -> Refusal {
-    Refusal {
-        plugin: "pgward".into(),
-        sqlstate: "0A000".into(),
-        message: "COPY ... TO STDOUT is not allowed while result policies are active".into(),
-        hint: Some("read the rows with SELECT, which the policies can filter".into()),
     }
 }
 
@@ -726,6 +720,8 @@ struct Results {
     /// Statements of the current Query whose results are complete.
     statement: usize,
     filter: Option<Filter>,
+    /// The COPY TO STDOUT being filtered.
+    copy: Option<CopyFilter>,
     /// A result was refused: drop what the server sends until ReadyForQuery.
     discard: bool,
 }
@@ -778,8 +774,9 @@ async fn server_to_client(
             };
             let whole = match header.tag {
                 b'Z' | b'S' | b'E' => true,
-                b'T' | b'n' | b'C' | b's' | b'I' => tracking,
+                b'T' | b'n' | b'C' | b's' | b'I' | b'H' => tracking,
                 b'D' => results.filter.is_some(),
+                b'd' | b'c' => results.copy.is_some(),
                 _ => false,
             };
             if !whole {
@@ -794,15 +791,20 @@ async fn server_to_client(
             let mut relay = !results.discard;
             match header.tag {
                 b'E' => {
+                    if let Some(mut c) = results.copy.take() {
+                        out.extend_from_slice(&buf[written..pos]);
+                        written = pos;
+                        if let Err(r) = c.flush(host(ctx), ctx.plugin_session, &mut out) {
+                            refuse_result(&mut out, &r);
+                            results.discard = true;
+                            relay = false;
+                        }
+                    }
                     if let Some(f) = results.filter.as_mut() {
                         // Rows before an error still go out, filtered.
                         out.extend_from_slice(&buf[written..pos]);
                         written = pos;
-                        if let Err(r) = f.flush(
-                            ctx.plugins.expect("filter implies plugins"),
-                            ctx.plugin_session,
-                            &mut out,
-                        ) {
+                        if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
                             refuse_result(&mut out, &r);
                             results.discard = true;
                         }
@@ -832,16 +834,19 @@ async fn server_to_client(
                         while let Some(e) = q.pop_front() {
                             match e {
                                 Expect::Query(a) => {
-                                    invalidate_after_ddl(ctx, a.as_deref());
+                                    invalidate_after_ddl(ctx, a.analysis.as_deref());
                                     break;
                                 }
                                 Expect::Sync => break,
-                                Expect::Execute(a) => invalidate_after_ddl(ctx, a.as_deref()),
+                                Expect::Execute(a) => {
+                                    invalidate_after_ddl(ctx, a.analysis.as_deref())
+                                }
                                 Expect::Describe { .. } => {}
                             }
                         }
                         results.statement = 0;
                         results.filter = None;
+                        results.copy = None;
                         relay = true;
                         results.discard = false;
                     }
@@ -859,14 +864,16 @@ async fn server_to_client(
                                     // Our own Describe, right before an Execute: its columns.
                                     relay = false;
                                     match q.front() {
-                                        Some(Expect::Execute(a)) => Some(a.clone()),
+                                        Some(Expect::Execute(a)) => Some(a.analysis.clone()),
                                         _ => None,
                                     }
                                 } else {
                                     None
                                 }
                             }
-                            Some(Expect::Query(a)) if header.tag == b'T' => Some(a.clone()),
+                            Some(Expect::Query(a)) if header.tag == b'T' => {
+                                Some(a.analysis.clone())
+                            }
                             _ => None,
                         }
                     };
@@ -894,11 +901,7 @@ async fn server_to_client(
                     relay = false;
                     if let Some(f) = results.filter.as_mut() {
                         if f.push(frame) {
-                            if let Err(r) = f.flush(
-                                ctx.plugins.expect("filter implies plugins"),
-                                ctx.plugin_session,
-                                &mut out,
-                            ) {
+                            if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
                                 results.filter = None;
                                 if !results.discard {
                                     refuse_result(&mut out, &r);
@@ -908,15 +911,65 @@ async fn server_to_client(
                         }
                     }
                 }
+                b'H' => {
+                    let (sent, statement) = match state.expect().front() {
+                        Some(Expect::Query(s)) => (Some(s.clone()), results.statement),
+                        Some(Expect::Execute(s)) => (Some(s.clone()), 0),
+                        _ => (None, 0),
+                    };
+                    match start_copy(ctx, state, frame, sent, statement).await {
+                        Ok(c) => results.copy = c,
+                        Err(r) => {
+                            out.extend_from_slice(&buf[written..pos]);
+                            written = pos + header.frame_len;
+                            relay = false;
+                            if !results.discard {
+                                refuse_result(&mut out, &r);
+                            }
+                            results.discard = true;
+                        }
+                    }
+                }
+                b'd' => {
+                    out.extend_from_slice(&buf[written..pos]);
+                    written = pos + header.frame_len;
+                    relay = false;
+                    if let Some(c) = results.copy.as_mut() {
+                        let pushed = c.push(host(ctx), ctx.plugin_session, frame, &mut out);
+                        let flushed = match pushed {
+                            Ok(true) => c.flush(host(ctx), ctx.plugin_session, &mut out),
+                            Ok(false) => Ok(()),
+                            Err(r) => Err(r),
+                        };
+                        if let Err(r) = flushed {
+                            results.copy = None;
+                            if !results.discard {
+                                refuse_result(&mut out, &r);
+                            }
+                            results.discard = true;
+                        }
+                    }
+                }
+                b'c' => {
+                    if let Some(c) = results.copy.as_mut() {
+                        out.extend_from_slice(&buf[written..pos]);
+                        written = pos;
+                        if let Err(r) = c.flush(host(ctx), ctx.plugin_session, &mut out) {
+                            results.copy = None;
+                            if !results.discard {
+                                refuse_result(&mut out, &r);
+                            }
+                            results.discard = true;
+                            relay = false;
+                        }
+                    }
+                }
                 b'C' | b's' | b'I' => {
+                    results.copy = None;
                     if let Some(mut f) = results.filter.take() {
                         out.extend_from_slice(&buf[written..pos]);
                         written = pos;
-                        if let Err(r) = f.flush(
-                            ctx.plugins.expect("filter implies plugins"),
-                            ctx.plugin_session,
-                            &mut out,
-                        ) {
+                        if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
                             if !results.discard {
                                 refuse_result(&mut out, &r);
                             }
@@ -930,7 +983,7 @@ async fn server_to_client(
                         Some(Expect::Execute(_)) => {
                             if let Some(Expect::Execute(a)) = q.pop_front() {
                                 if header.tag == b'C' {
-                                    invalidate_after_ddl(ctx, a.as_deref());
+                                    invalidate_after_ddl(ctx, a.analysis.as_deref());
                                 }
                             }
                         }
@@ -973,7 +1026,9 @@ async fn server_to_client(
         }
         // A partial batch waits only while the server keeps sending: when it pauses, the rows
         // go out, so a small result is never held back for a full batch.
-        if let Some(f) = results.filter.as_mut().filter(|f| !f.is_empty()) {
+        let pending = results.filter.as_ref().is_some_and(|f| !f.is_empty())
+            || results.copy.as_ref().is_some_and(|c| !c.is_empty());
+        if pending {
             match tokio::time::timeout(Duration::ZERO, server.read_buf(&mut buf)).await {
                 Ok(Ok(0)) => return RelayEnd::ServerEof,
                 Ok(Ok(_)) => {
@@ -983,12 +1038,14 @@ async fn server_to_client(
                 Ok(Err(e)) => return RelayEnd::ServerIo(e),
                 Err(_) => {}
             }
-            if let Err(r) = f.flush(
-                ctx.plugins.expect("filter implies plugins"),
-                ctx.plugin_session,
-                &mut out,
-            ) {
+            let flushed = match (results.filter.as_mut(), results.copy.as_mut()) {
+                (Some(f), _) => f.flush(host(ctx), ctx.plugin_session, &mut out),
+                (_, Some(c)) => c.flush(host(ctx), ctx.plugin_session, &mut out),
+                _ => Ok(()),
+            };
+            if let Err(r) = flushed {
                 results.filter = None;
+                results.copy = None;
                 refuse_result(&mut out, &r);
                 results.discard = true;
             }
@@ -1002,6 +1059,95 @@ async fn server_to_client(
             }
         }
     }
+}
+
+/// The plugin host; only called where a filter exists, which needs plugins.
+fn host<'a>(ctx: &RelayContext<'a>) -> &'a PluginHost {
+    ctx.plugins.expect("result filters exist only with plugins")
+}
+
+fn subscriber<'a>(
+    host: &'a PluginHost,
+    ctx: &'a RelayContext<'_>,
+    r: &'a ResultsContext<'_>,
+    state: &RelayState,
+) -> results::Subscribe<'a> {
+    results::Subscribe {
+        host,
+        session: ctx.plugin_session,
+        catalog: r.catalog,
+        upstream: r.upstream,
+        database: r.database,
+        batch_rows: r.batch_rows,
+        batch_bytes: r.batch_bytes,
+        styles: state.styles(),
+    }
+}
+
+/// The COPY TO STDOUT starting with CopyOutResponse `frame`: its filter, if some plugin
+/// subscribes to its columns. A COPY the gateway cannot read is refused only then.
+async fn start_copy(
+    ctx: &RelayContext<'_>,
+    state: &RelayState,
+    frame: &[u8],
+    sent: Option<Sent>,
+    statement: usize,
+) -> Result<Option<CopyFilter>, Refusal> {
+    let (Some(host), Some(r)) = (ctx.plugins, &ctx.results) else {
+        return Ok(None);
+    };
+    if !host.chain().wants_results() {
+        return Ok(None);
+    }
+    let refuse = |message: String| Refusal {
+        plugin: "pgward".into(),
+        sqlstate: "0A000".into(),
+        message,
+        hint: Some("read the rows with SELECT, which the result policies can filter".into()),
+    };
+    let sent = sent.unwrap_or_default();
+    let Some(sql) = sent.copy_sql.as_deref() else {
+        return Err(refuse(
+            "the columns of this COPY cannot be determined, so it was not sent".into(),
+        ));
+    };
+    let plan = results::copy::plan(sql, statement).map_err(&refuse)?;
+    let binary = frame.get(5) == Some(&1);
+    let columns = frame
+        .get(6..8)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+        .unwrap_or(0);
+    let mut fields = results::catalog::describe(r.upstream, r.database, &plan.select)
+        .await
+        .map_err(|e| refuse(format!("cannot determine the columns of this COPY: {e}")))?;
+    if fields.len() != columns {
+        return Err(refuse(format!(
+            "this COPY has {columns} columns, its description {}",
+            fields.len()
+        )));
+    }
+    results::set_copy_format(&mut fields, binary);
+    let inferred = sent
+        .analysis
+        .as_deref()
+        .and_then(|a| a.statements.get(statement))
+        .and_then(|s| s.output.as_ref());
+    let Some(filter) =
+        results::subscribe(&subscriber(host, ctx, r, state), fields, inferred).await?
+    else {
+        return Ok(None);
+    };
+    let format = plan.format.map_err(|e| {
+        refuse(format!(
+            "{e} while result policies read this COPY's columns"
+        ))
+    })?;
+    if format.is_binary() != binary {
+        return Err(refuse(
+            "COPY format differs from what the server sends".into(),
+        ));
+    }
+    Ok(Some(CopyFilter::new(filter, format)))
 }
 
 /// The result starting with RowDescription `frame`: its filter, if some plugin subscribes.
@@ -1028,18 +1174,8 @@ async fn start_result(
     };
     let inferred = analysis
         .and_then(|a| a.statements.get(statement))
-        .and_then(crate::results::inferred::output_of);
-    let subscribe = results::Subscribe {
-        host,
-        session: ctx.plugin_session,
-        catalog: r.catalog,
-        upstream: r.upstream,
-        database: r.database,
-        batch_rows: r.batch_rows,
-        batch_bytes: r.batch_bytes,
-        styles: state.styles(),
-    };
-    results::subscribe(&subscribe, fields, inferred).await
+        .and_then(|s| s.output.as_ref());
+    results::subscribe(&subscriber(host, ctx, r, state), fields, inferred).await
 }
 
 fn invalidate_after_ddl(ctx: &RelayContext<'_>, analysis: Option<&Analysis>) {

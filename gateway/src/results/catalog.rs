@@ -10,7 +10,7 @@ use crate::plugins::bindings::pgward::plugin::types as wit;
 use crate::protocol;
 use crate::stream::Stream;
 use crate::upstream::UpstreamTarget;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -159,7 +159,7 @@ impl Catalog {
                 continue;
             };
             let n = info.columns.len();
-            let per_column = crate::results::inferred::infer_output_lineage(&def)
+            let per_column = pgward_sql::lineage::infer_output_lineage(&def)
                 .map(|l| l.columns(n))
                 .unwrap_or_default();
             for (attnum, lineage) in info.columns.iter_mut() {
@@ -184,12 +184,54 @@ impl Catalog {
     }
 }
 
+/// The columns `sql` would return in `database` (Parse + Describe, nothing runs).
+pub async fn describe(
+    upstream: &UpstreamTarget,
+    database: &str,
+    sql: &str,
+) -> Result<Vec<super::ResultField>, String> {
+    let mut out = BytesMut::new();
+    protocol::put_message(&mut out, b'P', |o| {
+        o.put_u8(0);
+        protocol::put_cstr(o, sql);
+        o.put_i16(0);
+    });
+    protocol::put_message(&mut out, b'D', |o| {
+        o.put_u8(b'S');
+        o.put_u8(0);
+    });
+    protocol::put_message(&mut out, b'S', |_| {});
+    let reply = exchange(upstream, database, out).await?;
+    match reply.row_description {
+        Some(body) => super::parse_row_description(&body)
+            .ok_or_else(|| "malformed RowDescription from the catalog connection".into()),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Runs one catalog query in `database`; each row as its text fields.
 async fn query(
     upstream: &UpstreamTarget,
     database: &str,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, String> {
+    let mut out = BytesMut::new();
+    protocol::put_message(&mut out, b'Q', |o| protocol::put_cstr(o, sql));
+    exchange(upstream, database, out).await.map(|r| r.rows)
+}
+
+/// What the server answered, up to ReadyForQuery.
+struct Reply {
+    rows: Vec<Vec<Option<String>>>,
+    row_description: Option<BytesMut>,
+}
+
+/// Sends `request` on this thread's catalog connection to `database` and reads the answer.
+async fn exchange(
+    upstream: &UpstreamTarget,
+    database: &str,
+    request: BytesMut,
+) -> Result<Reply, String> {
     let conn = CONNECTIONS.with(|c| {
         c.borrow_mut()
             .entry(database.to_owned())
@@ -211,7 +253,7 @@ async fn query(
     let Some(stream) = slot.as_mut() else {
         return Err("no catalog connection".into());
     };
-    match tokio::time::timeout(QUERY_TIMEOUT, run(stream, sql)).await {
+    match tokio::time::timeout(QUERY_TIMEOUT, run(stream, &request)).await {
         Ok(Ok(rows)) => Ok(rows),
         Ok(Err(e)) => {
             // The connection may be in any state now: open a new one next time.
@@ -225,13 +267,12 @@ async fn query(
     }
 }
 
-async fn run(stream: &mut Stream, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
-    let mut out = BytesMut::new();
-    protocol::put_message(&mut out, b'Q', |o| protocol::put_cstr(o, sql));
-    stream.write_all(&out).await.map_err(|e| e.to_string())?;
+async fn run(stream: &mut Stream, request: &[u8]) -> Result<Reply, String> {
+    stream.write_all(request).await.map_err(|e| e.to_string())?;
     stream.flush().await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(8192);
     let mut rows = Vec::new();
+    let mut row_description = None;
     let mut error = None;
     loop {
         let header = match protocol::frame_header(&buf, 64 << 20) {
@@ -266,11 +307,15 @@ async fn run(stream: &mut Stream, sql: &str) -> Result<Vec<Vec<Option<String>>>,
                 }
                 rows.push(row);
             }
+            b'T' => row_description = Some(BytesMut::from(body)),
             b'E' => error = Some(protocol::parse_error_body(body).message),
             b'Z' => {
                 return match error {
                     Some(e) => Err(format!("catalog query failed: {e}")),
-                    None => Ok(rows),
+                    None => Ok(Reply {
+                        rows,
+                        row_description,
+                    }),
                 }
             }
             _ => {}

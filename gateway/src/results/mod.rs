@@ -9,7 +9,7 @@
 //! the format the client asked for.
 
 pub mod catalog;
-pub mod inferred;
+pub mod copy;
 pub mod types;
 
 use crate::plugins::bindings::pgward::plugin::types as wit;
@@ -77,7 +77,7 @@ pub struct Subscribe<'a> {
 pub async fn subscribe(
     s: &Subscribe<'_>,
     fields: Vec<ResultField>,
-    inferred: Option<&crate::results::inferred::OutputLineage>,
+    inferred: Option<&pgward_sql::lineage::OutputLineage>,
 ) -> Result<Option<Filter>, Refusal> {
     let chain = s.host.chain();
     let plugins: Vec<Arc<LoadedPlugin>> = chain
@@ -151,7 +151,7 @@ pub async fn subscribe(
 async fn lineage(
     s: &Subscribe<'_>,
     fields: &[ResultField],
-    inferred: Option<&crate::results::inferred::OutputLineage>,
+    inferred: Option<&pgward_sql::lineage::OutputLineage>,
 ) -> Result<Vec<wit::Column>, Refusal> {
     let mut oids: Vec<u32> = fields
         .iter()
@@ -209,6 +209,10 @@ async fn lineage(
         .collect())
 }
 
+/// Receives each row of a flushed batch in order: `None` when it is unchanged, else its new
+/// DataRow frame.
+type Emit<'a> = &'a mut dyn FnMut(usize, Option<&[u8]>) -> Result<(), Refusal>;
+
 struct Subscriber {
     plugin: Arc<LoadedPlugin>,
     /// Columns the plugin sees (read ∪ modify), in result order.
@@ -251,19 +255,46 @@ impl Filter {
         session: &wit::Session,
         out: &mut BytesMut,
     ) -> Result<(), Refusal> {
-        if self.starts.is_empty() {
+        let rows = std::mem::take(&mut self.rows);
+        let starts = std::mem::take(&mut self.starts);
+        let result = self.flush_with(host, session, &rows, &starts, &mut |r, new| {
+            match new {
+                Some(frame) => out.extend_from_slice(frame),
+                None => {
+                    let end = starts.get(r + 1).copied().unwrap_or(rows.len());
+                    out.extend_from_slice(&rows[starts[r]..end]);
+                }
+            }
+            Ok(())
+        });
+        self.rows = rows;
+        self.starts = starts;
+        self.rows.clear();
+        self.starts.clear();
+        result
+    }
+
+    /// Runs `rows` (DataRow frames starting at `starts`) through the subscribers; `emit` gets
+    /// each row in order: `None` when it is unchanged, else its new DataRow frame.
+    fn flush_with(
+        &self,
+        host: &PluginHost,
+        session: &wit::Session,
+        rows: &[u8],
+        starts: &[usize],
+        emit: Emit<'_>,
+    ) -> Result<(), Refusal> {
+        if starts.is_empty() {
             return Ok(());
         }
-        let result = self.run(host, session, out);
+        let result = self.run(host, session, rows, starts, emit);
         tracing::debug!(
-            rows = self.starts.len(),
-            bytes = self.rows.len(),
+            rows = starts.len(),
+            bytes = rows.len(),
             plugins = self.subs.len(),
             ok = result.is_ok(),
             "result batch filtered"
         );
-        self.rows.clear();
-        self.starts.clear();
         result
     }
 
@@ -271,10 +302,12 @@ impl Filter {
         &self,
         host: &PluginHost,
         session: &wit::Session,
-        out: &mut BytesMut,
+        rows: &[u8],
+        starts: &[usize],
+        emit: Emit<'_>,
     ) -> Result<(), Refusal> {
         let ncols = self.fields.len();
-        let nrows = self.starts.len();
+        let nrows = starts.len();
         let malformed = |what: &str| Refusal {
             plugin: "pgward".into(),
             sqlstate: "08P01".into(),
@@ -283,9 +316,9 @@ impl Filter {
         };
         // Cell positions (start, len; len < 0 for NULL) of every row, row-major.
         let mut cells: Vec<(usize, i32)> = Vec::with_capacity(nrows * ncols);
-        for (r, &start) in self.starts.iter().enumerate() {
-            let end = self.starts.get(r + 1).copied().unwrap_or(self.rows.len());
-            let frame = &self.rows[start..end];
+        for (r, &start) in starts.iter().enumerate() {
+            let end = starts.get(r + 1).copied().unwrap_or(rows.len());
+            let frame = &rows[start..end];
             let mut at = 5;
             let count = frame
                 .get(at..at + 2)
@@ -312,7 +345,7 @@ impl Filter {
         }
         let cell = |r: usize, c: usize| -> Option<&[u8]> {
             let (at, len) = cells[r * ncols + c];
-            (len >= 0).then(|| &self.rows[at..at + len as usize])
+            (len >= 0).then(|| &rows[at..at + len as usize])
         };
         let decode_error = |c: usize, e: String| Refusal {
             plugin: "pgward".into(),
@@ -407,22 +440,25 @@ impl Filter {
             })
             .collect();
         if changed.is_empty() {
-            out.extend_from_slice(&self.rows);
+            for r in 0..nrows {
+                emit(r, None)?;
+            }
             return Ok(());
         }
         let mut value = Vec::new();
-        for (r, &start) in self.starts.iter().enumerate() {
+        let mut frame = BytesMut::new();
+        for r in 0..nrows {
             let differs = |c: usize| match (&original[c], &arrays[c]) {
                 (Some(a), Some(b)) => !types::same_value(a.as_ref(), b.as_ref(), r),
                 _ => false,
             };
             if !changed.iter().any(|&c| differs(c)) {
-                let end = self.starts.get(r + 1).copied().unwrap_or(self.rows.len());
-                out.extend_from_slice(&self.rows[start..end]);
+                emit(r, None)?;
                 continue;
             }
             let mut error = None;
-            protocol::put_message(out, b'D', |o| {
+            frame.clear();
+            protocol::put_message(&mut frame, b'D', |o| {
                 o.put_i16(ncols as i16);
                 for (c, array) in arrays.iter().enumerate() {
                     let new = array
@@ -461,8 +497,113 @@ impl Filter {
             if let Some((c, e)) = error {
                 return Err(decode_error(c, e));
             }
+            emit(r, Some(&frame))?;
         }
         Ok(())
+    }
+}
+
+/// A `COPY ... TO STDOUT` being filtered: its rows go through a [`Filter`] as DataRows.
+pub struct CopyFilter {
+    filter: Filter,
+    codec: copy::CopyCodec,
+    /// The server's CopyData messages of the current batch, back to back.
+    messages: BytesMut,
+    message_starts: Vec<usize>,
+    /// Bytes at the start of each row's message that are not the row (the binary header).
+    prefixes: Vec<usize>,
+}
+
+impl CopyFilter {
+    pub fn new(filter: Filter, format: copy::CopyFormat) -> Self {
+        CopyFilter {
+            filter,
+            codec: copy::CopyCodec::new(format),
+            messages: BytesMut::new(),
+            message_starts: Vec::new(),
+            prefixes: Vec::new(),
+        }
+    }
+
+    /// Takes one CopyData frame. Rows are held for their batch (true: flush now); anything
+    /// else (a CSV header, the binary trailer) goes to `out` after the rows before it.
+    pub fn push(
+        &mut self,
+        host: &PluginHost,
+        session: &wit::Session,
+        frame: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<bool, Refusal> {
+        let columns = self.filter.fields.len();
+        match self.codec.decode(&frame[5..], columns) {
+            Ok(copy::CopyRow::Row { frame: row, prefix }) => {
+                self.message_starts.push(self.messages.len());
+                self.messages.extend_from_slice(frame);
+                self.prefixes.push(prefix);
+                Ok(self.filter.push(&row))
+            }
+            Ok(copy::CopyRow::Other) => {
+                self.flush(host, session, out)?;
+                out.extend_from_slice(frame);
+                Ok(false)
+            }
+            Err(e) => Err(Refusal {
+                plugin: "pgward".into(),
+                sqlstate: "0A000".into(),
+                message: format!("COPY data cannot be passed to the result policies: {e}"),
+                hint: None,
+            }),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filter.is_empty()
+    }
+
+    /// Runs the held rows through the plugins and appends their CopyData messages to `out`.
+    pub fn flush(
+        &mut self,
+        host: &PluginHost,
+        session: &wit::Session,
+        out: &mut BytesMut,
+    ) -> Result<(), Refusal> {
+        let rows = std::mem::take(&mut self.filter.rows);
+        let starts = std::mem::take(&mut self.filter.starts);
+        let (messages, message_starts, prefixes, codec) = (
+            &self.messages,
+            &self.message_starts,
+            &self.prefixes,
+            &self.codec,
+        );
+        let result = self
+            .filter
+            .flush_with(host, session, &rows, &starts, &mut |r, new| {
+                let start = message_starts[r];
+                let end = message_starts.get(r + 1).copied().unwrap_or(messages.len());
+                match new {
+                    None => out.extend_from_slice(&messages[start..end]),
+                    Some(row) => {
+                        let prefix = &messages[start + 5..start + 5 + prefixes[r]];
+                        codec.encode(prefix, row, out).map_err(internal)?;
+                    }
+                }
+                Ok(())
+            });
+        self.filter.rows = rows;
+        self.filter.rows.clear();
+        self.filter.starts = starts;
+        self.filter.starts.clear();
+        self.messages.clear();
+        self.message_starts.clear();
+        self.prefixes.clear();
+        result
+    }
+}
+
+/// The format each column of a COPY arrives in.
+pub fn set_copy_format(fields: &mut [ResultField], binary: bool) {
+    for f in fields {
+        f.binary = binary;
     }
 }
 
