@@ -1,5 +1,6 @@
 //! Names in a plugin's configuration: patterns for relations and functions, and the search path
-//! that decides which schema an unqualified name in a statement points to.
+//! that decides which schema an unqualified name in a statement points to; and how writes are
+//! named in messages.
 //!
 //! ```
 //! use pgward_plugin_sdk::prelude::*;
@@ -23,7 +24,7 @@
 //! assert!(err.contains("key `protected`") && err.contains("not a name pattern"), "{err}");
 //! ```
 
-use crate::types::{split_pattern, PatternPart, Relation};
+use crate::types::{split_pattern, ObjectKind, PatternPart, Relation, Write, WriteAction};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 
@@ -204,6 +205,59 @@ impl<'de> Deserialize<'de> for SearchPath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let schemas = Vec::<String>::deserialize(d)?;
         SearchPath::new(&schemas).map_err(serde::de::Error::custom)
+    }
+}
+
+impl ObjectKind {
+    /// The kind as SQL names it: `TABLE`, `MATERIALIZED VIEW`, `FUNCTION`...
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            ObjectKind::Table => "TABLE",
+            ObjectKind::View => "VIEW",
+            ObjectKind::MaterializedView => "MATERIALIZED VIEW",
+            ObjectKind::ForeignTable => "FOREIGN TABLE",
+            ObjectKind::Index => "INDEX",
+            ObjectKind::Sequence => "SEQUENCE",
+            ObjectKind::Schema => "SCHEMA",
+            ObjectKind::Database => "DATABASE",
+            ObjectKind::Function => "FUNCTION",
+            ObjectKind::Procedure => "PROCEDURE",
+            ObjectKind::Type => "TYPE",
+            ObjectKind::Domain => "DOMAIN",
+            ObjectKind::Extension => "EXTENSION",
+            ObjectKind::Role => "ROLE",
+            ObjectKind::Trigger => "TRIGGER",
+            ObjectKind::Server => "SERVER",
+            ObjectKind::Other => "OBJECT",
+        }
+    }
+}
+
+impl Write {
+    /// The SQL command that makes this write, for messages: `DELETE`, `DROP TABLE`,
+    /// `CREATE FUNCTION`, `COPY FROM`, `VACUUM or ANALYZE`...
+    pub fn command(&self) -> String {
+        use WriteAction as A;
+        let object = self.object.sql_name();
+        match self.action {
+            A::Insert => "INSERT".to_owned(),
+            A::Update => "UPDATE".to_owned(),
+            A::Delete => "DELETE".to_owned(),
+            A::Merge => "MERGE".to_owned(),
+            A::CopyFrom => "COPY FROM".to_owned(),
+            A::SelectInto => "SELECT INTO".to_owned(),
+            A::Create => format!("CREATE {object}"),
+            A::CreateIndex => "CREATE INDEX".to_owned(),
+            A::Alter => format!("ALTER {object}"),
+            A::Drop => format!("DROP {object}"),
+            A::Truncate => "TRUNCATE".to_owned(),
+            A::Comment => "COMMENT".to_owned(),
+            A::Grant => "GRANT".to_owned(),
+            A::Revoke => "REVOKE".to_owned(),
+            A::Refresh => "REFRESH MATERIALIZED VIEW".to_owned(),
+            A::Lock => "LOCK TABLE".to_owned(),
+            A::Maintain => "VACUUM or ANALYZE".to_owned(),
+        }
     }
 }
 

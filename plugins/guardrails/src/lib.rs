@@ -435,9 +435,9 @@ impl Guardrails {
         if role_change && !p.allow_role_changes {
             let what = match s.writes.iter().find(|w| w.object == ObjectKind::Role) {
                 Some(w) if matches!(w.action, WriteAction::Grant | WriteAction::Revoke) => {
-                    format!("{} of role {}", verb(w, s), w.relation)
+                    format!("{} of role {}", w.command(), w.relation)
                 }
-                Some(w) => format!("{} {}", verb(w, s), w.relation),
+                Some(w) => format!("{} {}", w.command(), w.relation),
                 None => s.command.clone(),
             };
             return Err(Refusal::new(
@@ -582,15 +582,7 @@ impl Guardrails {
     fn judge_write(&self, p: &Profile, s: &Statement, w: &Write) -> Result<(), Refusal> {
         use WriteAction as A;
         let candidates = self.candidates(p, &w.relation, w.object);
-        // `DELETE on public.accounts`, or `... inside COPY` when the write hides in another command.
-        let what = |relation: Option<&Relation>| {
-            let verb = verb(w, s);
-            let name = relation.unwrap_or(&w.relation);
-            match s.command.starts_with(&verb) || verb.starts_with(&s.command) {
-                true => format!("{verb} on {name}"),
-                false => format!("{verb} on {name} inside {}", s.command),
-            }
-        };
+        let what = |relation: Option<&Relation>| describe(w, s, relation.unwrap_or(&w.relation));
 
         if matches!(w.action, A::Drop | A::Truncate) && self.protects(p, w, &candidates) {
             let protected = candidates
@@ -766,44 +758,16 @@ fn read_only_hint(p: &Profile) -> String {
     )
 }
 
-/// `DROP TABLE`, `DELETE`, `CREATE FUNCTION`...: how a write is named in messages.
-fn verb(w: &Write, s: &Statement) -> String {
-    use WriteAction as A;
-    let object = match w.object {
-        ObjectKind::Table => "TABLE",
-        ObjectKind::View => "VIEW",
-        ObjectKind::MaterializedView => "MATERIALIZED VIEW",
-        ObjectKind::ForeignTable => "FOREIGN TABLE",
-        ObjectKind::Index => "INDEX",
-        ObjectKind::Sequence => "SEQUENCE",
-        ObjectKind::Schema => "SCHEMA",
-        ObjectKind::Database => "DATABASE",
-        ObjectKind::Function => "FUNCTION",
-        ObjectKind::Procedure => "PROCEDURE",
-        ObjectKind::Type => "TYPE",
-        ObjectKind::Domain => "DOMAIN",
-        ObjectKind::Extension => "EXTENSION",
-        ObjectKind::Role => "ROLE",
-        ObjectKind::Trigger => "TRIGGER",
-        ObjectKind::Server => "SERVER",
-        ObjectKind::Other => "OBJECT",
+/// How a write is named in messages: `DELETE on public.accounts`, or `DELETE on
+/// public.accounts inside COPY` when it hides in another command.
+fn describe(w: &Write, s: &Statement, name: &Relation) -> String {
+    let verb = match w.action {
+        WriteAction::Maintain => s.command.clone(),
+        _ => w.command(),
     };
-    match w.action {
-        A::Insert => "INSERT".to_owned(),
-        A::Update => "UPDATE".to_owned(),
-        A::Delete => "DELETE".to_owned(),
-        A::Merge => "MERGE".to_owned(),
-        A::CopyFrom => "COPY FROM".to_owned(),
-        A::SelectInto => "SELECT INTO".to_owned(),
-        A::Create => format!("CREATE {object}"),
-        A::CreateIndex => "CREATE INDEX".to_owned(),
-        A::Alter => format!("ALTER {object}"),
-        A::Drop => format!("DROP {object}"),
-        A::Truncate => "TRUNCATE".to_owned(),
-        A::Comment => "COMMENT".to_owned(),
-        A::Grant => "GRANT".to_owned(),
-        A::Revoke => "REVOKE".to_owned(),
-        A::Refresh | A::Lock | A::Maintain => s.command.clone(),
+    match s.command.starts_with(&verb) || verb.starts_with(&s.command) {
+        true => format!("{verb} on {name}"),
+        false => format!("{verb} on {name} inside {}", s.command),
     }
 }
 
