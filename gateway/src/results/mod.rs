@@ -22,7 +22,7 @@ use bytes::{BufMut, BytesMut};
 use catalog::Catalog;
 use std::collections::HashMap;
 use std::sync::Arc;
-use types::{Kind, Styles};
+use types::{PgType, Styles};
 
 /// One column of a RowDescription.
 #[derive(Debug, Clone)]
@@ -134,7 +134,7 @@ pub async fn subscribe(
     needed.sort_unstable();
     needed.dedup();
     Ok(Some(Filter {
-        kinds: fields.iter().map(|f| Kind::of(f.type_oid)).collect(),
+        kinds: fields.iter().map(|f| PgType::of(f.type_oid)).collect(),
         fields,
         subs,
         needed,
@@ -224,7 +224,7 @@ struct Subscriber {
 /// A result being filtered through plugins.
 pub struct Filter {
     fields: Vec<ResultField>,
-    kinds: Vec<Kind>,
+    kinds: Vec<PgType>,
     subs: Vec<Subscriber>,
     /// Columns some subscriber sees.
     needed: Vec<usize>,

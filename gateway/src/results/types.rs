@@ -124,8 +124,271 @@ fn be<const N: usize>(kind: Kind, cell: &[u8]) -> Result<[u8; N], String> {
         .map_err(|_| format!("binary {kind:?} value has {} bytes", cell.len()))
 }
 
+/// A column's PostgreSQL type as the filter handles it: a scalar kind, or a one-dimensional
+/// array of one (Arrow `List`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgType {
+    pub kind: Kind,
+    /// Element type oid when this is an array type the gateway reads.
+    pub element: Option<u32>,
+}
+
+/// Array type oids and their element oids, for the element types with their own [`Kind`].
+const ARRAYS: &[(u32, u32)] = &[
+    (1000, 16),
+    (1001, 17),
+    (1003, 19),
+    (1005, 21),
+    (1007, 23),
+    (1009, 25),
+    (1014, 1042),
+    (1015, 1043),
+    (1016, 20),
+    (1021, 700),
+    (1022, 701),
+    (1115, 1114),
+    (1182, 1082),
+    (1183, 1083),
+    (1185, 1184),
+    (1187, 1186),
+    (1231, 1700),
+    (2951, 2950),
+    (199, 114),
+    (3807, 3802),
+];
+
+impl PgType {
+    pub fn of(type_oid: u32) -> PgType {
+        match ARRAYS.iter().find(|(a, _)| *a == type_oid) {
+            Some(&(_, element)) => PgType {
+                kind: Kind::of(element),
+                element: Some(element),
+            },
+            None => PgType {
+                kind: Kind::of(type_oid),
+                element: None,
+            },
+        }
+    }
+
+    pub fn data_type(self, binary: bool) -> DataType {
+        match self.element {
+            Some(_) => DataType::List(Arc::new(arrow_schema::Field::new(
+                "item",
+                self.kind.data_type(binary),
+                true,
+            ))),
+            None => self.kind.data_type(binary),
+        }
+    }
+}
+
 /// Builds the Arrow array of one column from its cells (`None` = NULL).
 pub fn decode_column(
+    t: PgType,
+    binary: bool,
+    cells: &[Option<&[u8]>],
+    styles: Styles,
+) -> Result<ArrayRef, String> {
+    let Some(element) = t.element else {
+        return decode_scalar(t.kind, binary, cells, styles);
+    };
+    // Elements of every array, back to back, and where each array ends.
+    let mut elements: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut offsets = vec![0i32];
+    let mut nulls = Vec::with_capacity(cells.len());
+    for cell in cells {
+        match cell {
+            None => nulls.push(false),
+            Some(c) if binary => {
+                nulls.push(true);
+                array_from_binary(c, element, &mut elements)?
+            }
+            Some(c) => {
+                nulls.push(true);
+                array_from_text(utf8(c)?, &mut elements)?
+            }
+        }
+        offsets.push(i32::try_from(elements.len()).map_err(|_| "array too large")?);
+    }
+    let refs: Vec<Option<&[u8]>> = elements.iter().map(|e| e.as_deref()).collect();
+    let values = decode_scalar(t.kind, binary, &refs, styles)?;
+    let field = Arc::new(arrow_schema::Field::new(
+        "item",
+        values.data_type().clone(),
+        true,
+    ));
+    arrow_array::ListArray::try_new(
+        field,
+        arrow_buffer::OffsetBuffer::new(offsets.into()),
+        values,
+        Some(arrow_buffer::NullBuffer::from(nulls)),
+    )
+    .map(|a| Arc::new(a) as ArrayRef)
+    .map_err(|e| e.to_string())
+}
+
+fn array_from_binary(c: &[u8], element: u32, out: &mut Vec<Option<Vec<u8>>>) -> Result<(), String> {
+    let word = |i: usize| {
+        c.get(i..i + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| "binary array is truncated".to_string())
+    };
+    let ndim = word(0)?;
+    if word(8)? as u32 != element {
+        return Err("binary array has an unexpected element type".into());
+    }
+    let mut at = 12;
+    match ndim {
+        0 => return Ok(()),
+        1 => {}
+        _ => return Err("multi-dimensional arrays cannot be passed to result policies".into()),
+    }
+    let len = word(at)?;
+    if word(at + 4)? != 1 {
+        return Err(
+            "arrays with a lower bound other than 1 cannot be passed to result policies".into(),
+        );
+    }
+    at += 8;
+    for _ in 0..len.max(0) {
+        let n = word(at)?;
+        at += 4;
+        if n < 0 {
+            out.push(None);
+        } else {
+            let v = c
+                .get(at..at + n as usize)
+                .ok_or("binary array is truncated")?;
+            out.push(Some(v.to_vec()));
+            at += n as usize;
+        }
+    }
+    Ok(())
+}
+
+fn array_from_text(s: &str, out: &mut Vec<Option<Vec<u8>>>) -> Result<(), String> {
+    let inner = s
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .ok_or("arrays with explicit bounds cannot be passed to result policies")?;
+    if inner.is_empty() {
+        return Ok(());
+    }
+    let b = inner.as_bytes();
+    let mut i = 0;
+    loop {
+        if b.get(i) == Some(&b'{') {
+            return Err("multi-dimensional arrays cannot be passed to result policies".into());
+        }
+        if b.get(i) == Some(&b'"') {
+            let mut v = Vec::new();
+            i += 1;
+            loop {
+                match b.get(i) {
+                    Some(b'\\') => {
+                        v.push(*b.get(i + 1).ok_or("unterminated array element")?);
+                        i += 2;
+                    }
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(&x) => {
+                        v.push(x);
+                        i += 1;
+                    }
+                    None => return Err("unterminated array element".into()),
+                }
+            }
+            out.push(Some(v));
+        } else {
+            let end = b[i..]
+                .iter()
+                .position(|&x| x == b',')
+                .map_or(b.len(), |p| i + p);
+            let raw = &b[i..end];
+            out.push(if raw.eq_ignore_ascii_case(b"NULL") {
+                None
+            } else {
+                Some(raw.to_vec())
+            });
+            i = end;
+        }
+        match b.get(i) {
+            None => return Ok(()),
+            Some(b',') => i += 1,
+            Some(_) => return Err("malformed array value".into()),
+        }
+    }
+}
+
+/// Appends array value `i` of list array `a` (not null).
+fn encode_array(
+    t: PgType,
+    binary: bool,
+    a: &dyn Array,
+    i: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let list = a.as_list::<i32>();
+    let values = list.value(i);
+    let mut element = Vec::new();
+    if binary {
+        let n = values.len() as i32;
+        out.extend_from_slice(&(if n == 0 { 0i32 } else { 1 }).to_be_bytes());
+        out.extend_from_slice(&((values.null_count() > 0) as i32).to_be_bytes());
+        out.extend_from_slice(&t.element.unwrap_or_default().to_be_bytes());
+        if n > 0 {
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(&1i32.to_be_bytes());
+        }
+        for j in 0..values.len() {
+            if values.is_null(j) {
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+                continue;
+            }
+            element.clear();
+            encode_scalar(t.kind, true, values.as_ref(), j, &mut element)?;
+            out.extend_from_slice(&(element.len() as i32).to_be_bytes());
+            out.extend_from_slice(&element);
+        }
+        return Ok(());
+    }
+    out.push(b'{');
+    for j in 0..values.len() {
+        if j > 0 {
+            out.push(b',');
+        }
+        if values.is_null(j) {
+            out.extend_from_slice(b"NULL");
+            continue;
+        }
+        element.clear();
+        encode_scalar(t.kind, false, values.as_ref(), j, &mut element)?;
+        let quote = element.is_empty()
+            || element.eq_ignore_ascii_case(b"NULL")
+            || element.iter().any(|&c| {
+                matches!(c, b'{' | b'}' | b',' | b'"' | b'\\') || c.is_ascii_whitespace()
+            });
+        if quote {
+            out.push(b'"');
+            for &c in &element {
+                if c == b'"' || c == b'\\' {
+                    out.push(b'\\');
+                }
+                out.push(c);
+            }
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(&element);
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn decode_scalar(
     kind: Kind,
     binary: bool,
     cells: &[Option<&[u8]>],
@@ -335,12 +598,28 @@ pub fn same_value(old: &dyn Array, new: &dyn Array, i: usize) -> bool {
         DataType::FixedSizeBinary(_) => {
             old.as_fixed_size_binary().value(i) == new.as_fixed_size_binary().value(i)
         }
+        DataType::List(_) => {
+            old.as_list::<i32>().value(i).to_data() == new.as_list::<i32>().value(i).to_data()
+        }
         _ => false,
     }
 }
 
 /// Appends value `i` of `a` (not null) in PostgreSQL's `binary` or text format.
 pub fn encode_value(
+    t: PgType,
+    binary: bool,
+    a: &dyn Array,
+    i: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    match t.element {
+        Some(_) => encode_array(t, binary, a, i, out),
+        None => encode_scalar(t.kind, binary, a, i, out),
+    }
+}
+
+fn encode_scalar(
     kind: Kind,
     binary: bool,
     a: &dyn Array,
@@ -911,10 +1190,14 @@ mod tests {
             iso_dates: true,
             postgres_intervals: true,
         };
-        let a = decode_column(kind, false, &cells, styles).unwrap();
+        let t = PgType {
+            kind,
+            element: None,
+        };
+        let a = decode_column(t, false, &cells, styles).unwrap();
         for (i, v) in values.iter().enumerate() {
             let mut out = Vec::new();
-            encode_value(kind, false, a.as_ref(), i, &mut out).unwrap();
+            encode_value(t, false, a.as_ref(), i, &mut out).unwrap();
             assert_eq!(String::from_utf8(out).unwrap(), *v, "{kind:?}");
         }
     }
@@ -945,6 +1228,29 @@ mod tests {
         );
         roundtrip_text(Kind::Uuid, &["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]);
         roundtrip_text(Kind::Bytea, &["\\x00ff10"]);
+    }
+
+    #[test]
+    fn text_arrays_round_trip() {
+        let styles = Styles {
+            iso_dates: true,
+            postgres_intervals: true,
+        };
+        for (oid, v) in [
+            (1009, r#"{"x y",NULL,é,"","NULL",a}"#),
+            (1007, "{1,2,NULL}"),
+            (1007, "{}"),
+            (1009, r#"{"a\\b","q\"t"}"#),
+        ] {
+            let t = PgType::of(oid);
+            let a = decode_column(t, false, &[Some(v.as_bytes()), None], styles).unwrap();
+            assert!(a.is_null(1));
+            let mut out = Vec::new();
+            encode_value(t, false, a.as_ref(), 0, &mut out).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), v);
+        }
+        assert!(decode_column(PgType::of(1007), false, &[Some(b"{{1},{2}}")], styles).is_err());
+        assert!(decode_column(PgType::of(1007), false, &[Some(b"[0:1]={1,2}")], styles).is_err());
     }
 
     #[test]
@@ -993,7 +1299,8 @@ mod tests {
         ] {
             for binary in [false, true] {
                 for junk in [&b"\xff\xfe"[..], b"", b"x:y:z", b"99999999999999999999"] {
-                    let _ = decode_column(kind, binary, &[Some(junk)], styles);
+                    let _ = decode_scalar(kind, binary, &[Some(junk)], styles);
+                    let _ = decode_column(PgType::of(1007), binary, &[Some(junk)], styles);
                 }
             }
         }

@@ -7,12 +7,14 @@
 //!
 //! - `identity` reads and "replaces" the columns with what it got: the gateway must send the
 //!   rows byte-identical to the server's.
-//! - `upper` upper-cases string columns (other types are returned as they are).
+//! - `upper` upper-cases string columns and string arrays (other types are returned as they are).
 //! - `drop-row`, `retype` and `abort` break the contract or refuse: the gateway must end the
 //!   result with an error, never a truncated result that looks complete.
 #![forbid(unsafe_code)]
 
-use pgward_plugin_sdk::arrow::{self, Array, DataType, RecordBatch};
+use pgward_plugin_sdk::arrow::arrow_array::cast::AsArray;
+use pgward_plugin_sdk::arrow::arrow_array::ListArray;
+use pgward_plugin_sdk::arrow::{self, Array, ArrayRef, DataType, RecordBatch};
 use pgward_plugin_sdk::prelude::*;
 use std::sync::Arc;
 
@@ -45,14 +47,29 @@ impl BatchTransform {
     }
 }
 
+fn upper_strings(array: &dyn Array) -> Result<ArrayRef, String> {
+    arrow::map_strings_into(array, |v, out| out.push_str(&v.to_uppercase()))
+}
+
+/// Upper-cases string columns and string arrays (`List<Utf8>`).
 fn upper(batch: RecordBatch) -> Result<Option<RecordBatch>, String> {
     let mut batch = batch;
     for i in 0..batch.num_columns() {
-        if batch.column(i).data_type() == &DataType::Utf8 {
-            let new =
-                arrow::map_strings_into(batch.column(i), |v, out| out.push_str(&v.to_uppercase()))?;
-            batch = arrow::replace_column(&batch, i, new)?;
-        }
+        let column = batch.column(i).clone();
+        let new = match column.data_type() {
+            DataType::Utf8 => upper_strings(column.as_ref())?,
+            DataType::List(field) if field.data_type() == &DataType::Utf8 => {
+                let list = column.as_list::<i32>();
+                let values = upper_strings(list.values().as_ref())?;
+                let nulls = list.nulls().cloned();
+                let array =
+                    ListArray::try_new(field.clone(), list.offsets().clone(), values, nulls)
+                        .map_err(|e| e.to_string())?;
+                Arc::new(array) as ArrayRef
+            }
+            _ => continue,
+        };
+        batch = arrow::replace_column(&batch, i, new)?;
     }
     Ok(Some(batch))
 }
