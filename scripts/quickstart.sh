@@ -60,15 +60,18 @@ INSERT INTO orders (customer_id, total, status) VALUES (1, 42.00, 'paid'), (2, 7
 SQL
 fi
 
-# The example policy: the template plugin, protecting the demo tables.
+# The policy plugins, each with its config (NAME.wasm + NAME.toml), in the chain order that
+# plugins.order below gives. Copy, then rename: the gateway never sees half a file.
 mkdir -p "$demo/plugins"
-cp target/plugins/pgward_plugin_template.wasm "$demo/plugins/.template.wasm.tmp"
-cat > "$demo/plugins/template.toml" <<'TOML'
-deny_commands = ["TRUNCATE TABLE", "ALTER SYSTEM"]
-protected_tables = ["public.customers", "public.orders"]
-drop_allowed_groups = ["dba"]
-TOML
-mv "$demo/plugins/.template.wasm.tmp" "$demo/plugins/template.wasm"
+install_plugin() { # NAME CONFIG
+  cp "target/plugins/$1.wasm" "$demo/plugins/.$1.wasm.tmp"
+  cp "$2" "$demo/plugins/$1.toml"
+  mv "$demo/plugins/.$1.wasm.tmp" "$demo/plugins/$1.wasm"
+}
+rm -f "$demo/plugins/template.wasm" "$demo/plugins/template.toml" # from older quickstarts
+# 1. guardrails: per-identity profiles (plugins/guardrails/guardrails.toml).
+install_plugin guardrails plugins/guardrails/guardrails.toml
+# 2. Result masking (mask-pii) goes here, and into plugins.order after "guardrails".
 
 hash() { printf '%s\n' "$1" | "$pgward" hash-password; }
 cat > "$demo/pgward.toml" <<TOML
@@ -84,6 +87,7 @@ password = "pgward-demo-upstream"
 
 [plugins]
 directory = "plugins"
+order = ["guardrails"]
 
 [[auth.users]]
 name = "alice"
@@ -111,12 +115,16 @@ Connect as one of the demo identities (password = user name):
   PGPASSWORD=bob   psql "host=127.0.0.1 port=$gw_port user=bob dbname=demo"
   PGPASSWORD=agent psql "host=127.0.0.1 port=$gw_port user=agent dbname=demo"
 
-The example policy plugin (plugins/template) is loaded from .pgward-demo/plugins/; try:
+The guardrails plugin is loaded from .pgward-demo/plugins/ with the profiles of
+plugins/guardrails/guardrails.toml (alice: developers, bob: support, agent: read-only); try:
 
   PGPASSWORD=alice psql "host=127.0.0.1 port=$gw_port user=alice dbname=demo" -c "DROP TABLE customers"
+  PGPASSWORD=alice psql "host=127.0.0.1 port=$gw_port user=alice dbname=demo" -c "DELETE FROM orders"
+  PGPASSWORD=agent psql "host=127.0.0.1 port=$gw_port user=agent dbname=demo" -c "UPDATE customers SET phone = NULL WHERE id = 1"
+  PGPASSWORD=bob   psql "host=127.0.0.1 port=$gw_port user=bob dbname=demo" -c "UPDATE customers SET phone = NULL WHERE id = 1"
   $pgward plugins list --config $demo/pgward.toml
 
-Edit .pgward-demo/plugins/template.toml while the gateway runs: the change applies within a second.
+Edit .pgward-demo/plugins/guardrails.toml while the gateway runs: the change applies within a second.
 
 See what the gateway knows about a statement:
 

@@ -662,11 +662,27 @@ fn the_example_config_loads_and_guards_the_demo_schema() {
     let agent = h.session("agent", &["ai-agents"]);
     let dba = h.session("dana", &["dba"]);
     let stranger = h.session("eve", &[]);
-    let (_, message, _) = denied(&mut h, &alice, "DROP TABLE customers");
+    // The README shows these refusals.
+    let (_, message, hint) = denied(&mut h, &alice, "DROP TABLE customers");
     assert_eq!(
         message,
         "guardrails: rule \"no-drop\" denies DROP TABLE on public.customers"
     );
+    assert_eq!(
+        hint,
+        "profile \"developers\" may not drop anything through this gateway"
+    );
+    let (_, message, hint) = denied(
+        &mut h,
+        &alice,
+        "WITH d AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM d",
+    );
+    assert_eq!(
+        message,
+        "guardrails: rule \"unbounded-write\" denies DELETE on public.orders inside SELECT \
+         without a WHERE clause"
+    );
+    assert_eq!(hint, "add a WHERE clause that selects the rows to change");
     assert_allowed(
         &mut h,
         &alice,
