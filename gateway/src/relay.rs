@@ -736,6 +736,7 @@ async fn server_to_client(
     // What replaces or adds to the server's bytes; empty on the fast path.
     let mut out = BytesMut::new();
     let mut results = Results::default();
+    let mut known = Subscriptions::default();
     let tracking = ctx.results.is_some();
     let mut pass = 0usize;
     // Bytes already in `buf` that have not been looked at.
@@ -879,7 +880,7 @@ async fn server_to_client(
                     };
                     if let (Some(analysis), b'T') = (front, header.tag) {
                         let statement = if relay { results.statement } else { 0 };
-                        match start_result(ctx, state, frame, analysis.as_deref(), statement).await
+                        match start_result(ctx, state, &mut known, frame, analysis, statement).await
                         {
                             Ok(filter) => results.filter = filter,
                             Err(r) => {
@@ -1132,11 +1133,11 @@ async fn start_copy(
         .as_deref()
         .and_then(|a| a.statements.get(statement))
         .and_then(|s| s.output.as_ref());
-    let Some(filter) =
-        results::subscribe(&subscriber(host, ctx, r, state), fields, inferred).await?
-    else {
+    let subscribe = subscriber(host, ctx, r, state);
+    let Some(subscription) = results::subscribe(&subscribe, fields, inferred).await? else {
         return Ok(None);
     };
+    let filter = Filter::new(subscription, &subscribe);
     let format = plan.format.map_err(|e| {
         refuse(format!(
             "{e} while result policies read this COPY's columns"
@@ -1151,18 +1152,56 @@ async fn start_copy(
 }
 
 /// The result starting with RowDescription `frame`: its filter, if some plugin subscribes.
+/// A session's earlier subscription decisions, by result shape: the same RowDescription from
+/// the same statement shape, with the same plugins and catalog, is subscribed the same way.
+#[derive(Default)]
+struct Subscriptions {
+    entries: Vec<Remembered>,
+}
+
+struct Remembered {
+    chain: u64,
+    catalog: u64,
+    row_description: Vec<u8>,
+    analysis: Option<Arc<Analysis>>,
+    statement: usize,
+    subscription: Option<Arc<results::Subscription>>,
+}
+
+/// Result shapes remembered per session.
+const REMEMBERED_SHAPES: usize = 64;
+
+/// The result starting with RowDescription `frame`: its filter, if some plugin subscribes.
 async fn start_result(
     ctx: &RelayContext<'_>,
     state: &RelayState,
+    known: &mut Subscriptions,
     frame: &[u8],
-    analysis: Option<&Analysis>,
+    analysis: Option<Arc<Analysis>>,
     statement: usize,
 ) -> Result<Option<Filter>, Refusal> {
     let (Some(host), Some(r)) = (ctx.plugins, &ctx.results) else {
         return Ok(None);
     };
+    let chain = host.chain().generation();
     if !host.chain().wants_results() {
         return Ok(None);
+    }
+    let catalog = r.catalog.generation();
+    let subscribe = subscriber(host, ctx, r, state);
+    let same = |e: &Remembered| {
+        e.chain == chain
+            && e.catalog == catalog
+            && e.statement == statement
+            && e.row_description == frame[5..]
+            && match (&e.analysis, &analysis) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    };
+    if let Some(e) = known.entries.iter().find(|e| same(e)) {
+        return Ok(e.subscription.clone().map(|s| Filter::new(s, &subscribe)));
     }
     let Some(fields) = results::parse_row_description(&frame[5..]) else {
         return Err(Refusal {
@@ -1173,9 +1212,22 @@ async fn start_result(
         });
     };
     let inferred = analysis
+        .as_deref()
         .and_then(|a| a.statements.get(statement))
         .and_then(|s| s.output.as_ref());
-    results::subscribe(&subscriber(host, ctx, r, state), fields, inferred).await
+    let subscription = results::subscribe(&subscribe, fields, inferred).await?;
+    if known.entries.len() >= REMEMBERED_SHAPES {
+        known.entries.remove(0);
+    }
+    known.entries.push(Remembered {
+        chain,
+        catalog,
+        row_description: frame[5..].to_vec(),
+        analysis,
+        statement,
+        subscription: subscription.clone(),
+    });
+    Ok(subscription.map(|s| Filter::new(s, &subscribe)))
 }
 
 fn invalidate_after_ddl(ctx: &RelayContext<'_>, analysis: Option<&Analysis>) {

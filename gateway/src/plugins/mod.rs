@@ -143,6 +143,11 @@ impl Chain {
         self.on_query
     }
 
+    /// Changes whenever the chain does.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Some plugin implements on-result-schema and on-batch (otherwise rows need no plugin).
     pub fn wants_results(&self) -> bool {
         self.on_results

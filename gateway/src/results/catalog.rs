@@ -51,6 +51,11 @@ thread_local! {
 }
 
 impl Catalog {
+    /// Changes whenever something is forgotten.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Forgets everything about `database` (DDL ran there).
     pub fn invalidate(&self, database: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -71,6 +71,16 @@ pub struct Subscribe<'a> {
     pub styles: Styles,
 }
 
+/// Who reads which columns of a result of one shape; reusable for every result of that shape
+/// in a session while the plugins and the catalog stay the same.
+pub struct Subscription {
+    fields: Vec<ResultField>,
+    kinds: Vec<PgType>,
+    subs: Vec<Subscriber>,
+    /// Columns some subscriber sees.
+    needed: Vec<usize>,
+}
+
 /// Asks the plugins about a result; `None` when nobody wants its rows (the fast path).
 /// `inferred` is the statement analysis's lineage of the output columns, for columns
 /// PostgreSQL reports no table for.
@@ -78,7 +88,7 @@ pub async fn subscribe(
     s: &Subscribe<'_>,
     fields: Vec<ResultField>,
     inferred: Option<&pgward_sql::lineage::OutputLineage>,
-) -> Result<Option<Filter>, Refusal> {
+) -> Result<Option<Arc<Subscription>>, Refusal> {
     let chain = s.host.chain();
     let plugins: Vec<Arc<LoadedPlugin>> = chain
         .plugins
@@ -133,17 +143,12 @@ pub async fn subscribe(
     let mut needed: Vec<usize> = subs.iter().flat_map(|s| s.cols.iter().copied()).collect();
     needed.sort_unstable();
     needed.dedup();
-    Ok(Some(Filter {
+    Ok(Some(Arc::new(Subscription {
         kinds: fields.iter().map(|f| PgType::of(f.type_oid)).collect(),
         fields,
         subs,
         needed,
-        rows: BytesMut::new(),
-        starts: Vec::new(),
-        max_rows: s.batch_rows.max(1),
-        max_bytes: s.batch_bytes.max(1),
-        styles: s.styles,
-    }))
+    })))
 }
 
 /// The columns as plugins see them: lineage from the catalog for table columns, inferred from
@@ -223,11 +228,7 @@ struct Subscriber {
 
 /// A result being filtered through plugins.
 pub struct Filter {
-    fields: Vec<ResultField>,
-    kinds: Vec<PgType>,
-    subs: Vec<Subscriber>,
-    /// Columns some subscriber sees.
-    needed: Vec<usize>,
+    sub: Arc<Subscription>,
     /// DataRow frames of the current batch, back to back.
     rows: BytesMut,
     starts: Vec<usize>,
@@ -237,6 +238,17 @@ pub struct Filter {
 }
 
 impl Filter {
+    pub fn new(sub: Arc<Subscription>, s: &Subscribe<'_>) -> Filter {
+        Filter {
+            sub,
+            rows: BytesMut::new(),
+            starts: Vec::new(),
+            max_rows: s.batch_rows.max(1),
+            max_bytes: s.batch_bytes.max(1),
+            styles: s.styles,
+        }
+    }
+
     /// Adds one DataRow frame; true when the batch is full and must be flushed.
     pub fn push(&mut self, frame: &[u8]) -> bool {
         self.starts.push(self.rows.len());
@@ -291,7 +303,7 @@ impl Filter {
         tracing::debug!(
             rows = starts.len(),
             bytes = rows.len(),
-            plugins = self.subs.len(),
+            plugins = self.sub.subs.len(),
             ok = result.is_ok(),
             "result batch filtered"
         );
@@ -306,7 +318,7 @@ impl Filter {
         starts: &[usize],
         emit: Emit<'_>,
     ) -> Result<(), Refusal> {
-        let ncols = self.fields.len();
+        let ncols = self.sub.fields.len();
         let nrows = starts.len();
         let malformed = |what: &str| Refusal {
             plugin: "pgward".into(),
@@ -352,18 +364,18 @@ impl Filter {
             sqlstate: "0A000".into(),
             message: format!(
                 "column \"{}\" cannot be passed to the result policies: {e}",
-                self.fields[c].name
+                self.sub.fields[c].name
             ),
             hint: None,
         };
         let mut arrays: Vec<Option<ArrayRef>> = vec![None; ncols];
         let mut column_cells = Vec::with_capacity(nrows);
-        for &c in &self.needed {
+        for &c in &self.sub.needed {
             column_cells.clear();
             column_cells.extend((0..nrows).map(|r| cell(r, c)));
             let a = types::decode_column(
-                self.kinds[c],
-                self.fields[c].binary,
+                self.sub.kinds[c],
+                self.sub.fields[c].binary,
                 &column_cells,
                 self.styles,
             )
@@ -371,18 +383,17 @@ impl Filter {
             arrays[c] = Some(a);
         }
         let original = arrays.clone();
-        for sub in &self.subs {
+        for sub in &self.sub.subs {
             let schema = Arc::new(Schema::new(
                 sub.cols
                     .iter()
                     .map(|&c| {
-                        let f = &self.fields[c];
-                        Field::new(&f.name, self.kinds[c].data_type(f.binary), true).with_metadata(
-                            HashMap::from([
+                        let f = &self.sub.fields[c];
+                        Field::new(&f.name, self.sub.kinds[c].data_type(f.binary), true)
+                            .with_metadata(HashMap::from([
                                 ("pgward.type_oid".to_string(), f.type_oid.to_string()),
                                 ("pgward.index".to_string(), c.to_string()),
-                            ]),
-                        )
+                            ]))
                     })
                     .collect::<Vec<_>>(),
             ));
@@ -392,7 +403,7 @@ impl Filter {
                 .map(|&c| {
                     arrays[c].clone().unwrap_or_else(|| {
                         arrow_array::new_null_array(
-                            &self.kinds[c].data_type(self.fields[c].binary),
+                            &self.sub.kinds[c].data_type(self.sub.fields[c].binary),
                             nrows,
                         )
                     })
@@ -423,7 +434,7 @@ impl Filter {
                 if new.data_type() != expected {
                     return Err(invalid(format!(
                         "changed the type of column \"{}\" from {expected} to {}",
-                        self.fields[c].name,
+                        self.sub.fields[c].name,
                         new.data_type()
                     )));
                 }
@@ -431,6 +442,7 @@ impl Filter {
             }
         }
         let changed: Vec<usize> = self
+            .sub
             .needed
             .iter()
             .copied()
@@ -471,8 +483,8 @@ impl Filter {
                         }
                         value.clear();
                         if let Err(e) = types::encode_value(
-                            self.kinds[c],
-                            self.fields[c].binary,
+                            self.sub.kinds[c],
+                            self.sub.fields[c].binary,
                             a.as_ref(),
                             r,
                             &mut value,
@@ -534,7 +546,7 @@ impl CopyFilter {
         frame: &[u8],
         out: &mut BytesMut,
     ) -> Result<bool, Refusal> {
-        let columns = self.filter.fields.len();
+        let columns = self.filter.sub.fields.len();
         match self.codec.decode(&frame[5..], columns) {
             Ok(copy::CopyRow::Row { frame: row, prefix }) => {
                 self.message_starts.push(self.messages.len());
