@@ -808,6 +808,7 @@ async fn server_to_client(
                         if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
                             refuse_result(&mut out, &r);
                             results.discard = true;
+                            relay = false;
                         }
                         results.filter = None;
                     }
