@@ -51,6 +51,8 @@ use statement_text::Deallocate;
 /// instance.
 pub struct Guardrails {
     config: Config,
+    /// For sessions no configured profile names.
+    builtin: Profile,
     prepared: PreparedStatements,
 }
 
@@ -318,13 +320,13 @@ impl Plugin for Guardrails {
         );
         Ok(Guardrails {
             config,
+            builtin: Profile::builtin(),
             prepared: PreparedStatements::default(),
         })
     }
 
     fn on_query(&mut self, session: &Session, query: &Query) -> Verdict {
-        let builtin = Profile::builtin();
-        let profile = self.profile(session).unwrap_or(&builtin);
+        let profile = self.profile(session);
         let texts = statement_text::split(&query.fingerprint, query.statements.len());
         // Names prepared earlier in this string, for an EXECUTE later in it.
         let mut preparing = Vec::new();
@@ -378,17 +380,20 @@ impl Plugin for Guardrails {
 }
 
 impl Guardrails {
-    /// The first profile naming the session's user or one of its groups, or naming no one.
-    fn profile(&self, session: &Session) -> Option<&Profile> {
-        self.config.profiles.iter().find(|p| {
+    /// The first profile naming the session's user or one of its groups, or naming no one;
+    /// else the built-in one.
+    fn profile(&self, session: &Session) -> &Profile {
+        let configured = self.config.profiles.iter().find(|p| {
             (p.users.is_empty() && p.groups.is_empty())
                 || p.users.iter().any(|u| u == session.user())
                 || session.in_any_group(&p.groups)
-        })
+        });
+        configured.unwrap_or(&self.builtin)
     }
 
-    /// Judges one statement; `text` is its fingerprint, when known, and `preparing` the
-    /// names that statements before it in the same string prepare.
+    /// Judges one statement: each rule in the documented order. `text` is the statement's
+    /// fingerprint, when known, and `preparing` the names that statements before it in the same
+    /// string prepare.
     fn judge(
         &self,
         p: &Profile,
@@ -397,140 +402,108 @@ impl Guardrails {
         text: Option<&str>,
         preparing: &[String],
     ) -> Result<(), Refusal> {
-        use StatementKind as K;
         if s.is_unknown() {
-            return match (s.is_command("DO"), p.allow_do, p.allow_unknown) {
-                (true, false, _) => Err(Refusal::new(
-                    Rule::DoBlock,
-                    "a DO block",
-                    match p.allow_procedures.is_empty() {
-                        true => "the statements inside a DO block cannot be checked; send them \
-                                 as statements"
-                            .to_owned(),
-                        false => format!(
-                            "the statements inside a DO block cannot be checked; send them as \
-                             statements, or CALL one of {}",
-                            list(&p.allow_procedures)
-                        ),
-                    },
-                )),
-                (false, _, false) => Err(Refusal::new(
-                    Rule::UnknownStatement,
-                    format!(
-                        "{}, which the gateway could not analyse",
-                        command_or(s, "a statement")
-                    ),
-                    format!(
-                        "statements the gateway can analyse are checked and may run \
-                         (`pgward explain` shows its analysis); this one: {}",
-                        s.unknown.as_deref().unwrap_or("unknown")
-                    ),
-                )),
-                _ => Ok(()),
-            };
+            // Nothing else about it is known, so there is nothing else to judge.
+            return judge_unknown(p, s);
         }
-
-        let role_change = matches!(s.command.as_str(), "SET ROLE" | "SET SESSION AUTHORIZATION")
-            || s.writes.iter().any(|w| w.object == ObjectKind::Role);
-        if role_change && !p.allow_role_changes {
-            let what = match s.writes.iter().find(|w| w.object == ObjectKind::Role) {
-                Some(w) if matches!(w.action, WriteAction::Grant | WriteAction::Revoke) => {
-                    format!("{} of role {}", w.command(), w.relation)
-                }
-                Some(w) => format!("{} {}", w.command(), w.relation),
-                None => s.command.clone(),
-            };
+        judge_session_changes(p, s, text, &self.config.search_path)?;
+        judge_copy(p, s)?;
+        self.judge_call(p, s)?;
+        self.judge_execute(p, session, s, text, preparing)?;
+        self.judge_functions(p, s)?;
+        for w in &s.writes {
+            self.judge_write(p, s, w)?;
+        }
+        if s.where_always_true && !p.allow_unbounded_writes {
             return Err(Refusal::new(
-                Rule::RoleChange,
-                what,
-                "a session keeps the identity the gateway verified; connect as the identity \
-                 you need",
+                Rule::UnboundedWrite,
+                format!(
+                    "{} with a WHERE clause that is always true",
+                    command_or(s, "a statement")
+                ),
+                "write a WHERE clause that selects the rows to change",
             ));
         }
-
-        if s.kind == K::Set && s.is_command("SET") && !p.allow_search_path_changes {
-            let parameter = text.and_then(statement_text::set_parameter);
-            if parameter.as_deref().is_none_or(|n| n == "search_path") {
-                return Err(Refusal::new(
-                    Rule::SearchPath,
-                    "SET search_path",
-                    format!(
-                        "schema-qualify names instead (schema.table); unqualified names \
-                         resolve in {}",
-                        self.config.search_path.schemas().join(", ")
-                    ),
-                ));
-            }
+        // DDL whose target the analysis does not name (ALTER DEFAULT PRIVILEGES, CREATE
+        // OPERATOR...).
+        let ddl = matches!(
+            s.kind,
+            StatementKind::Ddl | StatementKind::Grant | StatementKind::Revoke
+        ) && !s.is_command("TRUNCATE TABLE");
+        if ddl && !p.allow_ddl {
+            return Err(Refusal::new(Rule::Ddl, s.command.clone(), self.ddl_hint(p)));
         }
+        Ok(())
+    }
 
-        if let Some(copy) = s.copy {
-            let through_client =
-                "use COPY ... FROM STDIN or TO STDOUT (psql's \\copy) to move data through the \
-                 connection";
-            if copy.program && !p.allow_copy_program {
-                return Err(Refusal::new(
-                    Rule::CopyProgram,
-                    "COPY with PROGRAM, which runs a command on the database server",
-                    through_client,
-                ));
-            }
-            if copy.file && !p.allow_server_files {
-                return Err(Refusal::new(
-                    Rule::ServerFile,
-                    "COPY of a file on the database server",
-                    through_client,
-                ));
-            }
+    /// `CALL` runs a procedure whose statements nobody checks: only listed ones.
+    fn judge_call(&self, p: &Profile, s: &Statement) -> Result<(), Refusal> {
+        if s.kind != StatementKind::Call {
+            return Ok(());
         }
-
-        if s.kind == K::Call {
-            // The procedure is the first function the analysis lists; the rest are arguments.
-            let procedure = s.functions.first().map(|f| Relation::from_qualified(f));
-            let allowed = procedure.as_ref().is_some_and(|r| {
-                self.candidates(p, r, ObjectKind::Procedure)
-                    .iter()
-                    .all(|c| allowed_by(&p.allow_procedures, c))
-            });
-            if !allowed {
-                let name = procedure.map_or("a procedure".to_owned(), |r| r.to_string());
-                let hint = match p.allow_procedures.is_empty() {
-                    true => format!("profile \"{}\" may call no procedures", p.name),
-                    false => format!(
-                        "profile \"{}\" may call only {}",
-                        p.name,
-                        list(&p.allow_procedures)
-                    ),
-                };
-                return Err(Refusal::new(Rule::Call, format!("CALL {name}"), hint));
-            }
+        // The procedure is the first function the analysis lists; the rest are in arguments.
+        let procedure = s.functions.first().map(|f| Relation::from_qualified(f));
+        let allowed = procedure.as_ref().is_some_and(|r| {
+            self.candidates(p, r, ObjectKind::Procedure)
+                .iter()
+                .all(|c| allowed_by(&p.allow_procedures, c))
+        });
+        if allowed {
+            return Ok(());
         }
+        let name = procedure.map_or("a procedure".to_owned(), |r| r.to_string());
+        let hint = match p.allow_procedures.is_empty() {
+            true => format!("profile \"{}\" may call no procedures", p.name),
+            false => format!(
+                "profile \"{}\" may call only {}",
+                p.name,
+                list(&p.allow_procedures)
+            ),
+        };
+        Err(Refusal::new(Rule::Call, format!("CALL {name}"), hint))
+    }
 
+    /// `EXECUTE name` runs what `PREPARE name` held; it was checked only if guardrails saw it.
+    fn judge_execute(
+        &self,
+        p: &Profile,
+        session: &Session,
+        s: &Statement,
+        text: Option<&str>,
+        preparing: &[String],
+    ) -> Result<(), Refusal> {
         let executes = match s.kind {
-            K::Execute => true,
+            StatementKind::Execute => true,
             // EXPLAIN ANALYZE runs what it explains; the analysis does not look into EXECUTE.
-            K::Explain if s.explain_analyze => {
+            StatementKind::Explain if s.explain_analyze => {
                 text.is_none_or(|t| statement_text::executed_name(t).is_some())
             }
             _ => false,
         };
-        if executes && !p.allow_unprepared_execute {
-            let name = text.and_then(statement_text::executed_name);
-            let checked = name.as_deref().is_some_and(|n| {
-                self.prepared.contains(session.id, n) || preparing.iter().any(|p| p == n)
-            });
-            if !checked {
-                return Err(Refusal::new(
-                    Rule::Execute,
-                    format!(
-                        "EXECUTE {}, whose PREPARE was not checked",
-                        name.as_deref().unwrap_or("of a prepared statement")
-                    ),
-                    "PREPARE the statement in this session through the gateway, so it is \
-                     checked, then EXECUTE it",
-                ));
-            }
+        if !executes || p.allow_unprepared_execute {
+            return Ok(());
         }
+        let name = text.and_then(statement_text::executed_name);
+        let checked = name.as_deref().is_some_and(|n| {
+            self.prepared.contains(session.id, n) || preparing.iter().any(|p| p == n)
+        });
+        if checked {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            Rule::Execute,
+            format!(
+                "EXECUTE {}, whose PREPARE was not checked",
+                name.as_deref().unwrap_or("of a prepared statement")
+            ),
+            "PREPARE the statement in this session through the gateway, so it is checked, \
+             then EXECUTE it",
+        ))
+    }
 
+    /// Functions that reach outside the statement's data, and for read-only profiles those
+    /// that write.
+    fn judge_functions(&self, p: &Profile, s: &Statement) -> Result<(), Refusal> {
         for f in &s.functions {
             let dangerous = self
                 .config
@@ -548,33 +521,13 @@ impl Guardrails {
                     ),
                 ));
             }
-            if p.read_only && WRITING_FUNCTIONS.iter().any(|w| w == &unqualified(f)) {
+            if p.read_only && WRITING_FUNCTIONS.contains(&unqualified(f)) {
                 return Err(Refusal::new(
                     Rule::ReadOnly,
                     format!("calling {f}, which writes"),
                     read_only_hint(p),
                 ));
             }
-        }
-
-        for w in &s.writes {
-            self.judge_write(p, s, w)?;
-        }
-
-        if s.where_always_true && !p.allow_unbounded_writes {
-            return Err(Refusal::new(
-                Rule::UnboundedWrite,
-                format!(
-                    "{} with a WHERE clause that is always true",
-                    command_or(s, "a statement")
-                ),
-                "write a WHERE clause that selects the rows to change",
-            ));
-        }
-        let ddl_statement =
-            matches!(s.kind, K::Ddl | K::Grant | K::Revoke) && !s.is_command("TRUNCATE TABLE");
-        if ddl_statement && !p.allow_ddl {
-            return Err(Refusal::new(Rule::Ddl, s.command.clone(), self.ddl_hint(p)));
         }
         Ok(())
     }
@@ -737,6 +690,102 @@ impl Guardrails {
             ),
         }
     }
+}
+
+/// Text the gateway could not analyse, and `DO` blocks, whose statements it never sees.
+fn judge_unknown(p: &Profile, s: &Statement) -> Result<(), Refusal> {
+    if s.is_command("DO") {
+        if p.allow_do {
+            return Ok(());
+        }
+        let mut hint =
+            "the statements inside a DO block cannot be checked; send them as statements"
+                .to_owned();
+        if !p.allow_procedures.is_empty() {
+            hint.push_str(&format!(", or CALL one of {}", list(&p.allow_procedures)));
+        }
+        return Err(Refusal::new(Rule::DoBlock, "a DO block", hint));
+    }
+    if p.allow_unknown {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        Rule::UnknownStatement,
+        format!(
+            "{}, which the gateway could not analyse",
+            command_or(s, "a statement")
+        ),
+        format!(
+            "statements the gateway can analyse are checked and may run (`pgward explain` shows \
+             its analysis); this one: {}",
+            s.unknown.as_deref().unwrap_or("unknown")
+        ),
+    ))
+}
+
+/// The session's identity and its search path stay what the gateway and the config say.
+fn judge_session_changes(
+    p: &Profile,
+    s: &Statement,
+    text: Option<&str>,
+    search_path: &SearchPath,
+) -> Result<(), Refusal> {
+    let role_write = s.writes.iter().find(|w| w.object == ObjectKind::Role);
+    let sets_role = matches!(s.command.as_str(), "SET ROLE" | "SET SESSION AUTHORIZATION");
+    if (sets_role || role_write.is_some()) && !p.allow_role_changes {
+        let what = match role_write {
+            Some(w) if matches!(w.action, WriteAction::Grant | WriteAction::Revoke) => {
+                format!("{} of role {}", w.command(), w.relation)
+            }
+            Some(w) => format!("{} {}", w.command(), w.relation),
+            None => s.command.clone(),
+        };
+        return Err(Refusal::new(
+            Rule::RoleChange,
+            what,
+            "a session keeps the identity the gateway verified; connect as the identity you need",
+        ));
+    }
+    if s.kind == StatementKind::Set && s.is_command("SET") && !p.allow_search_path_changes {
+        // Which parameter a SET changes is not in the analysis; read it from the fingerprint,
+        // and when that fails, assume the worst.
+        let parameter = text.and_then(statement_text::set_parameter);
+        if parameter.as_deref().is_none_or(|n| n == "search_path") {
+            return Err(Refusal::new(
+                Rule::SearchPath,
+                "SET search_path",
+                format!(
+                    "schema-qualify names instead (schema.table); unqualified names resolve in {}",
+                    search_path.schemas().join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// COPY that runs a program on the database server or touches its files.
+fn judge_copy(p: &Profile, s: &Statement) -> Result<(), Refusal> {
+    let Some(copy) = s.copy else {
+        return Ok(());
+    };
+    let through_client = "use COPY ... FROM STDIN or TO STDOUT (psql's \\copy) to move data \
+                          through the connection";
+    if copy.program && !p.allow_copy_program {
+        return Err(Refusal::new(
+            Rule::CopyProgram,
+            "COPY with PROGRAM, which runs a command on the database server",
+            through_client,
+        ));
+    }
+    if copy.file && !p.allow_server_files {
+        return Err(Refusal::new(
+            Rule::ServerFile,
+            "COPY of a file on the database server",
+            through_client,
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `relation` is named by one of `patterns`; a name whose schema cannot be known must
