@@ -8,15 +8,19 @@
 //! hide. Anything that does not read as expected is `None`, and the caller fails closed.
 
 /// The fingerprint of each statement, in order, when the fingerprint splits into exactly as
-/// many statements as the analysis has.
+/// many statements as the analysis has. A `;` inside parentheses (`CREATE RULE ... DO (a; b)`)
+/// does not end a statement.
 pub fn split(fingerprint: &str, statements: usize) -> Option<Vec<&str>> {
     let mut pieces = Vec::with_capacity(statements);
     let mut quoted = false;
+    let mut depth = 0usize;
     let mut start = 0;
     for (i, c) in fingerprint.char_indices() {
         match c {
             '"' => quoted = !quoted,
-            ';' if !quoted => {
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth = depth.saturating_sub(1),
+            ';' if !quoted && depth == 0 => {
                 pieces.push(fingerprint[start..i].trim());
                 start = i + 1;
             }
@@ -167,6 +171,9 @@ mod tests {
             ]
         );
         assert!(split(fp, 2).is_none());
+        let rule =
+            "create rule r as on insert to t do also (delete from a; delete from b); set x = ?";
+        assert_eq!(split(rule, 2).unwrap()[1], "set x = ?");
         assert!(split("select \"open", 1).is_none());
     }
 
