@@ -284,7 +284,14 @@ async fn startup_and_auth(
 /// PostgreSQL applies every startup key other than user/database/options, and every `-c`/`--`
 /// switch inside `options`, as a setting. Changing the role is a statement that must pass the
 /// policy (`SET ROLE`), not a connection parameter.
-const FORBIDDEN_SETTINGS: &[&str] = &["role", "session_authorization", "session_replication_role"];
+const FORBIDDEN_SETTINGS: &[&str] = &[
+    "role",
+    "session_authorization",
+    "session_replication_role",
+    // Decides which table an unqualified name means; set in the session (`SET search_path`),
+    // where policies see it, not at startup, where they do not.
+    "search_path",
+];
 
 /// Client encodings whose multibyte characters can end in a byte that reads as `\\`, so the
 /// server and the gateway would disagree about where a string literal ends.
@@ -317,9 +324,15 @@ pub fn is_unsafe_encoding(name: &str) -> bool {
 fn check_setting(name: &str, value: &str) -> Result<(), ClientError> {
     let name = name.to_ascii_lowercase().replace('-', "_");
     if FORBIDDEN_SETTINGS.contains(&name.as_str()) {
-        return Err(ClientError::fatal(
+        let hint = if name == "search_path" {
+            "set it with SET search_path in the session, where policies can see it"
+        } else {
+            "change it with a statement in the session, where policies can see it"
+        };
+        return Err(ClientError::fatal_hint(
             "42501",
             format!("setting {name} at connection start is not allowed through pgward"),
+            hint,
         ));
     }
     if name == "client_encoding" && is_unsafe_encoding(value) {
@@ -545,7 +558,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn role_options_are_refused_in_every_spelling() {
+    fn role_and_search_path_options_are_refused_in_every_spelling() {
         for bad in [
             "-c role=postgres",
             "--role=postgres",
@@ -560,7 +573,8 @@ mod tests {
         ] {
             assert!(check_options(bad).is_err(), "{bad}");
         }
-        assert!(check_options("-c search_path=app -c statement_timeout=5s").is_ok());
+        assert!(check_options("-c search_path=app").is_err());
+        assert!(check_options("-c statement_timeout=5s -c application_name=x").is_ok());
         assert!(check_options("-c myrole=1 --work-mem=64MB").is_ok());
         assert!(check_options("").is_ok());
     }
@@ -573,6 +587,8 @@ mod tests {
                 .collect()
         };
         assert!(check_startup_params(&p(&[("user", "a"), ("role", "admin")])).is_err());
+        assert!(check_startup_params(&p(&[("user", "a"), ("search_path", "evil")])).is_err());
+        assert!(check_startup_params(&p(&[("options", "-c search_path=evil,public")])).is_err());
         assert!(check_startup_params(&p(&[("user", "a"), ("client_encoding", "sjis")])).is_err());
         assert!(check_startup_params(&p(&[
             ("user", "a"),
