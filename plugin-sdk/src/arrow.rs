@@ -4,7 +4,9 @@
 //! The gateway calls `on_batch` with one Arrow IPC *stream* holding exactly one record batch:
 //! the columns the plugin named in `on_result_schema`, in result order, each field named as the
 //! client sees the column. [`read_batch`] decodes it, [`map_strings`] (or the allocation-free
-//! [`map_strings_into`]) and [`replace_column`] change it, [`write_batch`] encodes the answer
+//! [`map_strings_into`], and [`map_nullable_strings_into`] when a value may become NULL),
+//! [`map_list_values`] (the elements of array columns) and [`replace_column`] change it,
+//! [`write_batch`] encodes the answer
 //! for [`BatchResult::Replace`]; [`transform_batch`] does all of that around one closure and
 //! fails closed on any error.
 //!
@@ -229,6 +231,130 @@ fn map_offset_strings<O: OffsetSizeTrait>(
         }
     }
     builder.finish()
+}
+
+/// Like [`map_strings_into`], but `f` may also turn a value into NULL: it appends the new
+/// value to `out` and returns `true`, or returns `false` for NULL (whatever it appended is
+/// dropped). Nulls stay null and `f` is not called for them.
+///
+/// For policies that must sometimes withhold a whole value, such as a masking strategy that
+/// replaces a value with NULL. One buffer is reused for the whole array, as in
+/// [`map_strings_into`].
+pub fn map_nullable_strings_into(
+    array: &dyn Array,
+    mut f: impl FnMut(&str, &mut String) -> bool,
+) -> Result<ArrayRef, String> {
+    fn offsets<O: OffsetSizeTrait>(
+        strings: &GenericStringArray<O>,
+        f: &mut impl FnMut(&str, &mut String) -> bool,
+    ) -> GenericStringArray<O> {
+        let offsets = strings.value_offsets();
+        let bytes = offsets[offsets.len() - 1].as_usize() - offsets[0].as_usize();
+        let mut builder = GenericStringBuilder::<O>::with_capacity(strings.len(), bytes);
+        let mut out = String::new();
+        for value in strings {
+            match value {
+                Some(s) => {
+                    out.clear();
+                    if f(s, &mut out) {
+                        builder.append_value(&out);
+                    } else {
+                        builder.append_null();
+                    }
+                }
+                None => builder.append_null(),
+            }
+        }
+        builder.finish()
+    }
+    match array.data_type() {
+        DataType::Utf8 => Ok(Arc::new(offsets(array.as_string::<i32>(), &mut f))),
+        DataType::LargeUtf8 => Ok(Arc::new(offsets(array.as_string::<i64>(), &mut f))),
+        DataType::Utf8View => {
+            let strings = array.as_string_view();
+            let mut builder = StringViewBuilder::with_capacity(strings.len());
+            let mut out = String::new();
+            for value in strings {
+                match value {
+                    Some(s) => {
+                        out.clear();
+                        if f(s, &mut out) {
+                            builder.append_value(&out);
+                        } else {
+                            builder.append_null();
+                        }
+                    }
+                    None => builder.append_null(),
+                }
+            }
+            Ok(Arc::new(builder.finish()))
+        }
+        other => Err(format!(
+            "expected a string column (Utf8, LargeUtf8 or Utf8View), found {other}"
+        )),
+    }
+}
+
+/// A list column (`List` or `LargeList`, the gateway's form of a PostgreSQL array) with its
+/// element values replaced by `f(values)`: same offsets, same nulls, so every list keeps its
+/// length. `f` gets the flat array of all elements and must return one of the same length.
+///
+/// ```
+/// # use pgward_plugin_sdk::arrow::*;
+/// # use pgward_plugin_sdk::arrow::arrow_array::{cast::AsArray, builder::{ListBuilder, StringBuilder}};
+/// let mut b = ListBuilder::new(StringBuilder::new());
+/// b.values().append_value("ada@example.com");
+/// b.append(true);
+/// b.append_null();
+/// let lists = b.finish();
+/// let masked = map_list_values(&lists, |items| map_strings_into(items, |_, out| out.push('*')))
+///     .unwrap();
+/// let masked = masked.as_list::<i32>();
+/// assert_eq!(masked.value(0).as_string::<i32>().value(0), "*");
+/// assert!(masked.is_null(1));
+/// ```
+pub fn map_list_values(
+    array: &dyn Array,
+    f: impl FnOnce(&ArrayRef) -> Result<ArrayRef, String>,
+) -> Result<ArrayRef, String> {
+    fn remap<O: OffsetSizeTrait>(
+        list: &arrow_array::GenericListArray<O>,
+        f: impl FnOnce(&ArrayRef) -> Result<ArrayRef, String>,
+    ) -> Result<ArrayRef, String> {
+        let values = f(list.values())?;
+        if values.len() != list.values().len() {
+            return Err(format!(
+                "list elements were replaced by {} values, expected {}",
+                values.len(),
+                list.values().len()
+            ));
+        }
+        let (DataType::List(field) | DataType::LargeList(field)) = list.data_type() else {
+            unreachable!("a GenericListArray has a list type");
+        };
+        let field = Arc::new(
+            field
+                .as_ref()
+                .clone()
+                .with_data_type(values.data_type().clone())
+                .with_nullable(field.is_nullable() || values.null_count() > 0),
+        );
+        arrow_array::GenericListArray::<O>::try_new(
+            field,
+            list.offsets().clone(),
+            values,
+            list.nulls().cloned(),
+        )
+        .map(|l| Arc::new(l) as ArrayRef)
+        .map_err(|e| format!("cannot rebuild the list column: {e}"))
+    }
+    match array.data_type() {
+        DataType::List(_) => remap(array.as_list::<i32>(), f),
+        DataType::LargeList(_) => remap(array.as_list::<i64>(), f),
+        other => Err(format!(
+            "expected a list column (List or LargeList), found {other}"
+        )),
+    }
 }
 
 /// `batch` with column `index` replaced by `new`, which must have as many rows as the batch.
@@ -476,6 +602,90 @@ mod tests {
             mapped.as_string::<i32>().iter().collect::<Vec<_>>(),
             [Some("a"), None, Some("ü")]
         );
+    }
+
+    #[test]
+    fn nullable_mapping_can_withhold_values() {
+        for array in [
+            Arc::new(StringArray::from(vec![Some("keep"), None, Some("drop")])) as ArrayRef,
+            Arc::new(LargeStringArray::from(vec![
+                Some("keep"),
+                None,
+                Some("drop"),
+            ])) as ArrayRef,
+            Arc::new(StringViewArray::from(vec![
+                Some("keep"),
+                None,
+                Some("drop"),
+            ])) as ArrayRef,
+        ] {
+            let mut calls = 0;
+            let mapped = map_nullable_strings_into(&array, |s, out| {
+                calls += 1;
+                assert!(out.is_empty());
+                out.push_str(s);
+                out.push('!');
+                s != "drop"
+            })
+            .unwrap();
+            assert_eq!(calls, 2, "f is not called for nulls");
+            assert_eq!(mapped.data_type(), array.data_type());
+            assert_eq!((mapped.len(), mapped.null_count()), (3, 2));
+            assert!(mapped.is_valid(0) && mapped.is_null(2));
+        }
+        let mapped = map_nullable_strings_into(&StringArray::from(vec!["ab"]), |s, out| {
+            out.push_str(s);
+            true
+        })
+        .unwrap();
+        assert_eq!(mapped.as_string::<i32>().value(0), "ab");
+        let err = map_nullable_strings_into(&Int32Array::from(vec![1]), |_, _| true).unwrap_err();
+        assert!(err.contains("found Int32"), "{err}");
+    }
+
+    #[test]
+    fn list_values_are_replaced_keeping_offsets_and_nulls() {
+        use arrow_array::builder::{LargeListBuilder, ListBuilder, StringBuilder};
+        let mut b = ListBuilder::new(StringBuilder::new());
+        b.values().append_value("a");
+        b.values().append_value("bb");
+        b.append(true);
+        b.append_null();
+        b.append(true);
+        b.values().append_null();
+        b.append(true);
+        let lists: ArrayRef = Arc::new(b.finish());
+        let upper_items = |items: &ArrayRef| map_strings(items, upper);
+        let mapped = map_list_values(&lists, upper_items).unwrap();
+        assert_eq!(mapped.data_type(), lists.data_type());
+        let mapped = mapped.as_list::<i32>();
+        assert_eq!(
+            mapped.value_offsets(),
+            lists.as_list::<i32>().value_offsets()
+        );
+        assert!(mapped.is_null(1));
+        assert_eq!(mapped.value(0).as_string::<i32>().value(1), "BB");
+        assert_eq!(mapped.value(2).len(), 0);
+        assert!(mapped.value(3).is_null(0));
+        // A slice of a list column keeps working: its offsets still index the full values.
+        let sliced = lists.slice(2, 2);
+        let mapped = map_list_values(&sliced, upper_items).unwrap();
+        assert_eq!(mapped.len(), 2);
+
+        let mut b = LargeListBuilder::new(StringBuilder::new());
+        b.values().append_value("x");
+        b.append(true);
+        let large: ArrayRef = Arc::new(b.finish());
+        let mapped = map_list_values(&large, upper_items).unwrap();
+        assert_eq!(
+            mapped.as_list::<i64>().value(0).as_string::<i32>().value(0),
+            "X"
+        );
+
+        let err = map_list_values(&lists, |items| Ok(items.slice(0, 1))).unwrap_err();
+        assert!(err.contains("expected 3"), "{err}");
+        let err = map_list_values(&Int32Array::from(vec![1]), upper_items).unwrap_err();
+        assert!(err.contains("found Int32"), "{err}");
     }
 
     #[test]

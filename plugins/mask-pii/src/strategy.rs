@@ -1,0 +1,419 @@
+//! Masking strategies and how a masked value is written for its column's type.
+//!
+//! Every function here appends to a reused buffer: masking a batch allocates per column, not
+//! per value.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+/// What replaces a sensitive value (or a detected substring of one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// A fixed text.
+    Redact(String),
+    /// The last `keep_last` letters and digits stay (at most half of them); every other letter
+    /// and digit becomes `*`; spaces and the separators `- . @ ( ) + _ : / ,` stay, so the value
+    /// keeps its shape (`***-**-6789`).
+    Partial { keep_last: usize },
+    /// A keyed hash (HMAC-SHA256 with `hash.key`), as hex: the same value gives the same
+    /// output in every row and every query, so joins and GROUP BY still work.
+    Hash,
+    /// NULL.
+    Null,
+}
+
+impl Strategy {
+    /// How much a strategy reveals; a value mixing classes gets the least revealing one.
+    pub fn strictness(&self) -> u8 {
+        match self {
+            Strategy::Null => 3,
+            Strategy::Redact(_) => 2,
+            Strategy::Hash => 1,
+            Strategy::Partial { .. } => 0,
+        }
+    }
+
+    /// The config name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Redact(_) => "redact",
+            Strategy::Partial { .. } => "partial",
+            Strategy::Hash => "hash",
+            Strategy::Null => "null",
+        }
+    }
+}
+
+/// The keyed hash of the `hash` strategy.
+#[derive(Clone)]
+pub struct Hasher {
+    /// Keyed once: each value then costs two SHA-256 blocks, not four.
+    mac: Hmac<Sha256>,
+    hex_len: usize,
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("Hasher")
+            .field("hex_len", &self.hex_len)
+            .finish_non_exhaustive()
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl Hasher {
+    /// A hasher with `key`, writing `hex_len` hex digits (8..=64).
+    pub fn new(key: &[u8], hex_len: usize) -> Hasher {
+        Hasher {
+            mac: Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length"),
+            hex_len: hex_len.clamp(8, 64),
+        }
+    }
+
+    fn digest(&self, value: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(value);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Appends the hash of `value` as hex.
+    pub fn hex_into(&self, value: &[u8], out: &mut String) {
+        let d = self.digest(value);
+        for i in 0..self.hex_len {
+            let b = d[i / 2];
+            let nibble = if i % 2 == 0 { b >> 4 } else { b & 0x0f };
+            out.push(HEX[usize::from(nibble)] as char);
+        }
+    }
+
+    /// Appends the hash of `value` as decimal digits (for numeric columns): the first eight
+    /// bytes as an unsigned integer.
+    pub fn digits_into(&self, value: &[u8], out: &mut String) {
+        use std::fmt::Write;
+        let d = self.digest(value);
+        let n = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
+        let _ = write!(out, "{n}");
+    }
+
+    /// The hash of an integer (of its decimal text, so it equals the hash of the same number
+    /// stored as text) as a non-negative integer of `bits` bits (16, 32 or 64).
+    pub fn integer(&self, value: i64, bits: u32) -> i64 {
+        // The decimal text on the stack: no allocation per value.
+        let mut buf = [0u8; 20];
+        let mut at = buf.len();
+        let mut n = value.unsigned_abs();
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut text = [0u8; 21];
+        let digits = &buf[at..];
+        let len = if value < 0 {
+            text[0] = b'-';
+            text[1..=digits.len()].copy_from_slice(digits);
+            digits.len() + 1
+        } else {
+            text[..digits.len()].copy_from_slice(digits);
+            digits.len()
+        };
+        let d = self.digest(&text[..len]);
+        let n = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
+        (n >> (65 - bits)) as i64
+    }
+}
+
+/// How a masked value is written, by the PostgreSQL type of the column (or array element).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Text types (`text`, `varchar`, `bpchar`, `name`, `xml`, `unknown`) and user-defined
+    /// types (citext, enums, composites): any text will do.
+    Text,
+    /// `json`, `jsonb`: a whole masked value is written as a JSON string.
+    Json,
+    /// `numeric`: only digits will do; masks become NULL, hashes decimal digits.
+    Numeric,
+    /// A built-in type that is not text (arrays in text form, `inet`, `money`...): a masked
+    /// text would not parse, so a whole masked value becomes NULL.
+    Other,
+}
+
+/// Object ids from here up are user-defined (FirstNormalObjectId).
+const FIRST_USER_OID: u32 = 16384;
+
+impl ValueKind {
+    /// The kind of a column of PostgreSQL type `oid`.
+    pub fn of(oid: u32) -> ValueKind {
+        match oid {
+            25 | 1043 | 1042 | 19 | 705 | 142 | 18 => ValueKind::Text,
+            114 | 3802 => ValueKind::Json,
+            1700 => ValueKind::Numeric,
+            o if o >= FIRST_USER_OID => ValueKind::Text,
+            _ => ValueKind::Other,
+        }
+    }
+
+    /// The kind of the elements of an array of type `oid`.
+    pub fn of_elements(array_oid: u32) -> ValueKind {
+        match array_oid {
+            1009 | 1015 | 1014 | 1003 | 143 | 1002 => ValueKind::Text,
+            199 | 3807 => ValueKind::Json,
+            1231 => ValueKind::Numeric,
+            o if o >= FIRST_USER_OID => ValueKind::Text,
+            _ => ValueKind::Other,
+        }
+    }
+}
+
+/// Appends `value` masked as a whole by `strategy` for a column of `kind`; `false` means NULL.
+pub fn mask_whole(
+    strategy: &Strategy,
+    hasher: Option<&Hasher>,
+    kind: ValueKind,
+    value: &str,
+    out: &mut String,
+) -> bool {
+    match (kind, strategy) {
+        (_, Strategy::Null) | (ValueKind::Other, _) => false,
+        (ValueKind::Numeric, Strategy::Hash) => match hasher {
+            Some(h) => {
+                h.digits_into(value.as_bytes(), out);
+                true
+            }
+            None => false,
+        },
+        (ValueKind::Numeric, _) => false,
+        (ValueKind::Json, _) => {
+            let mut masked = String::new();
+            if !mask_text(strategy, hasher, value, &mut masked) {
+                return false;
+            }
+            json_string(&masked, out);
+            true
+        }
+        (ValueKind::Text, _) => mask_text(strategy, hasher, value, out),
+    }
+}
+
+/// Appends `matched`, a detected substring of a value of `kind`, masked by `strategy`; `false`
+/// means the whole value must become NULL (the `null` strategy, or a numeric value).
+pub fn mask_span(
+    strategy: &Strategy,
+    hasher: Option<&Hasher>,
+    kind: ValueKind,
+    matched: &str,
+    out: &mut String,
+) -> bool {
+    if kind == ValueKind::Numeric {
+        return false;
+    }
+    mask_text(strategy, hasher, matched, out)
+}
+
+/// The text form of a strategy.
+fn mask_text(strategy: &Strategy, hasher: Option<&Hasher>, value: &str, out: &mut String) -> bool {
+    match strategy {
+        Strategy::Redact(with) => out.push_str(with),
+        Strategy::Partial { keep_last } => partial_into(value, *keep_last, out),
+        Strategy::Hash => match hasher {
+            Some(h) => h.hex_into(value.as_bytes(), out),
+            // The config refuses a hash class without a key; never fall back to cleartext.
+            None => return false,
+        },
+        Strategy::Null => return false,
+    }
+    true
+}
+
+/// Characters `partial` keeps so a value keeps its shape.
+fn is_shape(c: char) -> bool {
+    matches!(
+        c,
+        ' ' | '-' | '.' | '@' | '(' | ')' | '+' | '_' | ':' | '/' | ','
+    )
+}
+
+/// Appends `value` with all but its last `keep_last` letters and digits (at most half of them)
+/// replaced by `*`; other characters stay if they only give the value its shape.
+pub fn partial_into(value: &str, keep_last: usize, out: &mut String) {
+    if value.is_ascii() {
+        let bytes = value.as_bytes();
+        let alnum = bytes.iter().filter(|c| c.is_ascii_alphanumeric()).count();
+        let keep = keep_last.min(alnum / 2);
+        let mut seen = 0;
+        out.reserve(bytes.len());
+        for &c in bytes {
+            if c.is_ascii_alphanumeric() {
+                seen += 1;
+                out.push(if seen > alnum - keep { c as char } else { '*' });
+            } else if is_shape(c as char) {
+                out.push(c as char);
+            } else {
+                out.push('*');
+            }
+        }
+        return;
+    }
+    let alnum = value.chars().filter(|c| c.is_alphanumeric()).count();
+    let keep = keep_last.min(alnum / 2);
+    let mut seen = 0;
+    for c in value.chars() {
+        if c.is_alphanumeric() {
+            seen += 1;
+            out.push(if seen > alnum - keep { c } else { '*' });
+        } else if is_shape(c) {
+            out.push(c);
+        } else {
+            out.push('*');
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Overwrites `bytes[start..end]` with `*`, keeping the length: used inside binary values,
+/// whose structure (length prefixes of records and arrays) must not move.
+pub fn blank(bytes: &mut [u8]) {
+    bytes.fill(b'*');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(strategy: &Strategy, kind: ValueKind, value: &str) -> Option<String> {
+        let h = Hasher::new(b"0123456789abcdef0123456789abcdef", 16);
+        let mut out = String::new();
+        mask_whole(strategy, Some(&h), kind, value, &mut out).then_some(out)
+    }
+
+    #[test]
+    fn partial_keeps_the_last_characters_and_the_shape() {
+        let p = |v: &str, n| {
+            let mut out = String::new();
+            partial_into(v, n, &mut out);
+            out
+        };
+        assert_eq!(p("123-45-6789", 4), "***-**-6789");
+        assert_eq!(p("4111 1111 1111 1111", 4), "**** **** **** 1111");
+        assert_eq!(p("ada@example.com", 4), "***@******e.com");
+        assert_eq!(p("Ada Lovelace", 4), "*** ****lace");
+        // Never more than half: a short value is hidden entirely or mostly.
+        assert_eq!(p("1234", 4), "**34");
+        assert_eq!(p("ab", 4), "*b");
+        assert_eq!(p("a", 4), "*");
+        assert_eq!(p("Jürgen Weiß", 3), "****** *eiß");
+        assert_eq!(p("O'Brien \"x\"", 2), "******n *x*");
+        assert!(!p("a\\\"b", 0).contains('"'));
+    }
+
+    #[test]
+    fn hash_is_keyed_deterministic_and_sized() {
+        let a = Hasher::new(b"key one key one key one", 16);
+        let b = Hasher::new(b"key two key two key two", 16);
+        let hex = |h: &Hasher, v: &str| {
+            let mut out = String::new();
+            h.hex_into(v.as_bytes(), &mut out);
+            out
+        };
+        assert_eq!(hex(&a, "ada@example.com"), hex(&a, "ada@example.com"));
+        assert_ne!(hex(&a, "ada@example.com"), hex(&a, "bob@example.com"));
+        assert_ne!(hex(&a, "ada@example.com"), hex(&b, "ada@example.com"));
+        assert_eq!(hex(&a, "x").len(), 16);
+        assert!(hex(&a, "x").bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(hex(&Hasher::new(b"k", 64), "x").len(), 64);
+        // RFC 4231 test case 2: HMAC-SHA256("Jefe", "what do ya want for nothing?").
+        assert_eq!(
+            hex(&Hasher::new(b"Jefe", 64), "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        for bits in [16, 32, 64] {
+            let v = a.integer(123_456_789, bits);
+            assert!(v >= 0 && (bits == 64 || v < 1 << (bits - 1)), "{bits}: {v}");
+            assert_eq!(v, a.integer(123_456_789, bits));
+        }
+        assert_ne!(a.integer(1, 64), a.integer(2, 64));
+        let mut text = String::new();
+        a.hex_into(b"-42", &mut text);
+        let mut again = String::new();
+        a.hex_into(format!("{}", -42).as_bytes(), &mut again);
+        assert_eq!(text, again);
+        assert_eq!(a.integer(i64::MIN, 64), a.integer(i64::MIN, 64));
+        let mut digits = String::new();
+        a.digits_into(b"4111111111111111", &mut digits);
+        assert!(digits.bytes().all(|c| c.is_ascii_digit()) && !digits.is_empty());
+        assert!(format!("{a:?}").contains("hex_len") && !format!("{a:?}").contains("key one"));
+    }
+
+    #[test]
+    fn whole_values_are_written_for_their_type() {
+        let redact = Strategy::Redact("[redacted]".into());
+        assert_eq!(
+            whole(&redact, ValueKind::Text, "ada").as_deref(),
+            Some("[redacted]")
+        );
+        assert_eq!(
+            whole(&redact, ValueKind::Json, "\"ada\"").as_deref(),
+            Some("\"[redacted]\"")
+        );
+        assert_eq!(
+            whole(
+                &Strategy::Partial { keep_last: 2 },
+                ValueKind::Json,
+                "{\"a\": \"xy\"}"
+            )
+            .as_deref(),
+            Some("\"****: **y**\"")
+        );
+        assert_eq!(whole(&redact, ValueKind::Numeric, "4111"), None);
+        assert!(whole(&Strategy::Hash, ValueKind::Numeric, "4111")
+            .unwrap()
+            .bytes()
+            .all(|c| c.is_ascii_digit()));
+        assert_eq!(whole(&redact, ValueKind::Other, "{a,b}"), None);
+        assert_eq!(whole(&Strategy::Null, ValueKind::Text, "ada"), None);
+        let hashed = whole(&Strategy::Hash, ValueKind::Json, "\"ada\"").unwrap();
+        assert!(hashed.starts_with('"') && hashed.ends_with('"') && hashed.len() == 18);
+        let mut out = String::new();
+        assert!(!mask_whole(
+            &Strategy::Hash,
+            None,
+            ValueKind::Text,
+            "ada",
+            &mut out
+        ));
+    }
+
+    #[test]
+    fn kinds_follow_type_oids() {
+        assert_eq!(ValueKind::of(25), ValueKind::Text);
+        assert_eq!(ValueKind::of(3802), ValueKind::Json);
+        assert_eq!(ValueKind::of(1700), ValueKind::Numeric);
+        assert_eq!(ValueKind::of(1009), ValueKind::Other);
+        assert_eq!(ValueKind::of(16500), ValueKind::Text);
+        assert_eq!(ValueKind::of_elements(1009), ValueKind::Text);
+        assert_eq!(ValueKind::of_elements(3807), ValueKind::Json);
+        assert_eq!(ValueKind::of_elements(1231), ValueKind::Numeric);
+        assert_eq!(ValueKind::of_elements(1007), ValueKind::Other);
+    }
+}
