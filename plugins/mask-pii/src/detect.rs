@@ -490,11 +490,15 @@ fn phone_at(text: &[u8], start: usize, groups: &mut Vec<(usize, usize, u8)>) -> 
         }
     }
     let end = j;
-    if parens > 1 || is_alnum(byte(text, end)) {
+    if parens > 1 || is_alnum(byte(text, end)) || groups.len() > 8 {
         return None;
     }
     let total: usize = groups.iter().map(|g| g.1 - g.0).sum();
-    let lens: Vec<usize> = groups.iter().map(|g| g.1 - g.0).collect();
+    let mut lens = [0usize; 8];
+    for (l, g) in lens.iter_mut().zip(groups.iter()) {
+        *l = g.1 - g.0;
+    }
+    let lens = &lens[..groups.len()];
     let first = text[groups[0].0];
     let seps_of = |a: usize| groups[a].2;
     // A date in any order: 2024-01-15, 15.01.2024, with a time group after it.
@@ -515,7 +519,7 @@ fn phone_at(text: &[u8], start: usize, groups: &mut Vec<(usize, usize, u8)>) -> 
     }
     let separated = groups.len() >= 2;
     // NANP: [1] 3-3-4, the area code possibly in parentheses.
-    let nanp = match lens.as_slice() {
+    let nanp = match lens {
         [3, 3, 4] => true,
         [1, 3, 3, 4] => first == b'1',
         [3, 7] => text[start] == b'(',
@@ -636,11 +640,11 @@ fn ibans(text: &[u8], push: &mut impl FnMut(usize, usize, Detector)) {
             && byte(text, i + 2).is_ascii_digit()
             && byte(text, i + 3).is_ascii_digit()
             && (i == 0 || !is_alnum(text[i - 1]));
-        let len = IBAN_LENGTHS
-            .iter()
-            .find(|(c, _)| **c == cc)
+        let len = head
+            .then(|| IBAN_LENGTHS.iter().find(|(c, _)| **c == cc))
+            .flatten()
             .map(|(_, l)| usize::from(*l));
-        let (true, Some(len)) = (head, len) else {
+        let Some(len) = len else {
             i += 1;
             continue;
         };
@@ -706,7 +710,7 @@ fn jwts(text: &[u8], push: &mut impl FnMut(usize, usize, Detector)) {
             continue;
         }
         let payload = header_end + 1;
-        if !text[payload..].starts_with(b"eyJ") {
+        if !starts(text, payload, b"eyJ") {
             continue;
         }
         let mut end = seg(payload);
@@ -780,6 +784,9 @@ const API_KEYS: &[(&[u8], usize, Option<usize>)] = &[
     (b"dop_v1_", 40, None),
 ];
 
+/// First bytes of [`API_KEYS`], to skip most positions at once.
+const API_FIRST_BYTES: &[u8] = b"srwgxAnphSd";
+
 fn api_keys(text: &[u8], extra: &[Vec<u8>], push: &mut impl FnMut(usize, usize, Detector)) {
     let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     let mut i = 0;
@@ -789,12 +796,15 @@ fn api_keys(text: &[u8], extra: &[Vec<u8>], push: &mut impl FnMut(usize, usize, 
             i += 1;
             continue;
         }
-        let rest = &text[i..];
+        if !API_FIRST_BYTES.contains(&c) && extra.iter().all(|p| p[0] != c) {
+            i += 1;
+            continue;
+        }
         let known = API_KEYS
             .iter()
             .map(|(p, min, exact)| (*p, *min, *exact))
             .chain(extra.iter().map(|p| (p.as_slice(), 16, None)))
-            .filter(|(p, _, _)| rest.starts_with(p));
+            .filter(|(p, _, _)| starts(text, i, p));
         let mut matched = None;
         for (prefix, min, exact) in known {
             let body_start = i + prefix.len();
@@ -829,28 +839,16 @@ fn api_keys(text: &[u8], extra: &[Vec<u8>], push: &mut impl FnMut(usize, usize, 
     }
 }
 
+/// Whether `h[at..]` starts with `n`; a byte loop, cheaper than a `memcmp` call for the short
+/// needles here.
+fn starts(h: &[u8], at: usize, n: &[u8]) -> bool {
+    h.len() >= at + n.len() && n.iter().zip(&h[at..]).all(|(a, b)| a == b)
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || haystack.len() < needle.len() {
-        return None;
-    }
-    let first = needle[0];
-    let mut i = 0;
-    while i + needle.len() <= haystack.len() {
-        match haystack[i..=haystack.len() - needle.len()]
-            .iter()
-            .position(|&c| c == first)
-        {
-            None => return None,
-            Some(p) => {
-                i += p;
-                if haystack[i..].starts_with(needle) {
-                    return Some(i);
-                }
-                i += 1;
-            }
-        }
-    }
-    None
+    let (&first, _) = needle.split_first()?;
+    let last = haystack.len().checked_sub(needle.len())?;
+    (0..=last).find(|&i| haystack[i] == first && starts(haystack, i, needle))
 }
 
 #[cfg(test)]
@@ -1112,6 +1110,17 @@ mod tests {
         Detectors::new([Detector::ApiKey], &["acme_".to_owned()])
             .find(b"k acme_0123456789abcdef", &mut spans);
         assert_eq!((spans[0].start, spans[0].end), (2, 23));
+    }
+
+    #[test]
+    fn api_key_first_bytes_cover_every_prefix() {
+        for (prefix, _, _) in API_KEYS {
+            assert!(
+                API_FIRST_BYTES.contains(&prefix[0]),
+                "{}",
+                String::from_utf8_lossy(prefix)
+            );
+        }
     }
 
     #[test]

@@ -394,6 +394,8 @@ const NOT_CALLS: &[&str] = &[
     "select",
     "set",
     "sets",
+    "stdin",
+    "stdout",
     "similar",
     "some",
     "system",

@@ -213,6 +213,7 @@ pub const BUILTIN_FUNCTIONS: &[&str] = &[
     "session_user",
     "current_role",
     "version",
+    "current_setting",
     "pg_backend_pid",
     "txid_current",
     "pg_current_xact_id",
@@ -240,6 +241,7 @@ pub const BUILTIN_FUNCTIONS: &[&str] = &[
     "pg_my_temp_schema",
     "pg_tablespace_location",
     "pg_column_size",
+    "to_reg*",
 ];
 
 /// Relations that hold sample values of every analysed column.

@@ -1070,3 +1070,134 @@ mod statements {
             .is_allow());
     }
 }
+
+#[test]
+fn the_example_config_masks_the_demo_schema_as_documented() {
+    let mut h = TestHarness::<MaskPii>::new(include_str!("../mask_pii.toml")).unwrap();
+    let alice = h.session("alice", &["developers"]);
+    let columns = [
+        col(0, "name", TEXT, customers("name")),
+        col(1, "email", TEXT, customers("email")),
+        col(2, "phone", TEXT, customers("phone")),
+        col(3, "ssn", TEXT, customers("ssn")),
+        col(4, "card", TEXT, customers("card")),
+    ];
+    let arrays = || {
+        vec![
+            strings(&[Some("Ada Lovelace")]),
+            strings(&[Some("ada@example.com")]),
+            strings(&[Some("+1 415 555 0100")]),
+            strings(&[Some("078-05-1120")]),
+            strings(&[Some("4111 1111 1111 1111")]),
+        ]
+    };
+    let out = run(&mut h, &alice, &columns, arrays());
+    let row: Vec<Option<String>> = (0..5).map(|i| one(&out, i)).collect();
+    // The values README-section.md shows.
+    assert_eq!(
+        row,
+        [
+            Some("[name]".to_owned()),
+            Some("43a1b73f0ca4f446".to_owned()),
+            Some("+* *** *** 0100".to_owned()),
+            Some("[redacted]".to_owned()),
+            Some("**** **** **** 1111".to_owned()),
+        ]
+    );
+    let billing = h.session("bill", &["billing"]);
+    let out = run(&mut h, &billing, &columns, arrays());
+    assert_eq!(one(&out, 4).as_deref(), Some("4111 1111 1111 1111"));
+    assert_eq!(one(&out, 3).as_deref(), Some("[redacted]"));
+    let lead = h.session("sam", &["support-lead"]);
+    assert!(h.result_schema(&lead, &columns).is_empty());
+    // row_to_json(c) mixes names (no detector) with other data: refused.
+    let row = [col(
+        0,
+        "row_to_json",
+        JSON,
+        vec![inferred("public", "customers", "*")],
+    )];
+    h.result_schema(&alice, &row);
+    let input = ipc(vec![(
+        &row[0],
+        strings(&[Some(r#"{"name":"Ada Lovelace"}"#)]),
+    )]);
+    assert!(matches!(h.batch(&alice, &input), BatchResult::Abort(d) if d.sqlstate == "42501"));
+    // Reading orders into a new table is allowed (trusted), customers is not.
+    assert!(h
+        .query(&alice, "CREATE TABLE o2 AS SELECT * FROM public.orders")
+        .is_allow());
+    assert!(h
+        .query(&alice, "CREATE TABLE c2 AS SELECT * FROM public.customers")
+        .is_deny());
+}
+
+/// The statements of the end-to-end corpus (`tests/tests/mask_pii.rs`) as `on_query` sees
+/// them with the example config: refused before they run, or allowed (to be masked, or
+/// stopped by `on_batch` when a column mixes names with other data).
+#[test]
+fn the_end_to_end_corpus_is_judged_as_expected_before_it_runs() {
+    let mut h = TestHarness::<MaskPii>::new(include_str!("../mask_pii.toml")).unwrap();
+    let alice = h.session("alice", &["analysts"]);
+    let allowed = [
+        "SELECT * FROM customers ORDER BY id",
+        "SELECT name AS n, email AS \"E\", ssn s, c.card AS \"card number\" FROM customers c",
+        "SELECT email::text, ssn::varchar, phone::name, card::bytea FROM customers",
+        "SELECT lower(email), upper(name), email || '', ssn || ' ', initcap(name) FROM customers",
+        "SELECT name || ' <' || email || '> ' || card FROM customers",
+        "SELECT coalesce(phone, email), CASE WHEN id = 1 THEN ssn ELSE email END FROM customers",
+        "SELECT format('%s / %s', name, card) FROM customers",
+        "SELECT x, y FROM (SELECT email AS x, ssn AS y FROM customers) s",
+        "SELECT (SELECT ssn FROM customers WHERE id = 1), (SELECT max(name) FROM customers)",
+        "WITH c AS (SELECT name, ssn, card FROM customers) SELECT * FROM c",
+        "SELECT email FROM customers UNION ALL SELECT notes FROM customers",
+        "SELECT name FROM customers UNION SELECT 'nobody'",
+        "SELECT string_agg(email, ','), string_agg(name, ';') FROM customers",
+        "SELECT array_agg(ssn), array_agg(name ORDER BY id) FROM customers",
+        "SELECT x FROM customers, unnest(ARRAY[email, ssn, phone]) x",
+        "SELECT jsonb_build_object('e', email, 's', ssn, 'c', card) FROM customers",
+        "SELECT json_agg(json_build_array(email, phone)) FROM customers",
+        "SELECT notes || ' / ' || email || ' / ' || ssn FROM customers",
+        "SELECT email, count(*) FROM customers GROUP BY email",
+        "SELECT ssn, row_number() OVER (ORDER BY ssn) FROM customers",
+        "SELECT * FROM customer_contacts",
+        "SELECT * FROM customer_digest",
+        "UPDATE customers SET notes = 'seen' WHERE id = 3 RETURNING name, email, ssn",
+        "SELECT row_to_json(c) FROM customers c",
+        "SELECT json_agg(c) FROM customers c",
+        "SELECT c FROM customers c",
+        "SELECT to_jsonb(c) ->> 'name' FROM customers c",
+        "COPY customers TO STDOUT",
+        "COPY (SELECT name, email, ssn FROM customers) TO STDOUT WITH (FORMAT csv, HEADER)",
+        "COPY customers TO STDOUT (FORMAT binary)",
+        "BEGIN; DECLARE k CURSOR FOR SELECT * FROM customers ORDER BY id; FETCH 1 FROM k; FETCH ALL FROM k; COMMIT",
+        "BEGIN; DECLARE k BINARY CURSOR FOR SELECT name, email, ssn FROM customers; FETCH ALL FROM k; COMMIT",
+        "PREPARE q AS SELECT name, email, ssn FROM customers; EXECUTE q; DEALLOCATE q",
+        "SELECT a.email FROM customers a JOIN customers b ON a.email = b.email WHERE a.id = 1",
+    ];
+    for sql in allowed {
+        let v = h.query(&alice, sql);
+        assert!(v.is_allow(), "{sql}: {v:?}");
+    }
+    let refused = [
+        "SELECT substr(ssn, 1, 7), substr(name, 1, 4), email FROM customers",
+        "SELECT left(email, 5), split_part(email, '@', 1), email FROM customers",
+        "SELECT encode(convert_to(name, 'UTF8'), 'base64'), name FROM customers",
+        "SELECT replace(card, ' ', '') FROM customers",
+        "SELECT email::varchar(5), name::char(4), email FROM customers",
+        "SELECT ssn::int FROM customers",
+        "SELECT name::regclass FROM customers",
+        "SELECT histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'",
+        "DO $$ BEGIN RAISE NOTICE '%', (SELECT string_agg(name || ssn, ',') FROM customers); END $$",
+        "CREATE TEMP TABLE stolen AS SELECT * FROM customers; SELECT * FROM stolen",
+        "BEGIN; DECLARE k CURSOR FOR SELECT upper(name) || ssn FROM customers; FETCH ALL FROM k; COMMIT",
+    ];
+    for sql in refused {
+        let v = h.query(&alice, sql);
+        assert_eq!(v.sqlstate(), Some("42501"), "{sql}: {v:?}");
+    }
+    let sam = h.session("sam", &["support-lead"]);
+    for sql in allowed.iter().chain(&refused) {
+        assert!(h.query(&sam, sql).is_allow(), "{sql}");
+    }
+}
