@@ -71,7 +71,9 @@ install_plugin() { # NAME CONFIG
 rm -f "$demo/plugins/template.wasm" "$demo/plugins/template.toml" # from older quickstarts
 # 1. guardrails: per-identity profiles (plugins/guardrails/guardrails.toml).
 install_plugin guardrails plugins/guardrails/guardrails.toml
-# 2. Result masking (mask-pii) goes here, and into plugins.order after "guardrails".
+# 2. mask-pii: masks personal data in results (plugins/mask-pii/mask_pii.toml); the group
+#    support-lead (bob) is exempt.
+install_plugin mask_pii plugins/mask-pii/mask_pii.toml
 
 hash() { printf '%s\n' "$1" | "$pgward" hash-password; }
 cat > "$demo/pgward.toml" <<TOML
@@ -87,7 +89,7 @@ password = "pgward-demo-upstream"
 
 [plugins]
 directory = "plugins"
-order = ["guardrails"]
+order = ["guardrails", "mask_pii"]
 
 [[auth.users]]
 name = "alice"
@@ -115,9 +117,12 @@ Connect as one of the demo identities (password = user name):
   PGPASSWORD=bob   psql "host=127.0.0.1 port=$gw_port user=bob dbname=demo"
   PGPASSWORD=agent psql "host=127.0.0.1 port=$gw_port user=agent dbname=demo"
 
-The guardrails plugin is loaded from .pgward-demo/plugins/ with the profiles of
-plugins/guardrails/guardrails.toml (alice: developers, bob: support, agent: read-only); try:
+The guardrails and mask-pii plugins are loaded from .pgward-demo/plugins/ with
+plugins/guardrails/guardrails.toml (alice: developers, bob: support, agent: read-only) and
+plugins/mask-pii/mask_pii.toml (bob's group support-lead sees cleartext); try:
 
+  PGPASSWORD=alice psql "host=127.0.0.1 port=$gw_port user=alice dbname=demo" -c "SELECT name, email FROM customers"
+  PGPASSWORD=bob   psql "host=127.0.0.1 port=$gw_port user=bob dbname=demo" -c "SELECT name, email FROM customers"
   PGPASSWORD=alice psql "host=127.0.0.1 port=$gw_port user=alice dbname=demo" -c "DROP TABLE customers"
   PGPASSWORD=alice psql "host=127.0.0.1 port=$gw_port user=alice dbname=demo" -c "DELETE FROM orders"
   PGPASSWORD=agent psql "host=127.0.0.1 port=$gw_port user=agent dbname=demo" -c "UPDATE customers SET phone = NULL WHERE id = 1"
