@@ -184,8 +184,10 @@ pub fn plan_column(
         let class = first_class.expect("a class matched");
         return Some(Action::Mask { class, direct });
     }
-    if !unclassified {
-        // Several classes and nothing else (`email || phone`): mask whole, strictest first.
+    if !unclassified || !text_like {
+        // Several classes and nothing else (`email || phone`), or a value that is not text
+        // (`count(c)`, `length(email) + id`: no detector could look inside it): mask whole,
+        // with the least revealing strategy (for a value that is not text: NULL).
         let class = Active(classes)
             .iter()
             .max_by_key(|&i| {

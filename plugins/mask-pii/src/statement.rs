@@ -17,10 +17,11 @@
 //!    `pg_statistic_ext_data` hold sample values of every analysed column.
 //! 4. **Truncating casts**: a cast to `char(n)`, `varchar(n)`, `bit(n)`, `"char"` in a
 //!    statement that reads a relation: a prefix of a value is not recognisable.
-//! 5. **Casts that echo a value in their error**: a classified column (or a whole row of a
-//!    relation that may hold one) cast to a type other than `text`, `varchar`, `bpchar`,
-//!    `citext`, `name` or `bytea`: `ssn::int` fails with `invalid input syntax for type
-//!    integer: "123-45-6789"`, and errors do not pass through the masking.
+//! 5. **Casts that echo or encode a value**: a classified column (or a whole row of a
+//!    relation that may hold one) cast to a type other than `text`, `varchar`, `bpchar` or
+//!    `citext`: `ssn::int` fails with `invalid input syntax for type integer: "123-45-6789"`,
+//!    and errors do not pass through the masking; `::bytea` (then `::text`) turns a value into
+//!    hex escapes; `::name` cuts it at 63 bytes.
 //! 6. **Cursors and SQL-level prepared statements over computed columns**: when some class
 //!    has no detector, a `DECLARE ... CURSOR FOR` or `PREPARE ... AS` whose query is not a
 //!    plain column list. `FETCH` and `EXECUTE` results carry no lineage for computed columns,
@@ -260,8 +261,6 @@ const SAFE_TARGETS: &[&str] = &[
     "character varying",
     "bpchar",
     "citext",
-    "name",
-    "bytea",
     "unknown",
 ];
 
@@ -399,17 +398,6 @@ fn refusal(
     // 4, 5. Casts.
     for cast in sqlscan::casts(&toks) {
         let target = cast.target.as_str();
-        let truncating = TRUNCATING.contains(&target)
-            && (cast.modifier || matches!(target, "char" | "character" | "nchar"));
-        if truncating && !reads.is_empty() {
-            return Some((
-                format!("the statement casts to {target}({}), which can cut classified values into pieces the masking cannot recognise, so it was not run", if cast.modifier { "n" } else { "1" }),
-                "cast to text or varchar without a length; results of this identity are masked".into(),
-            ));
-        }
-        if SAFE_TARGETS.contains(&target) {
-            continue;
-        }
         let operand = &toks[cast.operand.clone()];
         let sensitive = operand.iter().enumerate().any(|(k, t)| {
             let Some(name) = t.ident() else {
@@ -429,14 +417,33 @@ fn refusal(
                     || classified_names.contains(&name)
                     || row_names.iter().any(|r| r == name))
         });
-        if sensitive {
+        let truncating = (TRUNCATING.contains(&target)
+            && (cast.modifier || matches!(target, "char" | "character" | "nchar"))
+            && !reads.is_empty())
+            // `name` keeps 63 bytes: enough to cut a whole row short.
+            || (target == "name" && sensitive);
+        if truncating {
             return Some((
                 format!(
-                    "the statement casts classified data to {target}; a value that does not convert would be shown in the error message, so it was not run"
+                    "the statement casts to {target}{}, which can cut classified values into pieces the masking cannot recognise, so it was not run",
+                    if cast.modifier { "(n)" } else if target == "name" { "" } else { "(1)" }
                 ),
-                "compare or convert the masked value instead; results of this identity are masked".into(),
+                "cast to text or varchar without a length; results of this identity are masked".into(),
             ));
         }
+        if SAFE_TARGETS.contains(&target) || !sensitive {
+            continue;
+        }
+        let why = if target == "bytea" {
+            "bytea turns it into escaped bytes the detectors cannot read"
+        } else {
+            "a value that does not convert would be shown in the error message"
+        };
+        return Some((
+            format!("the statement casts classified data to {target}: {why}, so it was not run"),
+            "compare or convert the masked value instead; results of this identity are masked"
+                .into(),
+        ));
     }
 
     // Statement by statement, with its own tokens where a check needs them.

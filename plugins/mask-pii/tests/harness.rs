@@ -1142,7 +1142,7 @@ fn the_end_to_end_corpus_is_judged_as_expected_before_it_runs() {
     let allowed = [
         "SELECT * FROM customers ORDER BY id",
         "SELECT name AS n, email AS \"E\", ssn s, c.card AS \"card number\" FROM customers c",
-        "SELECT email::text, ssn::varchar, phone::name, card::bytea FROM customers",
+        "SELECT email::text, ssn::varchar, phone::bpchar, card::character varying FROM customers",
         "SELECT lower(email), upper(name), email || '', ssn || ' ', initcap(name) FROM customers",
         "SELECT name || ' <' || email || '> ' || card FROM customers",
         "SELECT coalesce(phone, email), CASE WHEN id = 1 THEN ssn ELSE email END FROM customers",
@@ -1186,6 +1186,8 @@ fn the_end_to_end_corpus_is_judged_as_expected_before_it_runs() {
         "SELECT replace(card, ' ', '') FROM customers",
         "SELECT email::varchar(5), name::char(4), email FROM customers",
         "SELECT ssn::int FROM customers",
+        "SELECT (notes || email)::bytea::text, email FROM customers",
+        "SELECT c::text::name, email FROM customers c",
         "SELECT name::regclass FROM customers",
         "SELECT histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'",
         "DO $$ BEGIN RAISE NOTICE '%', (SELECT string_agg(name || ssn, ',') FROM customers); END $$",
@@ -1200,4 +1202,40 @@ fn the_end_to_end_corpus_is_judged_as_expected_before_it_runs() {
     for sql in allowed.iter().chain(&refused) {
         assert!(h.query(&sam, sql).is_allow(), "{sql}");
     }
+}
+
+#[test]
+fn values_that_are_not_text_and_mix_sources_become_null_rather_than_stop_the_result() {
+    let mut h = harness();
+    let s = h.session("alice", &[]);
+    let columns = [
+        col(0, "count", INT8, vec![inferred("public", "customers", "*")]),
+        col(
+            1,
+            "mixed",
+            INT4,
+            vec![
+                inferred("public", "customers", "name"),
+                inferred("public", "customers", "id"),
+            ],
+        ),
+        col(2, "id", INT4, vec![inferred("public", "customers", "id")]),
+    ];
+    let interest = h.result_schema(&s, &columns);
+    assert_eq!(
+        interest.read,
+        [0, 1],
+        "an unclassified integer is left alone"
+    );
+    let out = run(
+        &mut h,
+        &s,
+        &columns,
+        vec![
+            Arc::new(Int64Array::from(vec![3])),
+            Arc::new(Int32Array::from(vec![12])),
+            Arc::new(Int32Array::from(vec![1])),
+        ],
+    );
+    assert!(out.column(0).is_null(0) && out.column(1).is_null(0));
 }
