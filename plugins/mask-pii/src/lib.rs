@@ -47,7 +47,8 @@
 //! results are masked, because they move data where lineage is lost or defeated: unknown
 //! statements, functions outside an allowlist, statistics catalogs, truncating casts, casts
 //! whose errors would echo a value, cursors and SQL `PREPARE` over computed columns when some
-//! class has no detector, writes of rows that were read, and COPY to server files. The
+//! class has no detector, writes of rows that were read, COPY to server files, and changes
+//! (renames, generated columns, triggers, indexes) to the tables the classes name. The
 //! [`statement`] module documents each rule and why.
 //!
 //! # What this does not cover
@@ -59,7 +60,7 @@
 //! search path.
 //!
 //! # Layout
-//! - [`config`]: `mask_pii.toml`, checked at load, errors naming the key.
+//! - [`mod@config`]: `mask_pii.toml`, checked at load, errors naming the key.
 //! - [`patterns`]: lineage patterns of classes, function patterns of `allow_functions`.
 //! - [`detect`]: the content detectors.
 //! - [`strategy`]: redact, partial, keyed hash, null; how a masked value fits its type.

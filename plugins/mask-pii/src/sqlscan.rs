@@ -476,6 +476,18 @@ pub fn calls(toks: &[Tok]) -> Vec<(Option<String>, String)> {
             if NAMING.iter().any(|w| prev.is(w)) {
                 continue;
             }
+            // `CREATE INDEX ... ON t (col)`: the table of the index, not a call.
+            if prev.is("on") || (prev.is("only") && first >= 2 && toks[first - 2].is("on")) {
+                let start = toks[..first]
+                    .iter()
+                    .rposition(|t| *t == Tok::Semi)
+                    .map_or(0, |p| p + 1);
+                if toks.get(start).is_some_and(|t| t.is("create"))
+                    && toks[start..first].iter().any(|t| t.is("index"))
+                {
+                    continue;
+                }
+            }
             // `FROM t x(a)`, `JOIN s.t x(a)`, `FROM f() x(a)`: an alias with a column list
             // right after a relation. (Two names in a row are never a call; the word before
             // is checked too, so a keyword missing from the lists still leaves a call a call.)
@@ -1103,6 +1115,10 @@ mod tests {
             ["generate_series", "unnest"]
         );
         assert_eq!(names("CALL do_it(1)"), ["do_it"]);
+        assert_eq!(
+            names("CREATE UNIQUE INDEX i ON ONLY t (a); SELECT 1 FROM a JOIN b ON f(a.x) = b.y"),
+            ["f"]
+        );
         assert_eq!(
             names("PREPARE p (int) AS SELECT left(name, 2) FROM t"),
             ["left"]

@@ -32,6 +32,11 @@
 //!    only, and an UPDATE that reads only its own table and assigns only values
 //!    (`SET phone = $1 WHERE id = $2`).
 //! 8. **COPY to a server file or program**.
+//! 9. **Changes to the tables the classes name** (and to any schema): ALTER, RENAME, triggers,
+//!    rules, policies, indexes. Classes match by name, so a renamed column or table, or a
+//!    schema renamed, would no longer be classified; a generated column or a trigger copies
+//!    values into columns no class names; a unique index reports duplicate keys, values
+//!    included, in its error.
 
 use crate::config::{Config, OnUncertain};
 use crate::patterns::FunctionPattern;
@@ -42,7 +47,8 @@ use pgward_plugin_sdk::prelude::*;
 /// Functions callable on masked data without `allow_functions`: they keep values whole
 /// (aggregates, case changes, concatenation, JSON and array builders), return numbers, dates
 /// or booleans, or read catalog metadata (what psql's `\d` and drivers call). A `*` matches
-/// any run of characters. Unqualified or `pg_catalog.`-qualified calls only.
+/// any run of characters. Unqualified or `pg_catalog.`-qualified calls only; the
+/// `information_schema._pg_*` helpers are allowed too.
 pub const BUILTIN_FUNCTIONS: &[&str] = &[
     // Aggregates and window functions.
     "count",
@@ -332,8 +338,10 @@ fn refusal(
         None => (None, f.to_owned()),
     });
     for (schema, name) in analysed.chain(sqlscan::calls(&toks)) {
-        let builtin_ok = matches!(schema.as_deref(), None | Some("pg_catalog"))
-            && builtin.iter().any(|p| p.matches(None, &name));
+        let builtin_ok = (matches!(schema.as_deref(), None | Some("pg_catalog"))
+            && builtin.iter().any(|p| p.matches(None, &name)))
+            // The information schema's helpers (`_pg_expandarray`, ...), used by JDBC.
+            || (schema.as_deref() == Some("information_schema") && name.starts_with("_pg_"));
         let allowed = builtin_ok
             || config
                 .allow_functions
@@ -530,6 +538,28 @@ fn refusal(
                     ADMIN.into(),
                 ));
             }
+        }
+
+        // 9. Changes to the tables the classes name.
+        let reshaped = s.writes.iter().find(|w| match (w.action, w.object) {
+            (WriteAction::Alter, ObjectKind::Schema) => true,
+            (WriteAction::Alter | WriteAction::CreateIndex, _) => active.iter().any(|i| {
+                config.classes[i]
+                    .lineage
+                    .iter()
+                    .any(|p| p.matches_relation(&w.relation))
+            }),
+            _ => false,
+        });
+        if let Some(w) = reshaped {
+            return Some((
+                format!(
+                    "the statement changes {} ({}), which holds classified data: a renamed column, a generated column, a trigger or an index could carry values past the masking, so it was not run",
+                    w.relation,
+                    w.command()
+                ),
+                ADMIN.into(),
+            ));
         }
     }
     None

@@ -849,6 +849,7 @@ mod statements {
             "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod), pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attribute a LEFT JOIN pg_catalog.pg_attrdef d ON (a.attrelid, a.attnum) = (d.adrelid, d.adnum) WHERE a.attrelid = 'customers'::pg_catalog.regclass",
             "SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relname OPERATOR(pg_catalog.~) '^(customers)$' AND pg_catalog.pg_table_is_visible(c.oid)",
             "BEGIN; SELECT 1; COMMIT",
+            "SELECT (information_schema._pg_expandarray(i.indkey)).n FROM pg_catalog.pg_index i",
             "SET search_path = public",
         ] {
             allowed(&mut h, &s, sql);
@@ -1030,6 +1031,42 @@ mod statements {
             &s,
             "INSERT INTO orders SELECT * FROM staging.orders JOIN customers USING (id)",
         );
+    }
+
+    #[test]
+    fn changes_to_classified_tables_are_refused() {
+        let mut h = harness();
+        let s = h.session("alice", &[]);
+        for sql in [
+            "ALTER TABLE customers RENAME COLUMN name TO nickname",
+            "ALTER TABLE public.customers RENAME TO people",
+            "ALTER TABLE customers ADD COLUMN e2 text GENERATED ALWAYS AS (email || '') STORED",
+            "ALTER TABLE customers SET SCHEMA archive",
+            "CREATE UNIQUE INDEX ON customers (name)",
+            "CREATE TRIGGER t AFTER UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION f()",
+            "ALTER SCHEMA public RENAME TO p2",
+        ] {
+            let m = denied(&mut h, &s, sql);
+            assert!(
+                ["holds classified data", "calls", "could not analyse"]
+                    .iter()
+                    .any(|w| m.contains(w)),
+                "{sql}: {m}"
+            );
+        }
+        // `*.*.ssn` may name a column of any table: every table counts as classified.
+        denied(&mut h, &s, "ALTER TABLE scratch ADD COLUMN note text");
+        allowed(&mut h, &s, "CREATE TABLE scratch (id int, note text)");
+        allowed(&mut h, &s, "DROP TABLE scratch");
+        // Without wildcard tables, other tables can change.
+        let mut h = TestHarness::<MaskPii>::new(
+            "[[class]]\nname = \"email\"\nlineage = [\"public.customers.email\"]\nstrategy = \"redact\"\n",
+        )
+        .unwrap();
+        let s = h.session("alice", &[]);
+        allowed(&mut h, &s, "ALTER TABLE orders ADD COLUMN note text");
+        allowed(&mut h, &s, "CREATE INDEX ON orders (customer_id)");
+        denied(&mut h, &s, "CREATE INDEX ON customers (email)");
     }
 
     #[test]
