@@ -213,21 +213,34 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 /// A plugins directory holding one built plugin under `file`, with its config.
 fn one_plugin_dir(wasm: &str, file: &str, config: &str) -> Result<std::path::PathBuf> {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/plugins")
-        .join(format!("{wasm}.wasm"));
-    if !built.exists() {
-        bail!(
-            "{} is missing: run scripts/build-plugins.sh",
-            built.display()
-        );
-    }
-    let dir = std::env::temp_dir().join(format!("pgward-test-{}-bench-{file}", std::process::id()));
+    plugins_dir_of(file, &[(wasm, file, config)])
+}
+
+/// A plugins directory `name` holding built plugins (component, file stem, config); the stems
+/// sort in chain order.
+fn plugins_dir_of(name: &str, plugins: &[(&str, &str, &str)]) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("pgward-test-{}-bench-{name}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    std::fs::copy(&built, dir.join(format!("{file}.wasm")))?;
-    std::fs::write(dir.join(format!("{file}.toml")), config)?;
+    for (wasm, file, config) in plugins {
+        let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/plugins")
+            .join(format!("{wasm}.wasm"));
+        if !built.exists() {
+            bail!(
+                "{} is missing: run scripts/build-plugins.sh",
+                built.display()
+            );
+        }
+        std::fs::copy(&built, dir.join(format!("{file}.wasm")))?;
+        std::fs::write(dir.join(format!("{file}.toml")), config)?;
+    }
     Ok(dir)
 }
+
+/// mask-pii for the benchmark tables: e-mails classified by lineage and hashed, the detectors
+/// on every other text column (its secure default).
+const MASK_PII_BENCH: &str = "[hash]\nkey = \"bench-key-0123456789abcdef\"\n\n\
+    [[class]]\nname = \"email\"\nlineage = [\"*.*.email\"]\ndetectors = [\"email\"]\nstrategy = \"hash\"\n";
 
 fn target_of(name: &'static str, g: &Gateway) -> Target {
     let u = g.user("alice").clone();
