@@ -230,6 +230,41 @@ fn mask_text(strategy: &Strategy, hasher: Option<&Hasher>, value: &str, out: &mu
     true
 }
 
+/// Appends `n` stars, a slice at a time.
+fn push_stars(mut n: usize, out: &mut String) {
+    const STARS: &str = "****************************************************************";
+    while n > 0 {
+        let k = n.min(STARS.len());
+        out.push_str(&STARS[..k]);
+        n -= k;
+    }
+}
+
+/// ASCII bytes `partial` keeps everywhere: the shape of the value.
+const SHAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let keep = b" -.@()+_:/,";
+    let mut i = 0;
+    while i < keep.len() {
+        t[keep[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// ASCII bytes `partial` keeps after the cut: the shape, letters and digits.
+const VISIBLE: [bool; 256] = {
+    let mut t = SHAPE;
+    let mut c = 0;
+    while c < 128 {
+        if (c as u8).is_ascii_alphanumeric() {
+            t[c] = true;
+        }
+        c += 1;
+    }
+    t
+};
+
 /// Characters `partial` keeps so a value keeps its shape.
 fn is_shape(c: char) -> bool {
     matches!(
@@ -242,20 +277,60 @@ fn is_shape(c: char) -> bool {
 /// replaced by `*`; other characters stay if they only give the value its shape.
 pub fn partial_into(value: &str, keep_last: usize, out: &mut String) {
     if value.is_ascii() {
+        // Runs, not bytes: stars and shape characters up to `cut`, then slices of the value
+        // itself. This runs for every value of a masked column.
         let bytes = value.as_bytes();
-        let alnum = bytes.iter().filter(|c| c.is_ascii_alphanumeric()).count();
-        let keep = keep_last.min(alnum / 2);
-        let mut seen = 0;
+        // Where the visible tail starts: at the `keep_last`-th letter or digit from the end,
+        // found from the end; only a value with fewer than twice that many is counted whole
+        // (then at most half of them show).
+        let nth_from_end = |n: usize| -> usize {
+            if n == 0 {
+                return bytes.len();
+            }
+            let mut seen = 0;
+            bytes
+                .iter()
+                .rposition(|c| {
+                    seen += usize::from(c.is_ascii_alphanumeric());
+                    seen == n
+                })
+                .unwrap_or(bytes.len())
+        };
+        let tail: usize = bytes
+            .iter()
+            .rev()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(2 * keep_last)
+            .count();
+        let cut = if tail == 2 * keep_last {
+            nth_from_end(keep_last)
+        } else {
+            nth_from_end(tail / 2)
+        };
         out.reserve(bytes.len());
-        for &c in bytes {
-            if c.is_ascii_alphanumeric() {
-                seen += 1;
-                out.push(if seen > alnum - keep { c as char } else { '*' });
-            } else if is_shape(c as char) {
-                out.push(c as char);
-            } else {
+        let mut i = 0;
+        while i < cut {
+            let j = bytes[i..cut]
+                .iter()
+                .position(|&c| SHAPE[usize::from(c)])
+                .map_or(cut, |p| i + p);
+            push_stars(j - i, out);
+            if j < cut {
+                out.push(char::from(bytes[j]));
+            }
+            i = j + 1;
+        }
+        let mut i = cut;
+        while i < bytes.len() {
+            let j = bytes[i..]
+                .iter()
+                .position(|&c| !VISIBLE[usize::from(c)])
+                .map_or(bytes.len(), |p| i + p);
+            out.push_str(&value[i..j]);
+            if j < bytes.len() {
                 out.push('*');
             }
+            i = j + 1;
         }
         return;
     }
