@@ -948,10 +948,19 @@ pub fn row_names(toks: &[Tok], relations: &[String]) -> Vec<String> {
     names
 }
 
-/// For an `UPDATE ... SET ...` statement: whether every assigned value is free of column
-/// references and subqueries (`SET phone = $1, updated_at = now()`), so the statement cannot
-/// copy one column's value into another. `None` when `toks` is not an UPDATE.
-pub fn update_assigns_only_values(toks: &[Tok]) -> Option<bool> {
+/// One assignment of an `UPDATE ... SET`: the columns assigned and what the value reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Assignment {
+    /// The columns assigned (`a`, or `a, b` in `(a, b) = (...)`).
+    pub targets: Vec<String>,
+    /// Names the value refers to: columns (last part of a qualified name) and whole rows.
+    pub sources: Vec<String>,
+    /// The value holds a subquery.
+    pub subquery: bool,
+}
+
+/// The assignments of an `UPDATE ... SET ...` statement; `None` when `toks` is not an UPDATE.
+pub fn update_assignments(toks: &[Tok]) -> Option<Vec<Assignment>> {
     if !toks.first()?.is("update") {
         return None;
     }
@@ -968,35 +977,46 @@ pub fn update_assigns_only_values(toks: &[Tok]) -> Option<bool> {
             _ => {}
         }
     }
-    let set = set?;
+    let mut out = vec![Assignment::default()];
     let mut depth = 0usize;
     let mut in_value = false;
-    let mut j = set + 1;
-    while j < toks.len() {
+    for j in set? + 1..toks.len() {
         let t = &toks[j];
+        let current = out.last_mut().expect("one assignment at least");
         match t {
             Tok::Open => depth += 1,
             Tok::Close => depth = depth.saturating_sub(1),
             Tok::Semi => break,
-            Tok::Comma if depth == 0 => in_value = false,
+            Tok::Comma if depth == 0 => {
+                in_value = false;
+                out.push(Assignment::default());
+            }
             Tok::Op(op) if depth == 0 && op == "=" && !in_value => in_value = true,
             t if depth == 0 && (t.is("where") || t.is("from") || t.is("returning")) => break,
-            Tok::Ident { name, quoted } if in_value => {
+            Tok::Ident { name, quoted } if !in_value => {
+                // `SET a = ...`, `SET (a, b) = ...`, `SET a[1] = ...`, `SET a.f = ...`.
+                if toks[j - 1] != Tok::Dot && (*quoted || !is_keyword(name)) {
+                    current.targets.push(name.clone());
+                }
+            }
+            Tok::Ident { name, quoted } => {
                 if t.is("select") {
-                    return Some(false);
+                    current.subquery = true;
+                    continue;
                 }
                 let call = toks.get(j + 1) == Some(&Tok::Open);
+                let qualifier = toks.get(j + 1) == Some(&Tok::Dot);
                 let type_name = toks[j - 1] == Tok::Cast;
-                let literal_word = !quoted && is_value_word(name);
-                if !call && !type_name && !literal_word {
-                    return Some(false);
+                let value_word = !quoted && is_value_word(name);
+                if !call && !qualifier && !type_name && !value_word {
+                    current.sources.push(name.clone());
                 }
             }
             _ => {}
         }
-        j += 1;
     }
-    Some(true)
+    out.retain(|a| !a.targets.is_empty() || !a.sources.is_empty() || a.subquery);
+    Some(out)
 }
 
 /// Words that are values or parts of expressions, not column references.
@@ -1223,19 +1243,37 @@ mod tests {
     }
 
     #[test]
-    fn updates_that_assign_only_values_are_recognised() {
-        let check = |sql: &str| update_assigns_only_values(&tokenize(sql).unwrap());
-        assert_eq!(check("UPDATE customers SET phone = $1, updated_at = now(), n = 'x'::text WHERE email = $2"), Some(true));
+    fn update_assignments_name_targets_and_sources() {
+        let check = |sql: &str| update_assignments(&tokenize(sql).unwrap());
+        let a = |targets: &[&str], sources: &[&str], subquery: bool| Assignment {
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            subquery,
+        };
         assert_eq!(
-            check("UPDATE customers SET (a, b) = (1, DEFAULT) RETURNING email"),
-            Some(true)
+            check("UPDATE customers SET phone = $1, updated_at = now(), n = 'x'::text WHERE email = $2").unwrap(),
+            [a(&["phone"], &[], false), a(&["updated_at"], &[], false), a(&["n"], &[], false)]
         );
-        assert_eq!(check("UPDATE customers SET notes = name"), Some(false));
         assert_eq!(
-            check("UPDATE customers SET notes = lower(c.name) FROM customers c"),
-            Some(false)
+            check("UPDATE customers SET (a, b) = (1, DEFAULT) RETURNING email").unwrap(),
+            [a(&["a", "b"], &[], false)]
         );
-        assert_eq!(check("UPDATE t SET a = (SELECT 1)"), Some(false));
+        assert_eq!(
+            check("UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2").unwrap(),
+            [a(&["abalance"], &["abalance"], false)]
+        );
+        assert_eq!(
+            check("UPDATE customers SET notes = name").unwrap(),
+            [a(&["notes"], &["name"], false)]
+        );
+        assert_eq!(
+            check("UPDATE customers SET notes = lower(c.name) || c FROM customers c").unwrap(),
+            [a(&["notes"], &["name", "c"], false)]
+        );
+        assert_eq!(
+            check("UPDATE t SET a = (SELECT 1)").unwrap(),
+            [a(&["a"], &[], true)]
+        );
         assert_eq!(check("SELECT 1"), None);
     }
 }

@@ -29,8 +29,8 @@
 //! 7. **Writes of rows that were read**: INSERT/UPDATE/MERGE/SELECT INTO/CREATE TABLE AS/
 //!    materialized views that read a relation (any relation: a view can hide a classified
 //!    table) store values in columns no class names. Allowed: reads of `trusted_relations`
-//!    only, and an UPDATE that reads only its own table and assigns only values
-//!    (`SET phone = $1 WHERE id = $2`).
+//!    only, and an UPDATE that reads only its own table and copies no classified column (or
+//!    whole row) into a column no class names (`SET phone = $1`, `SET n = n + 1`).
 //! 8. **COPY to a server file or program**.
 //! 9. **Changes to the tables the classes name** (and to any schema): ALTER, RENAME, triggers,
 //!    rules, policies, indexes. Classes match by name, so a renamed column or table, or a
@@ -320,7 +320,20 @@ fn refusal(
             ADMIN.into(),
         ));
     }
-    let toks = match sqlscan::tokenize(&query.sql) {
+    // The text is read only when a check needs it: calls and casts need parentheses or `::`,
+    // and cursors, PREPARE and UPDATE their own tokens. `SELECT a FROM t WHERE id = $1`
+    // (most traffic) is judged on the analysis alone.
+    let needs_tokens = query.sql.contains(['(', ':'])
+        || query.statements.iter().any(|s| {
+            s.is_command("DECLARE CURSOR")
+                || matches!(s.kind, StatementKind::Prepare | StatementKind::Update)
+        });
+    let tokens = if needs_tokens {
+        sqlscan::tokenize(&query.sql)
+    } else {
+        Ok(Vec::new())
+    };
+    let toks = match tokens {
         Ok(t) => t,
         Err(e) => {
             return Some((
@@ -507,11 +520,37 @@ fn refusal(
                     .iter()
                     .any(|p| p.matches_relation_strictly(r))
             });
+            // An UPDATE of one table that reads nothing else may copy a value into another
+            // column of it, unless the value is classified and the column it lands in is not.
             let own_update = s.kind == StatementKind::Update
                 && s.reads
                     .iter()
                     .all(|r| s.writes.iter().any(|w| w.relation.name == r.name))
-                && mine.and_then(sqlscan::update_assigns_only_values) == Some(true);
+                && mine
+                    .and_then(sqlscan::update_assignments)
+                    .is_some_and(|assignments| {
+                        assignments.iter().all(|a| {
+                            let classified_source = a.sources.iter().any(|src| {
+                                any_column
+                                    || classified_names.contains(&src.as_str())
+                                    || row_names.iter().any(|r| r == src)
+                                    || s.writes.iter().any(|w| w.relation.name == *src)
+                            });
+                            let classified_target = !a.targets.is_empty()
+                                && a.targets.iter().all(|t| {
+                                    active.iter().any(|i| {
+                                        config.classes[i].lineage.iter().any(|p| {
+                                            p.matches_column(
+                                                w.relation.schema.as_deref().unwrap_or(""),
+                                                &w.relation.name,
+                                                t,
+                                            )
+                                        })
+                                    })
+                                });
+                            !a.subquery && (!classified_source || classified_target)
+                        })
+                    });
             if !s.reads.is_empty() && !trusted && !own_update {
                 let read = s
                     .reads
