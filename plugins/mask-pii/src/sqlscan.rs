@@ -995,9 +995,8 @@ pub fn update_assignments(toks: &[Tok]) -> Option<Vec<Assignment>> {
             t if depth == 0 && (t.is("where") || t.is("from") || t.is("returning")) => break,
             Tok::Ident { name, quoted } if !in_value => {
                 // `SET a = ...`, `SET (a, b) = ...`, `SET a[1] = ...`, `SET a.f = ...`.
-                if toks[j - 1] != Tok::Dot && (*quoted || !is_keyword(name)) {
-                    current.targets.push(name.clone());
-                }
+                let column = toks[j - 1] != Tok::Dot && (*quoted || !is_keyword(name));
+                current.targets.extend(column.then(|| name.clone()));
             }
             Tok::Ident { name, quoted } => {
                 if t.is("select") {
