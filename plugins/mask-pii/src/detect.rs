@@ -1112,6 +1112,90 @@ mod tests {
         assert_eq!((spans[0].start, spans[0].end), (2, 23));
     }
 
+    /// Generated text mixing fragments of every detector's patterns with multi-byte
+    /// characters: no panic, and every span is sorted, disjoint and on character boundaries.
+    #[test]
+    fn spans_are_disjoint_and_on_character_boundaries_for_any_text() {
+        const PIECES: &[&str] = &[
+            "ada",
+            "@",
+            ".",
+            "example",
+            "com",
+            "-",
+            " ",
+            "+1",
+            "(",
+            ")",
+            "555",
+            "0",
+            "4111",
+            "123",
+            "45",
+            "6789",
+            "DE89",
+            "3704",
+            "eyJ",
+            "hbGci",
+            "-----BEGIN ",
+            "PRIVATE KEY",
+            "-----",
+            "-----END ",
+            "sk_live_",
+            "ghp_",
+            "AKIA",
+            "é",
+            "日本",
+            "👋",
+            "ß",
+            "\n",
+            "\"",
+            ",",
+            "{",
+            "}",
+            ":",
+            "_",
+            "x",
+            "9",
+            "00",
+            "/",
+            "ü@ä.de",
+        ];
+        let all = Detectors::new(Detector::ALL, &["acme_".to_owned()]);
+        let mut spans = Vec::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let n = (seed % 24) as usize;
+            let mut r = seed;
+            for _ in 0..n {
+                r = r
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push_str(PIECES[(r >> 33) as usize % PIECES.len()]);
+            }
+            all.find(text.as_bytes(), &mut spans);
+            let mut last = 0;
+            for sp in &spans {
+                assert!(
+                    sp.start >= last && sp.start < sp.end && sp.end <= text.len(),
+                    "{text:?}: {spans:?}"
+                );
+                assert!(
+                    text.is_char_boundary(sp.start) && text.is_char_boundary(sp.end),
+                    "{text:?}: {spans:?}"
+                );
+                last = sp.end;
+            }
+            let mut out = String::new();
+            crate::strategy::partial_into(&text, 4, &mut out);
+            assert_eq!(out.chars().count(), text.chars().count());
+        }
+    }
+
     #[test]
     fn api_key_first_bytes_cover_every_prefix() {
         for (prefix, _, _) in API_KEYS {

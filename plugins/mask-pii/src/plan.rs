@@ -314,58 +314,80 @@ fn merge_actions(a: &Action, b: &Action, config: &Config) -> Action {
 /// or the plan was evicted) is stopped rather than guessed at.
 #[derive(Debug, Default)]
 pub struct Plans {
-    /// The plan and the sequence number it was last used under.
-    by_key: HashMap<(u64, Signature), (Plan, u64)>,
+    /// By session and a hash of the signature: the signature itself, the plan, and the
+    /// sequence number it was last used under.
+    by_key: HashMap<(u64, u64), (Signature, Plan, u64)>,
     /// Keys in the order they were used; stale entries (used again since) are skipped when
     /// they come up for eviction.
-    order: VecDeque<(u64, Signature, u64)>,
+    order: VecDeque<((u64, u64), u64)>,
+    /// Columns over all kept plans, to bound memory by size as well as by count.
+    columns: usize,
     next: u64,
 }
 
 /// Plans kept per instance (the gateway remembers 64 result shapes per session); the least
 /// recently used is forgotten first.
 pub const MAX_PLANS: usize = 32_768;
+/// Columns kept over all plans.
+pub const MAX_COLUMNS: usize = 131_072;
+
+fn fingerprint(signature: &Signature) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    signature.hash(&mut h);
+    h.finish()
+}
 
 impl Plans {
     /// Records `plan` for `session`, merged with the plan already recorded for batches of the
     /// same columns.
     pub fn record(&mut self, session: u64, plan: Plan, config: &Config) {
-        let key = (session, plan.signature());
+        let signature = plan.signature();
+        let key = (session, fingerprint(&signature));
         self.next += 1;
         let seq = self.next;
         match self.by_key.get_mut(&key) {
-            Some((existing, used)) => {
+            Some((existing_signature, existing, used)) if *existing_signature == signature => {
                 existing.merge(&plan, config);
                 *used = seq;
             }
-            None => {
-                self.by_key.insert(key.clone(), (plan, seq));
+            _ => {
+                self.columns += plan.columns.len();
+                if let Some((_, old, _)) = self.by_key.insert(key, (signature, plan, seq)) {
+                    self.columns -= old.columns.len();
+                }
             }
         }
-        self.order.push_back((key.0, key.1, seq));
+        self.order.push_back((key, seq));
         self.trim();
     }
 
     /// The plan for a batch of `signature` in `session`, marked as just used.
     pub fn find(&mut self, session: u64, signature: Signature) -> Option<&Plan> {
-        let key = (session, signature);
+        let key = (session, fingerprint(&signature));
         self.next += 1;
         let seq = self.next;
-        let (_, used) = self.by_key.get_mut(&key)?;
-        *used = seq;
-        self.order.push_back((key.0, key.1.clone(), seq));
+        match self.by_key.get_mut(&key) {
+            Some((s, _, used)) if *s == signature => *used = seq,
+            _ => return None,
+        }
+        self.order.push_back((key, seq));
         self.trim();
-        self.by_key.get(&key).map(|(p, _)| p)
+        self.by_key.get(&key).map(|(_, p, _)| p)
     }
 
     fn trim(&mut self) {
-        while self.by_key.len() > MAX_PLANS || self.order.len() > 2 * MAX_PLANS {
-            let Some((session, signature, seq)) = self.order.pop_front() else {
+        while self.by_key.len() > MAX_PLANS
+            || self.columns > MAX_COLUMNS
+            || self.order.len() > 2 * MAX_PLANS
+        {
+            let Some((key, seq)) = self.order.pop_front() else {
                 break;
             };
-            let key = (session, signature);
-            if self.by_key.get(&key).is_some_and(|(_, s)| *s == seq) {
-                self.by_key.remove(&key);
+            if self.by_key.get(&key).is_some_and(|(_, _, s)| *s == seq) {
+                if let Some((_, old, _)) = self.by_key.remove(&key) {
+                    self.columns -= old.columns.len();
+                }
             }
         }
     }
@@ -384,4 +406,90 @@ impl Plans {
 /// Names of the detectors, for messages.
 pub fn detector_names(ds: &[Detector]) -> String {
     ds.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse("[[class]]\nname = \"email\"\nlineage = [\"email\"]\nstrategy = \"redact\"\n")
+            .unwrap()
+    }
+
+    fn plan(columns: usize, action: Action) -> Plan {
+        Plan {
+            active: Active(1),
+            columns: (0..columns)
+                .map(|i| ColumnPlan {
+                    index: i as u32,
+                    name: format!("c{i}"),
+                    type_oid: 25,
+                    action: action.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn plans_are_bounded_by_count_and_size_and_used_ones_stay() {
+        let config = config();
+        let mut plans = Plans::default();
+        plans.record(0, plan(1, Action::Detect), &config);
+        for session in 1..(MAX_PLANS as u64 + 100) {
+            plans.record(session, plan(1, Action::Detect), &config);
+            if session % 1000 == 0 {
+                // A long result keeps being used.
+                assert!(plans.find(0, plan(1, Action::Detect).signature()).is_some());
+            }
+        }
+        assert!(plans.len() <= MAX_PLANS);
+        assert!(plans.find(0, plan(1, Action::Detect).signature()).is_some());
+        assert!(
+            plans.find(1, plan(1, Action::Detect).signature()).is_none(),
+            "the oldest unused one went"
+        );
+
+        let mut plans = Plans::default();
+        for session in 0..2000 {
+            plans.record(session, plan(100, Action::Detect), &config);
+        }
+        assert!(plans.columns <= MAX_COLUMNS);
+        assert!(plans
+            .find(1999, plan(100, Action::Detect).signature())
+            .is_some());
+    }
+
+    #[test]
+    fn merged_plans_take_the_most_masking_action_per_column() {
+        let config = config();
+        let mut plans = Plans::default();
+        plans.record(7, plan(1, Action::Detect), &config);
+        plans.record(
+            7,
+            plan(
+                1,
+                Action::Mask {
+                    class: 0,
+                    direct: true,
+                },
+            ),
+            &config,
+        );
+        let merged = plans.find(7, plan(1, Action::Detect).signature()).unwrap();
+        assert_eq!(
+            merged.columns[0].action,
+            Action::Mask {
+                class: 0,
+                direct: false
+            }
+        );
+        plans.record(7, plan(1, Action::Refuse { classes: vec![0] }), &config);
+        let merged = plans.find(7, plan(1, Action::Detect).signature()).unwrap();
+        assert_eq!(
+            merged.columns[0].action,
+            Action::Refuse { classes: vec![0] }
+        );
+        assert_eq!(plans.len(), 1);
+    }
 }

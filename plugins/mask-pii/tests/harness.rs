@@ -1281,3 +1281,77 @@ fn values_that_are_not_text_and_mix_sources_become_null_rather_than_stop_the_res
     );
     assert!(out.column(0).is_null(0) && out.column(1).is_null(0));
 }
+
+/// Generated statements, valid or not: the checks never panic and always answer with a
+/// verdict the gateway accepts (the harness checks that).
+#[test]
+fn any_statement_text_gets_a_valid_verdict() {
+    const PIECES: &[&str] = &[
+        "SELECT ",
+        "FROM ",
+        "customers ",
+        "c ",
+        "email",
+        "name",
+        "ssn",
+        ", ",
+        "(",
+        ")",
+        "::",
+        "int",
+        "varchar(3)",
+        "CAST(",
+        " AS ",
+        "text",
+        "substr(",
+        "lower(",
+        "1",
+        "'x'",
+        "$1",
+        "; ",
+        "DECLARE k CURSOR FOR ",
+        "PREPARE p AS ",
+        "PREPARE p (int) AS ",
+        "UPDATE customers SET ",
+        "= ",
+        "WHERE ",
+        "INSERT INTO t ",
+        "WITH x AS ",
+        "UNION ",
+        "\"Q\"",
+        ".",
+        "*",
+        "[1]",
+        "$$ x $$",
+        "E'\\''",
+        "-- c\n",
+        "/* c */",
+        "timestamp with time zone",
+        "OVER (",
+        "ON ",
+        "CREATE INDEX ON ",
+        "ALTER TABLE ",
+        "COPY ",
+        " TO STDOUT",
+        "TABLE ",
+        "RETURNING ",
+    ];
+    let mut h = harness();
+    let s = h.session("alice", &[]);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..3000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut r = seed;
+        let mut sql = String::new();
+        for _ in 0..(seed % 16) {
+            r = r
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            sql.push_str(PIECES[(r >> 33) as usize % PIECES.len()]);
+        }
+        let _ = h.query(&s, &sql);
+        let _ = h.query_extended(&s, &sql);
+    }
+}
