@@ -726,6 +726,17 @@ struct Results {
     discard: bool,
 }
 
+impl Results {
+    /// Ends the current result with `refusal` (once) and drops what the server sends until
+    /// ReadyForQuery.
+    fn refuse(&mut self, out: &mut BytesMut, refusal: &Refusal) {
+        if !self.discard {
+            refuse_result(out, refusal);
+        }
+        self.discard = true;
+    }
+}
+
 async fn server_to_client(
     ctx: &RelayContext<'_>,
     server: &mut ReadHalf<'_>,
@@ -796,8 +807,7 @@ async fn server_to_client(
                         out.extend_from_slice(&buf[written..pos]);
                         written = pos;
                         if let Err(r) = c.flush(host(ctx), ctx.plugin_session, &mut out) {
-                            refuse_result(&mut out, &r);
-                            results.discard = true;
+                            results.refuse(&mut out, &r);
                             relay = false;
                         }
                     }
@@ -806,8 +816,7 @@ async fn server_to_client(
                         out.extend_from_slice(&buf[written..pos]);
                         written = pos;
                         if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
-                            refuse_result(&mut out, &r);
-                            results.discard = true;
+                            results.refuse(&mut out, &r);
                             relay = false;
                         }
                         results.filter = None;
@@ -888,10 +897,7 @@ async fn server_to_client(
                                 out.extend_from_slice(&buf[written..pos]);
                                 written = pos + header.frame_len;
                                 relay = false;
-                                if !results.discard {
-                                    refuse_result(&mut out, &r);
-                                }
-                                results.discard = true;
+                                results.refuse(&mut out, &r);
                             }
                         }
                     }
@@ -905,10 +911,7 @@ async fn server_to_client(
                         if f.push(frame) {
                             if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
                                 results.filter = None;
-                                if !results.discard {
-                                    refuse_result(&mut out, &r);
-                                }
-                                results.discard = true;
+                                results.refuse(&mut out, &r);
                             }
                         }
                     }
@@ -925,10 +928,7 @@ async fn server_to_client(
                             out.extend_from_slice(&buf[written..pos]);
                             written = pos + header.frame_len;
                             relay = false;
-                            if !results.discard {
-                                refuse_result(&mut out, &r);
-                            }
-                            results.discard = true;
+                            results.refuse(&mut out, &r);
                         }
                     }
                 }
@@ -945,10 +945,7 @@ async fn server_to_client(
                         };
                         if let Err(r) = flushed {
                             results.copy = None;
-                            if !results.discard {
-                                refuse_result(&mut out, &r);
-                            }
-                            results.discard = true;
+                            results.refuse(&mut out, &r);
                         }
                     }
                 }
@@ -958,10 +955,7 @@ async fn server_to_client(
                         written = pos;
                         if let Err(r) = c.flush(host(ctx), ctx.plugin_session, &mut out) {
                             results.copy = None;
-                            if !results.discard {
-                                refuse_result(&mut out, &r);
-                            }
-                            results.discard = true;
+                            results.refuse(&mut out, &r);
                             relay = false;
                         }
                     }
@@ -972,10 +966,7 @@ async fn server_to_client(
                         out.extend_from_slice(&buf[written..pos]);
                         written = pos;
                         if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
-                            if !results.discard {
-                                refuse_result(&mut out, &r);
-                            }
-                            results.discard = true;
+                            results.refuse(&mut out, &r);
                             relay = false;
                         }
                     }
@@ -1048,8 +1039,7 @@ async fn server_to_client(
             if let Err(r) = flushed {
                 results.filter = None;
                 results.copy = None;
-                refuse_result(&mut out, &r);
-                results.discard = true;
+                results.refuse(&mut out, &r);
             }
             if !out.is_empty() {
                 state.client_at_boundary.store(false, Ordering::Release);
