@@ -238,16 +238,12 @@ pub const BUILTIN_FUNCTIONS: &[&str] = &[
     "pg_has_role",
     "pg_*_is_visible",
     "pg_encoding_to_char",
-    "pg_relation_size",
-    "pg_total_relation_size",
-    "pg_table_size",
-    "pg_indexes_size",
+    "pg_*_size",
     "pg_size_pretty",
     "pg_relation_is_publishable",
     "pg_is_other_temp_schema",
     "pg_my_temp_schema",
     "pg_tablespace_location",
-    "pg_column_size",
     "to_reg*",
 ];
 

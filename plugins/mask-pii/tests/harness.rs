@@ -854,6 +854,7 @@ mod statements {
             "BEGIN; SELECT 1; COMMIT",
             "SELECT (information_schema._pg_expandarray(i.indkey)).n FROM pg_catalog.pg_index i",
             "SET search_path = public",
+            "SELECT pg_catalog.pg_size_pretty(pg_catalog.pg_database_size(d.datname)) FROM pg_catalog.pg_database d",
         ] {
             allowed(&mut h, &s, sql);
         }
