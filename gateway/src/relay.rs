@@ -1144,7 +1144,8 @@ async fn start_copy(
 
 /// The result starting with RowDescription `frame`: its filter, if some plugin subscribes.
 /// A session's earlier subscription decisions, by result shape: the same RowDescription from
-/// the same statement shape, with the same plugins and catalog, is subscribed the same way.
+/// the same statement shape, with the same plugins, plugin instances and catalog, is
+/// subscribed the same way.
 #[derive(Default)]
 struct Subscriptions {
     entries: Vec<Remembered>,
@@ -1152,6 +1153,8 @@ struct Subscriptions {
 
 struct Remembered {
     chain: u64,
+    /// [`crate::plugins::instance_epoch`] when the answer was given.
+    instances: u64,
     catalog: u64,
     row_description: Vec<u8>,
     analysis: Option<Arc<Analysis>>,
@@ -1180,8 +1183,10 @@ async fn start_result(
     }
     let catalog = r.catalog.generation();
     let subscribe = subscriber(host, ctx, r, state);
+    let instances = crate::plugins::instance_epoch();
     let same = |e: &Remembered| {
         e.chain == chain
+            && e.instances == instances
             && e.catalog == catalog
             && e.statement == statement
             && e.row_description == frame[5..]
@@ -1212,6 +1217,8 @@ async fn start_result(
     }
     known.entries.push(Remembered {
         chain,
+        // After the answers: asking may have created the instances.
+        instances: crate::plugins::instance_epoch(),
         catalog,
         row_description: frame[5..].to_vec(),
         analysis,

@@ -825,3 +825,75 @@ pub fn sqlstate(error_body: &[u8]) -> String {
     }
     String::new()
 }
+
+/// Protocol messages for [`RawClient`] scripts: tag and body, built by the functions here.
+pub mod wire {
+    use super::RawClient;
+
+    /// A protocol message: tag and body.
+    pub type Message = (u8, Vec<u8>);
+
+    pub fn cstr(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(s.as_bytes());
+        out.push(0);
+    }
+
+    pub fn query(sql: &str) -> Message {
+        let mut b = Vec::new();
+        cstr(&mut b, sql);
+        (b'Q', b)
+    }
+
+    pub fn parse(name: &str, sql: &str) -> Message {
+        let mut b = Vec::new();
+        cstr(&mut b, name);
+        cstr(&mut b, sql);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        (b'P', b)
+    }
+
+    /// Bind with no parameters and every result column in `format` (0 text, 1 binary).
+    pub fn bind(portal: &str, stmt: &str, format: i16) -> Message {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        cstr(&mut b, stmt);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&format.to_be_bytes());
+        (b'B', b)
+    }
+
+    pub fn describe_portal(portal: &str) -> Message {
+        let mut b = vec![b'P'];
+        cstr(&mut b, portal);
+        (b'D', b)
+    }
+
+    pub fn execute(portal: &str, max_rows: i32) -> Message {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        b.extend_from_slice(&max_rows.to_be_bytes());
+        (b'E', b)
+    }
+
+    pub fn sync() -> Message {
+        (b'S', Vec::new())
+    }
+
+    /// Sends `script` and returns every message up to the last ReadyForQuery it causes.
+    pub fn run(client: &mut RawClient, script: &[Message]) -> Vec<Message> {
+        let readies = script
+            .iter()
+            .filter(|(t, _)| matches!(t, b'Q' | b'S'))
+            .count();
+        for (tag, body) in script {
+            client.send(*tag, body).unwrap();
+        }
+        let mut out = Vec::new();
+        for _ in 0..readies {
+            out.extend(client.read_until_ready().unwrap());
+        }
+        out
+    }
+}

@@ -2,6 +2,7 @@
 //! sends on a direct connection: every common type, NULLs, empty and large values, in text and
 //! binary format, over the simple and the extended protocol, row-limited portals and cursors.
 
+use pgward_e2e::wire::{self as msg, run, Message};
 use pgward_e2e::{
     plugin_wasm, plugins_dir, sqlstate, Gateway, GatewayOptions, Postgres, RawClient,
 };
@@ -36,54 +37,6 @@ INSERT INTO every_type VALUES
 const TABLE_COLUMNS: &str = "id,b,i2,i4,i8,f4,f8,n,t,vc,bc,nm,by,d,tm,ts,tz,iv,u,j,jb,ai,at,other";
 
 const SELECT_ALL: &str = "SELECT * FROM every_type ORDER BY id";
-
-/// Bodies of the protocol messages the scripts send.
-mod msg {
-    pub fn cstr(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(s.as_bytes());
-        out.push(0);
-    }
-    pub fn query(sql: &str) -> (u8, Vec<u8>) {
-        let mut b = Vec::new();
-        cstr(&mut b, sql);
-        (b'Q', b)
-    }
-    pub fn parse(name: &str, sql: &str) -> (u8, Vec<u8>) {
-        let mut b = Vec::new();
-        cstr(&mut b, name);
-        cstr(&mut b, sql);
-        b.extend_from_slice(&0i16.to_be_bytes());
-        (b'P', b)
-    }
-    /// Bind with no parameters and every result column in `format` (0 text, 1 binary).
-    pub fn bind(portal: &str, stmt: &str, format: i16) -> (u8, Vec<u8>) {
-        let mut b = Vec::new();
-        cstr(&mut b, portal);
-        cstr(&mut b, stmt);
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&1i16.to_be_bytes());
-        b.extend_from_slice(&format.to_be_bytes());
-        (b'B', b)
-    }
-    pub fn describe_portal(portal: &str) -> (u8, Vec<u8>) {
-        let mut b = vec![b'P'];
-        cstr(&mut b, portal);
-        (b'D', b)
-    }
-    pub fn execute(portal: &str, max_rows: i32) -> (u8, Vec<u8>) {
-        let mut b = Vec::new();
-        cstr(&mut b, portal);
-        b.extend_from_slice(&max_rows.to_be_bytes());
-        (b'E', b)
-    }
-    pub fn sync() -> (u8, Vec<u8>) {
-        (b'S', Vec::new())
-    }
-}
-
-/// A protocol message: tag and body.
-type Message = (u8, Vec<u8>);
 
 /// Message sequences that return table data, one per path.
 fn scripts() -> Vec<(&'static str, Vec<Message>)> {
@@ -173,22 +126,6 @@ fn scripts() -> Vec<(&'static str, Vec<Message>)> {
             )],
         ),
     ]
-}
-
-/// Sends `script` and returns every message up to the last ReadyForQuery it causes.
-fn run(client: &mut RawClient, script: &[Message]) -> Vec<Message> {
-    let readies = script
-        .iter()
-        .filter(|(t, _)| matches!(t, b'Q' | b'S'))
-        .count();
-    for (tag, body) in script {
-        client.send(*tag, body).unwrap();
-    }
-    let mut out = Vec::new();
-    for _ in 0..readies {
-        out.extend(client.read_until_ready().unwrap());
-    }
-    out
 }
 
 fn gateway(pg: &Postgres, dir: &Path) -> Gateway {

@@ -308,6 +308,15 @@ thread_local! {
     static INSTANCES: RefCell<HashMap<u64, Instance>> = RefCell::new(HashMap::new());
     /// The chain generation those instances were last pruned for.
     static PRUNED_FOR: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Instances created on this thread so far.
+    static INSTANTIATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Changes whenever this thread creates a plugin instance: a new instance remembers nothing
+/// its predecessor was told (on-result-schema answers, per-session state), so whatever the
+/// gateway remembered about earlier answers must be asked again.
+pub fn instance_epoch() -> u64 {
+    INSTANTIATIONS.get()
 }
 
 /// The plugin runtime: engine, linker, the current chain and the status of every file.
@@ -436,6 +445,7 @@ impl PluginHost {
 
     /// Instantiates and initialises one instance of `plugin`.
     fn instantiate(&self, plugin: &LoadedPlugin) -> Result<Instance, CallError> {
+        INSTANTIATIONS.set(INSTANTIATIONS.get() + 1);
         let mut store = self.new_store(plugin);
         Self::arm(&mut store, self.settings.batch_deadline);
         let instance = poll_once(plugin.pre.instantiate_async(&mut store))

@@ -169,7 +169,7 @@ impl Catalog {
                 .unwrap_or_default();
             for (attnum, lineage) in info.columns.iter_mut() {
                 let sources = per_column.get((*attnum as usize).wrapping_sub(1));
-                let mut derived: Vec<wit::ColumnLineage> = sources
+                let derived: Vec<wit::ColumnLineage> = sources
                     .into_iter()
                     .flatten()
                     .map(|s| wit::ColumnLineage {
@@ -179,10 +179,14 @@ impl Catalog {
                         inferred: true,
                     })
                     .collect();
-                if per_column.is_empty() {
-                    warn!(view = %info.name, "view definition not understood: its columns carry the view's own lineage only");
+                // A view column derives from what its definition reads; the view's own name
+                // stays only when the definition was not understood (or is a constant).
+                if !derived.is_empty() {
+                    *lineage = derived;
                 }
-                lineage.append(&mut derived);
+            }
+            if per_column.is_empty() {
+                warn!(view = %info.name, "view definition not understood: its columns carry the view's own lineage only");
             }
         }
         Ok(out)

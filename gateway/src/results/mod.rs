@@ -101,6 +101,13 @@ pub async fn subscribe(
         return Ok(None);
     }
     let columns = lineage(s, &fields, inferred).await?;
+    tracing::debug!(
+        columns = ?columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.type_oid, c.lineage.len()))
+            .collect::<Vec<_>>(),
+        "result schema"
+    );
     let mut subs = Vec::new();
     for plugin in plugins {
         let interest = s.host.on_result_schema(&plugin, s.session, &columns)?;
@@ -189,20 +196,22 @@ async fn lineage(
         .enumerate()
         .map(|(i, f)| {
             let mut lineage = Vec::new();
-            if f.table_oid != 0 {
-                if let Some(l) = tables
-                    .get(&f.table_oid)
-                    .and_then(|t| t.columns.get(&f.attnum))
-                {
-                    lineage.extend(l.iter().cloned());
+            if let Some(t) = tables.get(&f.table_oid) {
+                match f.attnum {
+                    // A whole-row reference (`SELECT c FROM customers c`): every column.
+                    0 => lineage.extend(t.columns.values().flatten().cloned()),
+                    n => lineage.extend(t.columns.get(&n).into_iter().flatten().cloned()),
                 }
-            } else if let Some(sources) = per_column.as_ref().and_then(|c| c.get(i)) {
-                lineage.extend(sources.iter().map(|s| wit::ColumnLineage {
-                    schema: s.relation.schema.clone().unwrap_or_default(),
-                    table: s.relation.name.clone(),
-                    column: s.column.clone(),
-                    inferred: true,
-                }));
+            }
+            if lineage.is_empty() {
+                if let Some(sources) = per_column.as_ref().and_then(|c| c.get(i)) {
+                    lineage.extend(sources.iter().map(|s| wit::ColumnLineage {
+                        schema: s.relation.schema.clone().unwrap_or_default(),
+                        table: s.relation.name.clone(),
+                        column: s.column.clone(),
+                        inferred: true,
+                    }));
+                }
             }
             wit::Column {
                 index: i as u32,
