@@ -17,7 +17,8 @@ scripts/build-plugins.sh
 echo "== tests"
 log=$(mktemp)
 set +e
-cargo test --workspace 2>&1 | tee "$log"
+# --no-fail-fast: a failure in one test binary still lets the others run and report.
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (cargo prints one per test binary).

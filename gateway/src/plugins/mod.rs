@@ -166,7 +166,9 @@ pub struct HostState {
 /// The deadline of one call, in CPU time of the calling thread. Wall-clock time alone would
 /// deny healthy statements whenever the machine is busy and the thread is preempted mid-call
 /// (seen under pgbench with 32 clients on 2 cores); CPU time measures what the plugin itself
-/// spent. A wall-clock cap still bounds a call whose thread is starved.
+/// spent. A wall-clock cap (ten times the budget plus two seconds: generous, since on a
+/// saturated machine a runnable thread can wait hundreds of milliseconds for a core) still
+/// bounds a call whose CPU time cannot be read.
 #[derive(Clone, Copy)]
 struct CallBudget {
     cpu_start: Duration,
@@ -179,7 +181,7 @@ impl CallBudget {
         CallBudget {
             cpu_start: thread_cpu_time(),
             cpu,
-            wall_deadline: std::time::Instant::now() + cpu * 10 + Duration::from_millis(250),
+            wall_deadline: std::time::Instant::now() + cpu * 10 + Duration::from_secs(2),
         }
     }
 
