@@ -237,8 +237,8 @@ fn plugins_dir_of(name: &str, plugins: &[(&str, &str, &str)]) -> Result<std::pat
     Ok(dir)
 }
 
-/// mask-pii for the benchmark tables: e-mails classified by lineage and hashed, the detectors
-/// on every other text column (its secure default).
+/// mask-pii for the benchmark tables: e-mails classified by lineage and hashed (keyed
+/// HMAC-SHA256 per value), the detectors on every other text column (its secure default).
 const MASK_PII_BENCH: &str = "[hash]\nkey = \"bench-key-0123456789abcdef\"\n\n\
     [[class]]\nname = \"email\"\nlineage = [\"*.*.email\"]\ndetectors = [\"email\"]\nstrategy = \"hash\"\n";
 
@@ -503,6 +503,20 @@ async fn main() -> Result<()> {
     if let Some(g) = policy_gw.as_ref().filter(|_| suite("results")) {
         result_targets.push(target_of("pgward+guardrails+mask-pii", g));
     }
+    // The same with the partial strategy (keep the last 4 characters) instead of the hash.
+    let partial_gw = if suite("results") {
+        let config = MASK_PII_BENCH.replace(
+            "strategy = \"hash\"",
+            "strategy = \"partial\"\nkeep_last = 4",
+        );
+        let dir = plugins_dir_of("mask-pii-partial", &[("mask_pii", "mask_pii", &config)])?;
+        Some(bench_gateway(&pg, Some(dir))?)
+    } else {
+        None
+    };
+    if let Some(g) = &partial_gw {
+        result_targets.push(target_of("pgward+mask-pii partial", g));
+    }
     let postmaster = postmaster_pid(&pg)?;
     if std::env::args().nth(1).as_deref() == Some("serve") {
         // For profiling by hand: keep everything up and say where it is.
@@ -719,6 +733,7 @@ async fn main() -> Result<()> {
     }
     drop(plugin_gw);
     drop(policy_gw);
+    drop(partial_gw);
     drop(gw);
     Ok(())
 }
