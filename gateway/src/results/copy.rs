@@ -434,6 +434,11 @@ fn unescape_text(field: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 fn escape_text(v: &[u8], delimiter: u8, o: &mut BytesMut) {
+    let special = |b: u8| b == b'\\' || b == delimiter || matches!(b, 8..=13);
+    if !v.iter().any(|&b| special(b)) {
+        o.extend_from_slice(v);
+        return;
+    }
     for &b in v {
         match b {
             b'\\' => o.extend_from_slice(b"\\\\"),

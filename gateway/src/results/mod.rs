@@ -466,13 +466,17 @@ impl Filter {
             }
             return Ok(());
         }
+        // Per changed column, which rows differ (one pass per column, not per cell).
+        let mut differing: Vec<Vec<bool>> = vec![Vec::new(); ncols];
+        for &c in &changed {
+            if let (Some(a), Some(b)) = (&original[c], &arrays[c]) {
+                differing[c] = types::differing_rows(a.as_ref(), b.as_ref());
+            }
+        }
         let mut value = Vec::new();
         let mut frame = BytesMut::new();
         for r in 0..nrows {
-            let differs = |c: usize| match (&original[c], &arrays[c]) {
-                (Some(a), Some(b)) => !types::same_value(a.as_ref(), b.as_ref(), r),
-                _ => false,
-            };
+            let differs = |c: usize| differing[c].get(r).copied().unwrap_or(false);
             if !changed.iter().any(|&c| differs(c)) {
                 emit(r, None)?;
                 continue;

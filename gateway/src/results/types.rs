@@ -565,6 +565,22 @@ fn decode_strings(kind: Kind, binary: bool, cells: &[Option<&[u8]>]) -> Result<A
     Ok(Arc::new(b.finish()))
 }
 
+/// For each row, whether `new` holds a different value than `old` (same type assumed). Strings
+/// are compared with one downcast for the whole column; other types row by row.
+pub fn differing_rows(old: &dyn Array, new: &dyn Array) -> Vec<bool> {
+    let n = old.len().min(new.len());
+    if old.data_type() == &DataType::Utf8 {
+        let (o, w) = (old.as_string::<i32>(), new.as_string::<i32>());
+        return (0..n)
+            .map(|i| match (o.is_null(i), w.is_null(i)) {
+                (false, false) => o.value(i) != w.value(i),
+                (a, b) => a != b,
+            })
+            .collect();
+    }
+    (0..n).map(|i| !same_value(old, new, i)).collect()
+}
+
 /// Whether row `i` holds the same value in `old` and `new` (same type assumed).
 pub fn same_value(old: &dyn Array, new: &dyn Array, i: usize) -> bool {
     if old.is_null(i) || new.is_null(i) {
