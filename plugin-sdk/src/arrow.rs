@@ -182,55 +182,12 @@ pub fn map_strings(
 /// value, natively and in a plugin.
 pub fn map_strings_into(
     array: &dyn Array,
-    f: impl FnMut(&str, &mut String),
-) -> Result<ArrayRef, String> {
-    match array.data_type() {
-        DataType::Utf8 => Ok(Arc::new(map_offset_strings(array.as_string::<i32>(), f))),
-        DataType::LargeUtf8 => Ok(Arc::new(map_offset_strings(array.as_string::<i64>(), f))),
-        DataType::Utf8View => {
-            let mut f = f;
-            let strings = array.as_string_view();
-            let mut builder = StringViewBuilder::with_capacity(strings.len());
-            let mut out = String::new();
-            for value in strings {
-                match value {
-                    Some(s) => {
-                        out.clear();
-                        f(s, &mut out);
-                        builder.append_value(&out);
-                    }
-                    None => builder.append_null(),
-                }
-            }
-            Ok(Arc::new(builder.finish()))
-        }
-        other => Err(format!(
-            "expected a string column (Utf8, LargeUtf8 or Utf8View), found {other}"
-        )),
-    }
-}
-
-fn map_offset_strings<O: OffsetSizeTrait>(
-    strings: &GenericStringArray<O>,
     mut f: impl FnMut(&str, &mut String),
-) -> GenericStringArray<O> {
-    // Same-length rewrites (masking) need exactly the input's bytes; a slice of a larger array
-    // counts only its own.
-    let offsets = strings.value_offsets();
-    let bytes = offsets[offsets.len() - 1].as_usize() - offsets[0].as_usize();
-    let mut builder = GenericStringBuilder::<O>::with_capacity(strings.len(), bytes);
-    let mut out = String::new();
-    for value in strings {
-        match value {
-            Some(s) => {
-                out.clear();
-                f(s, &mut out);
-                builder.append_value(&out);
-            }
-            None => builder.append_null(),
-        }
-    }
-    builder.finish()
+) -> Result<ArrayRef, String> {
+    map_nullable_strings_into(array, |value, out| {
+        f(value, out);
+        true
+    })
 }
 
 /// Like [`map_strings_into`], but `f` may also turn a value into NULL: it appends the new

@@ -24,7 +24,9 @@
 //! assert!(err.contains("key `protected`") && err.contains("not a name pattern"), "{err}");
 //! ```
 
-use crate::types::{split_pattern, ObjectKind, PatternPart, Relation, Write, WriteAction};
+use crate::types::{
+    split_pattern, ObjectKind, PatternPart, Relation, Statement, Write, WriteAction,
+};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 
@@ -257,6 +259,32 @@ impl Write {
             A::Refresh => "REFRESH MATERIALIZED VIEW".to_owned(),
             A::Lock => "LOCK TABLE".to_owned(),
             A::Maintain => "VACUUM or ANALYZE".to_owned(),
+        }
+    }
+
+    /// This write of `statement` named for messages, with `name` for its relation:
+    /// `DELETE on public.accounts`, or `DELETE on public.accounts inside COPY` when it hides
+    /// in another command.
+    pub fn describe(&self, statement: &Statement, name: &Relation) -> String {
+        let verb = match self.action {
+            WriteAction::Maintain => statement.command.clone(),
+            _ => self.command(),
+        };
+        if statement.command.starts_with(&verb) || verb.starts_with(&statement.command) {
+            format!("{verb} on {name}")
+        } else {
+            format!("{verb} on {name} inside {}", statement.command)
+        }
+    }
+}
+
+impl Statement {
+    /// The statement's command for messages, or `fallback` when the gateway gave none.
+    pub fn command_or<'a>(&'a self, fallback: &'a str) -> &'a str {
+        if self.command.is_empty() {
+            fallback
+        } else {
+            &self.command
         }
     }
 }

@@ -219,11 +219,11 @@ impl Plugin for ApprovalRules {
             let hidden = match s.kind {
                 StatementKind::Unknown => Some(format!(
                     "{}, which the gateway could not analyse",
-                    command_or(s, "a statement")
+                    s.command_or("a statement")
                 )),
                 StatementKind::Call => Some(format!(
                     "{}, whose writes are not visible",
-                    command_or(s, "CALL")
+                    s.command_or("CALL")
                 )),
                 _ => None,
             };
@@ -237,7 +237,7 @@ impl Plugin for ApprovalRules {
                         .iter()
                         .find(|c| rule.on.iter().any(|p| p.matches(c)))
                         .unwrap_or(&w.relation);
-                    return self.hold(session, rule, describe(w, s, shown));
+                    return self.hold(session, rule, w.describe(s, shown));
                 }
             }
             // DDL whose target the analysis does not name (ALTER DEFAULT PRIVILEGES, CREATE
@@ -316,26 +316,6 @@ impl ApprovalRules {
             None => format!("rule \"{}\" covers {what}", rule.name),
         };
         Verdict::require_approval(reason, rule.approvers.clone())
-    }
-}
-
-/// How a write is named in reasons: `UPDATE on billing.invoices`, or `DELETE on
-/// billing.invoices inside COPY` when it hides in another command.
-fn describe(w: &Write, s: &Statement, name: &Relation) -> String {
-    let verb = match w.action {
-        WriteAction::Maintain => s.command.clone(),
-        _ => w.command(),
-    };
-    match s.command.starts_with(&verb) || verb.starts_with(&s.command) {
-        true => format!("{verb} on {name}"),
-        false => format!("{verb} on {name} inside {}", s.command),
-    }
-}
-
-fn command_or<'a>(s: &'a Statement, fallback: &'a str) -> &'a str {
-    match s.command.is_empty() {
-        true => fallback,
-        false => &s.command,
     }
 }
 

@@ -419,7 +419,7 @@ impl Guardrails {
                 Rule::UnboundedWrite,
                 format!(
                     "{} with a WHERE clause that is always true",
-                    command_or(s, "a statement")
+                    s.command_or("a statement")
                 ),
                 "write a WHERE clause that selects the rows to change",
             ));
@@ -535,7 +535,7 @@ impl Guardrails {
     fn judge_write(&self, p: &Profile, s: &Statement, w: &Write) -> Result<(), Refusal> {
         use WriteAction as A;
         let candidates = self.candidates(p, &w.relation, w.object);
-        let what = |relation: Option<&Relation>| describe(w, s, relation.unwrap_or(&w.relation));
+        let what = |relation: Option<&Relation>| w.describe(s, relation.unwrap_or(&w.relation));
 
         if matches!(w.action, A::Drop | A::Truncate) && self.protects(p, w, &candidates) {
             let protected = candidates
@@ -713,7 +713,7 @@ fn judge_unknown(p: &Profile, s: &Statement) -> Result<(), Refusal> {
         Rule::UnknownStatement,
         format!(
             "{}, which the gateway could not analyse",
-            command_or(s, "a statement")
+            s.command_or("a statement")
         ),
         format!(
             "statements the gateway can analyse are checked and may run (`pgward explain` shows \
@@ -805,26 +805,6 @@ fn read_only_hint(p: &Profile) -> String {
          and transaction control are allowed",
         p.name
     )
-}
-
-/// How a write is named in messages: `DELETE on public.accounts`, or `DELETE on
-/// public.accounts inside COPY` when it hides in another command.
-fn describe(w: &Write, s: &Statement, name: &Relation) -> String {
-    let verb = match w.action {
-        WriteAction::Maintain => s.command.clone(),
-        _ => w.command(),
-    };
-    match s.command.starts_with(&verb) || verb.starts_with(&s.command) {
-        true => format!("{verb} on {name}"),
-        false => format!("{verb} on {name} inside {}", s.command),
-    }
-}
-
-fn command_or<'a>(s: &'a Statement, fallback: &'a str) -> &'a str {
-    match s.command.is_empty() {
-        true => fallback,
-        false => &s.command,
-    }
 }
 
 fn unqualified(function: &str) -> &str {
