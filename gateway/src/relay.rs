@@ -1177,10 +1177,13 @@ async fn start_result(
     let (Some(host), Some(r)) = (ctx.plugins, &ctx.results) else {
         return Ok(None);
     };
-    let chain = host.chain().generation();
-    if !host.chain().wants_results() {
-        return Ok(None);
-    }
+    let chain = {
+        let c = host.chain();
+        if !c.wants_results() {
+            return Ok(None);
+        }
+        c.generation()
+    };
     let catalog = r.catalog.generation();
     let subscribe = subscriber(host, ctx, r, state);
     let instances = crate::plugins::instance_epoch();
