@@ -169,25 +169,66 @@ pub struct HostState {
 /// spent. A wall-clock cap (ten times the budget plus two seconds: generous, since on a
 /// saturated machine a runnable thread can wait hundreds of milliseconds for a core) still
 /// bounds a call whose CPU time cannot be read.
+///
+/// Reading the thread's CPU clock is a system call (≈ 0.5 µs here, a sixth of an on-query
+/// call), so a call does not read it when it starts: it takes the thread's last reading
+/// ([`CpuSnapshot`]) if that is at most one epoch tick old. The CPU the thread used between
+/// that reading and the call's start is at most the wall time between them, so the budget
+/// check subtracts that wall time and never counts more than the call used: a plugin can run
+/// at most one tick past its budget, which the tick granularity allows anyway.
 #[derive(Clone, Copy)]
 struct CallBudget {
-    cpu_start: Duration,
+    /// The thread's CPU time at or before the call's start.
+    cpu_base: Duration,
+    /// Wall time between that reading and the call's start: CPU the call may not have used.
+    slack: Duration,
     cpu: Duration,
     wall_deadline: std::time::Instant,
 }
 
+/// A reading of this thread's CPU clock and when it was taken.
+#[derive(Clone, Copy)]
+struct CpuSnapshot {
+    cpu: Duration,
+    at: std::time::Instant,
+}
+
+thread_local! {
+    static CPU_SNAPSHOT: std::cell::Cell<Option<CpuSnapshot>> = const { std::cell::Cell::new(None) };
+}
+
 impl CallBudget {
     fn start(cpu: Duration) -> Self {
+        let now = std::time::Instant::now();
+        let snapshot = match CPU_SNAPSHOT.get() {
+            Some(s) if now.saturating_duration_since(s.at) <= EPOCH_TICK => s,
+            _ => {
+                let s = CpuSnapshot {
+                    cpu: thread_cpu_time(),
+                    at: now,
+                };
+                CPU_SNAPSHOT.set(Some(s));
+                s
+            }
+        };
         CallBudget {
-            cpu_start: thread_cpu_time(),
+            cpu_base: snapshot.cpu,
+            slack: now.saturating_duration_since(snapshot.at),
             cpu,
-            wall_deadline: std::time::Instant::now() + cpu * 10 + Duration::from_secs(2),
+            wall_deadline: now + cpu * 10 + Duration::from_secs(2),
         }
+    }
+
+    /// CPU time the call has certainly used so far (it may have used up to `slack` more).
+    fn used(&self) -> Duration {
+        thread_cpu_time()
+            .saturating_sub(self.cpu_base)
+            .saturating_sub(self.slack)
     }
 
     /// Called at each epoch deadline: extend by the CPU time left, or stop the call.
     fn check(&self) -> wasmtime::UpdateDeadline {
-        let used = thread_cpu_time().saturating_sub(self.cpu_start);
+        let used = self.used();
         if used >= self.cpu || std::time::Instant::now() >= self.wall_deadline {
             wasmtime::UpdateDeadline::Interrupt
         } else {
@@ -782,5 +823,41 @@ fn truncate(s: &str, max: usize) -> &str {
 impl Drop for PluginHost {
     fn drop(&mut self) {
         warn!("plugin runtime stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spin_cpu(d: Duration) {
+        let start = thread_cpu_time();
+        while thread_cpu_time().saturating_sub(start) < d {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[test]
+    fn a_budget_counts_the_calls_own_cpu_and_stops_it_past_the_budget() {
+        let budget = CallBudget::start(Duration::from_millis(5));
+        assert!(matches!(budget.check(), wasmtime::UpdateDeadline::Continue(_)));
+        spin_cpu(Duration::from_millis(8));
+        assert!(matches!(budget.check(), wasmtime::UpdateDeadline::Interrupt));
+    }
+
+    #[test]
+    fn cpu_spent_before_a_call_is_not_charged_to_it() {
+        // Take a reading, burn CPU outside any call, then start one within the same tick or
+        // after it: the CPU burnt before the start never counts against the call.
+        let _ = CallBudget::start(Duration::from_millis(5));
+        spin_cpu(Duration::from_millis(6));
+        let budget = CallBudget::start(Duration::from_millis(5));
+        assert!(budget.used() < Duration::from_millis(2), "{:?}", budget.used());
+        assert!(matches!(budget.check(), wasmtime::UpdateDeadline::Continue(_)));
+        // Within one tick of the reading: the stale reading is corrected by the wall time.
+        let _ = CallBudget::start(Duration::from_millis(5));
+        spin_cpu(Duration::from_micros(500));
+        let budget = CallBudget::start(Duration::from_millis(5));
+        assert!(budget.used() < Duration::from_millis(1), "{:?}", budget.used());
     }
 }
