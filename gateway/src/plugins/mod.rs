@@ -392,6 +392,11 @@ impl PluginHost {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        if std::env::var_os("PGWARD_WASM_PERFMAP").is_some() {
+            // For profiling by hand: `perf report` names the plugins' compiled functions
+            // (wasmtime writes /tmp/perf-PID.map).
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| StartError(e.to_string()))?;
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
