@@ -8,6 +8,10 @@
 //! `BENCH_SKIP_PGBOUNCER=1` when PgBouncer is not installed, `BENCH_SUITES` (comma-separated,
 //! default `pgbench,stream,results`), `BENCH_WIDE_ROWS` for the wide result through result
 //! plugins (default 2000000), `BENCH_MEMORY_ROWS` for the peak-memory run (default 10000000).
+//!
+//! For profiling by hand: `loadbench serve` starts every target and prints where it listens;
+//! `loadbench query PORT USER PASSWORD DB SQL [TIMES]` streams one query's rows (binary, as the
+//! benchmark reads them) and prints rows/s.
 
 use anyhow::{bail, Context, Result};
 use futures_util::TryStreamExt;
@@ -362,6 +366,25 @@ fn median(v: &mut [f64]) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("query") {
+        let [_, _, port, user, password, db, sql, rest @ ..] = args.as_slice() else {
+            bail!("usage: loadbench query PORT USER PASSWORD DB SQL [TIMES]");
+        };
+        let t = Target {
+            name: "query",
+            port: port.parse().context("PORT")?,
+            user: user.clone(),
+            password: password.clone(),
+            proxy_pid: None,
+        };
+        let times: u32 = rest.first().map(|n| n.parse()).transpose()?.unwrap_or(1);
+        for _ in 0..times {
+            let (rows, rps) = stream_query(&t, db, sql).await?;
+            println!("{rows} rows, {rps:.0} rows/s");
+        }
+        return Ok(());
+    }
     let seconds = env_num("BENCH_SECONDS", 10);
     let rounds = env_num("BENCH_ROUNDS", 3);
     let rows = env_num("BENCH_ROWS", 3_000_000);

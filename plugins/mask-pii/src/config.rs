@@ -4,7 +4,7 @@
 
 use crate::detect::{Detector, Detectors};
 use crate::patterns::{FunctionPattern, LineagePattern};
-use crate::strategy::{Hasher, Strategy};
+use crate::strategy::{HashAlgorithm, Hasher, Strategy};
 use pgward_plugin_sdk::prelude::*;
 
 /// The file as written.
@@ -44,6 +44,7 @@ fn yes() -> bool {
 struct HashFile {
     key: Option<String>,
     length: Option<usize>,
+    algorithm: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -304,12 +305,21 @@ impl Config {
                         "key `hash.length`: {length} is not between 8 and 64 hex digits"
                     )));
                 }
-                Some(Hasher::new(key.as_bytes(), length))
+                let algorithm = match file.hash.algorithm.as_deref() {
+                    None | Some("blake3") => HashAlgorithm::Blake3,
+                    Some("hmac-sha256") => HashAlgorithm::HmacSha256,
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "key `hash.algorithm`: {other:?} is not one of \"blake3\", \"hmac-sha256\""
+                        )))
+                    }
+                };
+                Some(Hasher::new(algorithm, key.as_bytes(), length))
             }
             (None, None) => {
-                if file.hash.length.is_some() {
+                if file.hash.length.is_some() || file.hash.algorithm.is_some() {
                     return Err(invalid(
-                        "key `hash.length` is set but no `hash.key`".into(),
+                        "keys `hash.length` and `hash.algorithm` need a `hash.key`".into(),
                     ));
                 }
                 None
@@ -404,6 +414,10 @@ strategy = "partial"
         assert!(e.contains("key `hash.key`: use at least 16 bytes"), "{e}");
         let e = err("[hash]\nkey = \"0123456789abcdef\"\nlength = 4\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"hash\"\n");
         assert!(e.contains("key `hash.length`"), "{e}");
+        let e = err("[hash]\nkey = \"0123456789abcdef\"\nalgorithm = \"md5\"\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"hash\"\n");
+        assert!(e.contains("key `hash.algorithm`") && e.contains("\"md5\""), "{e}");
+        let e = err("[hash]\nalgorithm = \"blake3\"\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"null\"\n");
+        assert!(e.contains("need a `hash.key`"), "{e}");
         let e = err(
             "[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"redact\"\nkeep_last = 2\n",
         );

@@ -1141,7 +1141,7 @@ fn the_example_config_masks_the_demo_schema_as_documented() {
         row,
         [
             Some("[name]".to_owned()),
-            Some("43a1b73f0ca4f446".to_owned()),
+            Some("f92d7afe10ab050c".to_owned()),
             Some("+* *** *** 0100".to_owned()),
             Some("[redacted]".to_owned()),
             Some("**** **** **** 1111".to_owned()),
