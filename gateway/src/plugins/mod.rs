@@ -845,9 +845,15 @@ mod tests {
     #[test]
     fn a_budget_counts_the_calls_own_cpu_and_stops_it_past_the_budget() {
         let budget = CallBudget::start(Duration::from_millis(5));
-        assert!(matches!(budget.check(), wasmtime::UpdateDeadline::Continue(_)));
+        assert!(matches!(
+            budget.check(),
+            wasmtime::UpdateDeadline::Continue(_)
+        ));
         spin_cpu(Duration::from_millis(8));
-        assert!(matches!(budget.check(), wasmtime::UpdateDeadline::Interrupt));
+        assert!(matches!(
+            budget.check(),
+            wasmtime::UpdateDeadline::Interrupt
+        ));
     }
 
     #[test]
@@ -857,12 +863,23 @@ mod tests {
         let _ = CallBudget::start(Duration::from_millis(5));
         spin_cpu(Duration::from_millis(6));
         let budget = CallBudget::start(Duration::from_millis(5));
-        assert!(budget.used() < Duration::from_millis(2), "{:?}", budget.used());
-        assert!(matches!(budget.check(), wasmtime::UpdateDeadline::Continue(_)));
+        assert!(
+            budget.used() < Duration::from_millis(2),
+            "{:?}",
+            budget.used()
+        );
+        assert!(matches!(
+            budget.check(),
+            wasmtime::UpdateDeadline::Continue(_)
+        ));
         // Within one tick of the reading: the stale reading is corrected by the wall time.
         let _ = CallBudget::start(Duration::from_millis(5));
         spin_cpu(Duration::from_micros(500));
         let budget = CallBudget::start(Duration::from_millis(5));
-        assert!(budget.used() < Duration::from_millis(1), "{:?}", budget.used());
+        assert!(
+            budget.used() < Duration::from_millis(1),
+            "{:?}",
+            budget.used()
+        );
     }
 }

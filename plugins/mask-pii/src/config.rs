@@ -415,7 +415,10 @@ strategy = "partial"
         let e = err("[hash]\nkey = \"0123456789abcdef\"\nlength = 4\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"hash\"\n");
         assert!(e.contains("key `hash.length`"), "{e}");
         let e = err("[hash]\nkey = \"0123456789abcdef\"\nalgorithm = \"md5\"\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"hash\"\n");
-        assert!(e.contains("key `hash.algorithm`") && e.contains("\"md5\""), "{e}");
+        assert!(
+            e.contains("key `hash.algorithm`") && e.contains("\"md5\""),
+            "{e}"
+        );
         let e = err("[hash]\nalgorithm = \"blake3\"\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"null\"\n");
         assert!(e.contains("need a `hash.key`"), "{e}");
         let e = err(

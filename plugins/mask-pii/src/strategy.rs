@@ -98,9 +98,7 @@ impl Hasher {
     /// A hasher with `key`, writing `hex_len` hex digits (8..=64).
     pub fn new(algorithm: HashAlgorithm, key: &[u8], hex_len: usize) -> Hasher {
         let keyed = match algorithm {
-            HashAlgorithm::Blake3 => {
-                Keyed::Blake3(blake3::derive_key(BLAKE3_KEY_CONTEXT, key))
-            }
+            HashAlgorithm::Blake3 => Keyed::Blake3(blake3::derive_key(BLAKE3_KEY_CONTEXT, key)),
             HashAlgorithm::HmacSha256 => Keyed::HmacSha256(Box::new(
                 Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length"),
             )),
@@ -451,7 +449,11 @@ mod tests {
     use super::*;
 
     fn whole(strategy: &Strategy, kind: ValueKind, value: &str) -> Option<String> {
-        let h = Hasher::new(HashAlgorithm::Blake3, b"0123456789abcdef0123456789abcdef", 16);
+        let h = Hasher::new(
+            HashAlgorithm::Blake3,
+            b"0123456789abcdef0123456789abcdef",
+            16,
+        );
         let mut out = String::new();
         mask_whole(strategy, Some(&h), kind, value, &mut out).then_some(out)
     }
@@ -487,7 +489,9 @@ mod tests {
             seed ^= seed << 17;
             let len = (seed % 24) as usize;
             let value: String = (0..len)
-                .map(|k| char::from(alphabet[((seed >> (k % 8 * 8)) as usize + k) % alphabet.len()]))
+                .map(|k| {
+                    char::from(alphabet[((seed >> (k % 8 * 8)) as usize + k) % alphabet.len()])
+                })
                 .collect();
             for keep in [0, 1, 2, 4, 7] {
                 let (mut fast, mut slow) = (String::new(), String::new());
