@@ -727,6 +727,12 @@ struct Results {
 }
 
 impl Results {
+    /// Rows of a filtered result are held in a batch, not yet sent.
+    fn holds_rows(&self) -> bool {
+        self.filter.as_ref().is_some_and(|f| !f.is_empty())
+            || self.copy.as_ref().is_some_and(|c| !c.is_empty())
+    }
+
     /// Ends the current result with `refusal` (once) and drops what the server sends until
     /// ReadyForQuery.
     fn refuse(&mut self, out: &mut BytesMut, refusal: &Refusal) {
@@ -789,6 +795,9 @@ async fn server_to_client(
                 b'T' | b'n' | b'C' | b's' | b'I' | b'H' => tracking,
                 b'D' => results.filter.is_some(),
                 b'd' | b'c' => results.copy.is_some(),
+                // A notice or notification in the middle of a filtered result must not
+                // overtake the rows still held in the batch.
+                b'N' | b'A' => results.holds_rows(),
                 _ => false,
             };
             if !whole {
@@ -864,6 +873,25 @@ async fn server_to_client(
                     observe_server_message(state, frame);
                 }
                 b'S' => observe_server_message(state, frame),
+                b'N' | b'A' => {
+                    // Send the batch held so far first, so the frame keeps its place.
+                    out.extend_from_slice(&buf[written..pos]);
+                    written = pos;
+                    if let Some(f) = results.filter.as_mut() {
+                        if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
+                            results.filter = None;
+                            results.refuse(&mut out, &r);
+                            relay = false;
+                        }
+                    }
+                    if let Some(c) = results.copy.as_mut() {
+                        if let Err(r) = c.flush(host(ctx), ctx.plugin_session, &mut out) {
+                            results.copy = None;
+                            results.refuse(&mut out, &r);
+                            relay = false;
+                        }
+                    }
+                }
                 b'T' | b'n' => {
                     let front = {
                         let mut q = state.expect();

@@ -32,6 +32,13 @@ INSERT INTO every_type VALUES
   'a''b', 'x', '\x5c', '2000-01-01', '24:00:00', '2000-01-01 00:00:00', '1970-01-01 00:00:00+00',
   '0', '01234567-89ab-cdef-0123-456789abcdef', '{"nested": {"k": [1, "two"]}}', 'null', '{}', '{"\\"}',
   '0.0.0.0');
+CREATE FUNCTION noisy(v text, id int) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    IF id = 2 THEN
+        RAISE NOTICE 'computing row %', id;
+    END IF;
+    RETURN v;
+END $$;
 "#;
 
 const TABLE_COLUMNS: &str = "id,b,i2,i4,i8,f4,f8,n,t,vc,bc,nm,by,d,tm,ts,tz,iv,u,j,jb,ai,at,other";
@@ -52,6 +59,14 @@ fn scripts() -> Vec<(&'static str, Vec<Message>)> {
     };
     vec![
         ("simple query", vec![query(SELECT_ALL)]),
+        (
+            // The server flushes row 1 together with the notice raised while computing row 2:
+            // the notice must not overtake row 1, which waits in a batch.
+            "notice in the middle of a result",
+            vec![query(
+                "SELECT id, noisy(t, id) AS t FROM every_type ORDER BY id",
+            )],
+        ),
         (
             "multi-statement query",
             vec![query(
