@@ -1,6 +1,8 @@
 //! Cost of plugin calls through the real plugin host and real `.wasm` components (build them
 //! first with `scripts/build-plugins.sh`):
-//! - one on-query call per plugin per statement, marshaling of the statement analysis included;
+//! - one on-query call per plugin per statement, marshaling of the statement analysis included,
+//!   with `deny-keyword` (lower-cases and searches the SQL text) and with the template plugin
+//!   (checks on the analysis only);
 //! - one on-batch call of the mask-column plugin on 4096 rows of one text column, Arrow IPC in
 //!   and out, against the same plugin code run natively (decode, mask, encode).
 
@@ -22,32 +24,54 @@ use std::sync::Arc;
 /// Rows of the on-batch benchmark (the gateway's batch size is bounded by rows and bytes).
 const BATCH_ROWS: usize = 4096;
 
-fn bench(c: &mut Criterion) {
-    let dir = std::env::temp_dir().join(format!("pgward-bench-plugins-{}", std::process::id()));
+/// A plugin host over a fresh directory holding `files` (built plugin, file stem, config).
+fn host_with(label: &str, files: &[(&str, &str, &str)]) -> (Arc<PluginHost>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "pgward-bench-plugins-{label}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        pgward_e2e::plugin_wasm("deny_keyword"),
-        dir.join("deny.wasm"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("deny.toml"),
-        "word = \"forbidden_table\"\nsqlstate = \"42501\"\nmessage = \"no\"\n",
-    )
-    .unwrap();
-    std::fs::copy(
-        pgward_e2e::plugin_wasm("mask_column"),
-        dir.join("mask_column.wasm"),
-    )
-    .unwrap();
-    std::fs::write(dir.join("mask_column.toml"), MASK_CONFIG).unwrap();
+    for (wasm, stem, config) in files {
+        std::fs::copy(
+            pgward_e2e::plugin_wasm(wasm),
+            dir.join(format!("{stem}.wasm")),
+        )
+        .unwrap();
+        std::fs::write(dir.join(format!("{stem}.toml")), config).unwrap();
+    }
     let host = PluginHost::start(PluginsConfig {
         directory: Some(dir.clone()),
         watch: false,
         ..Default::default()
     })
     .unwrap();
+    (host, dir)
+}
+
+fn bench(c: &mut Criterion) {
+    let (host, dir) = host_with(
+        "deny",
+        &[
+            (
+                "deny_keyword",
+                "deny",
+                "word = \"forbidden_table\"\nsqlstate = \"42501\"\nmessage = \"no\"\n",
+            ),
+            ("mask_column", "mask_column", MASK_CONFIG),
+        ],
+    );
+    // The template: the checks a typical policy makes on the analysis (fingerprints, commands,
+    // groups, dropped tables), so its time is mostly the call and the marshaling.
+    let (template, template_dir) = host_with(
+        "template",
+        &[(
+            "pgward_plugin_template",
+            "template",
+            "deny_commands = [\"VACUUM\"]\nprotected_tables = [\"public.accounts\"]\n\
+             drop_allowed_groups = [\"dba\"]\n",
+        )],
+    );
     let identity = Identity {
         user: "alice".into(),
         groups: vec!["dev".into()],
@@ -56,6 +80,7 @@ fn bench(c: &mut Criterion) {
     let analyzer = SqlAnalyzer::new(1000);
     let opts = LexOptions::default();
     let chain = host.chain();
+    let template_chain = template.chain();
     for (label, sql) in [
         ("pgbench select", "SELECT abalance FROM pgbench_accounts WHERE aid = 42"),
         (
@@ -65,13 +90,18 @@ fn bench(c: &mut Criterion) {
         ),
     ] {
         let analysis = analyzer.analyze(sql, opts);
-        c.bench_function(&format!("on-query, 1 plugin, {label}"), |b| {
-            b.iter(|| {
-                host.on_query(&chain, &session, black_box(sql), &analysis, Protocol::Simple, |t| {
-                    analyzer.analyze(t, opts)
+        for (plugin, host, chain) in [
+            ("deny-keyword", &host, &chain),
+            ("template", &template, &template_chain),
+        ] {
+            c.bench_function(&format!("on-query, {plugin}, {label}"), |b| {
+                b.iter(|| {
+                    host.on_query(chain, &session, black_box(sql), &analysis, Protocol::Simple, |t| {
+                        analyzer.analyze(t, opts)
+                    })
                 })
-            })
-        });
+            });
+        }
     }
 
     let plugin = chain
@@ -96,6 +126,7 @@ fn bench(c: &mut Criterion) {
         |b| b.iter(|| native.on_batch(&native_session, black_box(&ipc))),
     );
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&template_dir);
 }
 
 const MASK_CONFIG: &str = "columns = [\"email\"]\n";

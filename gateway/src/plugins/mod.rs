@@ -25,7 +25,6 @@ mod loader;
 use crate::config::PluginsConfig;
 use arc_swap::ArcSwap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -347,8 +346,9 @@ struct Instance {
 }
 
 thread_local! {
-    /// Instances of plugin versions on this thread, by `LoadedPlugin::id`.
-    static INSTANCES: RefCell<HashMap<u64, Instance>> = RefCell::new(HashMap::new());
+    /// Instances of plugin versions on this thread, by `LoadedPlugin::id`: a handful, so a
+    /// scan beats hashing on every call.
+    static INSTANCES: RefCell<Vec<(u64, Instance)>> = const { RefCell::new(Vec::new()) };
     /// The chain generation those instances were last pruned for.
     static PRUNED_FOR: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Instances created on this thread so far.
@@ -372,6 +372,8 @@ pub struct PluginHost {
     status: Mutex<Vec<PluginStatus>>,
     /// Serialises reloads (the watcher and explicit calls).
     reload_lock: Mutex<()>,
+    /// The current chain's generation, for a cheap "has the chain changed" on every call.
+    generation: AtomicU64,
 }
 
 /// Why the plugin runtime could not start.
@@ -414,6 +416,7 @@ impl PluginHost {
             next_id: AtomicU64::new(1),
             status: Mutex::new(Vec::new()),
             reload_lock: Mutex::new(()),
+            generation: AtomicU64::new(0),
         });
         // The epoch ticker: deadlines are counted in ticks of this thread.
         let weak = Arc::downgrade(&host);
@@ -523,23 +526,28 @@ impl PluginHost {
             let mut instances = cell.borrow_mut();
             // After a reload, free this thread's instances of versions no longer in the chain
             // (their memory can be large); the one being called stays even if it was unloaded.
-            let chain = self.chain.load();
-            if PRUNED_FOR.get() != chain.generation {
-                PRUNED_FOR.set(chain.generation);
-                instances
-                    .retain(|id, _| *id == plugin.id || chain.plugins.iter().any(|p| p.id == *id));
+            let generation = self.generation.load(Ordering::Acquire);
+            if PRUNED_FOR.get() != generation {
+                PRUNED_FOR.set(generation);
+                let chain = self.chain.load();
+                instances.retain(|(id, _)| {
+                    *id == plugin.id || chain.plugins.iter().any(|p| p.id == *id)
+                });
             }
-            drop(chain);
-            let inst = match instances.entry(plugin.id) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(self.instantiate(plugin)?),
+            let at = match instances.iter().position(|(id, _)| *id == plugin.id) {
+                Some(at) => at,
+                None => {
+                    instances.push((plugin.id, self.instantiate(plugin)?));
+                    instances.len() - 1
+                }
             };
+            let inst = &mut instances[at].1;
             Self::arm(&mut inst.store, deadline);
             let result = f(&mut inst.store, &inst.plugin);
             match result {
                 Ok(r) => Ok(r),
                 Err(e) => {
-                    instances.remove(&plugin.id);
+                    instances.swap_remove(at);
                     let interrupted = e
                         .downcast_ref::<wasmtime::Trap>()
                         .is_some_and(|t| *t == wasmtime::Trap::Interrupt);
@@ -787,8 +795,9 @@ impl PluginHost {
                 .map(|p| format!("{}@{}", p.name, p.version))
                 .collect();
             info!(chain = ?names, "plugin chain updated");
-            self.chain
-                .store(Arc::new(Chain::new(self.next_id(), plugins)));
+            let generation = self.next_id();
+            self.chain.store(Arc::new(Chain::new(generation, plugins)));
+            self.generation.store(generation, Ordering::Release);
         }
         loader::write_status(self, &status);
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
