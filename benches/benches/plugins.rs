@@ -2,7 +2,7 @@
 //! first with `scripts/build-plugins.sh`):
 //! - one on-query call per plugin per statement, marshaling of the statement analysis included,
 //!   with `deny-keyword` (lower-cases and searches the SQL text) and with the template plugin
-//!   (checks on the analysis only);
+//!   (checks on the analysis only), and through the built-in guardrails and mask-pii;
 //! - one on-batch call of the mask-column plugin on 4096 rows of one text column, Arrow IPC in
 //!   and out, against the same plugin code run natively (decode, mask, encode).
 
@@ -72,6 +72,19 @@ fn bench(c: &mut Criterion) {
              drop_allowed_groups = [\"dba\"]\n",
         )],
     );
+    // The built-in policies with the configs the load benchmark uses.
+    let (policies, policies_dir) = host_with(
+        "policies",
+        &[
+            ("guardrails", "10-guardrails", ""),
+            (
+                "mask_pii",
+                "20-mask_pii",
+                "[hash]\nkey = \"bench-key-0123456789abcdef\"\n\n[[class]]\nname = \"email\"\n\
+                 lineage = [\"*.*.email\"]\ndetectors = [\"email\"]\nstrategy = \"hash\"\n",
+            ),
+        ],
+    );
     let identity = Identity {
         user: "alice".into(),
         groups: vec!["dev".into()],
@@ -81,6 +94,7 @@ fn bench(c: &mut Criterion) {
     let opts = LexOptions::default();
     let chain = host.chain();
     let template_chain = template.chain();
+    let policies_chain = policies.chain();
     for (label, sql) in [
         ("pgbench select", "SELECT abalance FROM pgbench_accounts WHERE aid = 42"),
         (
@@ -93,6 +107,7 @@ fn bench(c: &mut Criterion) {
         for (plugin, host, chain) in [
             ("deny-keyword", &host, &chain),
             ("template", &template, &template_chain),
+            ("guardrails + mask-pii (2 calls)", &policies, &policies_chain),
         ] {
             c.bench_function(&format!("on-query, {plugin}, {label}"), |b| {
                 b.iter(|| {
@@ -127,6 +142,7 @@ fn bench(c: &mut Criterion) {
     );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&template_dir);
+    let _ = std::fs::remove_dir_all(&policies_dir);
 }
 
 const MASK_CONFIG: &str = "columns = [\"email\"]\n";

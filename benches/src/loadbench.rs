@@ -241,8 +241,9 @@ fn plugins_dir_of(name: &str, plugins: &[(&str, &str, &str)]) -> Result<std::pat
     Ok(dir)
 }
 
-/// mask-pii for the benchmark tables: e-mails classified by lineage and hashed (keyed
-/// HMAC-SHA256 per value), the detectors on every other text column (its secure default).
+/// mask-pii for the benchmark tables: e-mails classified by lineage and hashed (the default
+/// keyed hash, BLAKE3, per value), the detectors on every other text column (its secure
+/// default).
 const MASK_PII_BENCH: &str = "[hash]\nkey = \"bench-key-0123456789abcdef\"\n\n\
     [[class]]\nname = \"email\"\nlineage = [\"*.*.email\"]\ndetectors = [\"email\"]\nstrategy = \"hash\"\n";
 
