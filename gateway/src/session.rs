@@ -90,6 +90,11 @@ pub async fn serve(
         &peer.to_string(),
         application_name,
     );
+    // However this function returns, the plugins are told the session ended.
+    let _end = SessionEnd {
+        host: gw.plugins.as_deref(),
+        id,
+    };
     if let Some(host) = &gw.plugins {
         if let Some(refusal) = host.on_connect(&plugin_session) {
             info!(plugin = %refusal.plugin, sqlstate = %refusal.sqlstate, "session refused by policy");
@@ -550,6 +555,21 @@ async fn authenticate(
             Err(failed().into())
         }
         Err(e) => Err(ClientError::fatal("08P01", e.to_string()).into()),
+    }
+}
+
+/// Calls the plugins' `close-session` for a session when it ends (on this worker thread,
+/// where its plugin instances live).
+struct SessionEnd<'a> {
+    host: Option<&'a crate::plugins::PluginHost>,
+    id: u64,
+}
+
+impl Drop for SessionEnd<'_> {
+    fn drop(&mut self) {
+        if let Some(host) = self.host {
+            host.close_session(self.id);
+        }
     }
 }
 

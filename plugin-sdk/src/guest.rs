@@ -13,6 +13,7 @@ use crate::types::{
 };
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 pub use wit_bindgen;
@@ -35,6 +36,22 @@ use bindings::pgward::plugin::types as wit;
 thread_local! {
     /// The plugin instance `init` created; a component instance is single-threaded.
     static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    /// Sessions the gateway introduced (`open-session`) and has not closed, by id.
+    static SESSIONS: RefCell<BTreeMap<u64, Session>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Runs `f` with the introduced session `id`; `None` if the gateway never introduced it (a
+/// contract breach the hooks answer by failing closed).
+fn with_session<R>(id: u64, f: impl FnOnce(&Session) -> R) -> Option<R> {
+    SESSIONS.with(|cell| cell.borrow().get(&id).map(f))
+}
+
+fn unknown_session() -> wit::Deny {
+    wit::Deny {
+        sqlstate: sqlstate::SYSTEM_ERROR.to_owned(),
+        message: "the gateway did not introduce this session to the plugin".to_owned(),
+        hint: None,
+    }
 }
 
 /// Implements the generated `Guest` trait for any [`Plugin`]; `export_plugin!` exports it.
@@ -67,37 +84,59 @@ impl<P: Plugin> bindings::Guest for Exports<P> {
         Ok(())
     }
 
-    fn on_connect(session: wit::Session) -> wit::ConnectVerdict {
+    fn open_session(session: wit::Session) {
         let session = Session::from(session);
-        match with_plugin(|p: &mut P| p.on_connect(&session)) {
-            Some(verdict) => verdict.into(),
-            None => wit::ConnectVerdict::Deny(not_initialised()),
+        SESSIONS.with(|cell| cell.borrow_mut().insert(session.id, session));
+    }
+
+    fn close_session(id: u64) {
+        SESSIONS.with(|cell| cell.borrow_mut().remove(&id));
+    }
+
+    fn on_connect(session: u64) -> wit::ConnectVerdict {
+        let verdict = with_session(session, |session| {
+            with_plugin(|p: &mut P| p.on_connect(session))
+        });
+        match verdict {
+            Some(Some(verdict)) => verdict.into(),
+            Some(None) => wit::ConnectVerdict::Deny(not_initialised()),
+            None => wit::ConnectVerdict::Deny(unknown_session()),
         }
     }
 
-    fn on_query(session: wit::Session, query: wit::Query) -> wit::Verdict {
-        let session = Session::from(session);
+    fn on_query(session: u64, query: wit::Query) -> wit::Verdict {
         let query = Query::from(query);
-        match with_plugin(|p: &mut P| p.on_query(&session, &query)) {
-            Some(verdict) => verdict.into(),
-            None => wit::Verdict::Deny(not_initialised()),
+        let verdict = with_session(session, |session| {
+            with_plugin(|p: &mut P| p.on_query(session, &query))
+        });
+        match verdict {
+            Some(Some(verdict)) => verdict.into(),
+            Some(None) => wit::Verdict::Deny(not_initialised()),
+            None => wit::Verdict::Deny(unknown_session()),
         }
     }
 
-    fn on_result_schema(session: wit::Session, columns: Vec<wit::Column>) -> wit::SchemaInterest {
-        let session = Session::from(session);
+    fn on_result_schema(session: u64, columns: Vec<wit::Column>) -> wit::SchemaInterest {
         let columns: Vec<Column> = columns.into_iter().map(Column::from).collect();
-        // An empty interest is the only answer that cannot expose or change a row.
-        with_plugin(|p: &mut P| p.on_result_schema(&session, &columns))
-            .unwrap_or_default()
-            .into()
+        match with_session(session, |session| {
+            with_plugin(|p: &mut P| p.on_result_schema(session, &columns))
+        }) {
+            // Not initialised: an empty interest cannot expose or change a row.
+            Some(interest) => interest.unwrap_or_default().into(),
+            // The plugin cannot tell what this session may see; an empty interest would let
+            // the rows through unread. Trapping makes the gateway withhold the result.
+            None => panic!("the gateway did not introduce session {session} to the plugin"),
+        }
     }
 
-    fn on_batch(session: wit::Session, batch: Vec<u8>) -> wit::BatchResult {
-        let session = Session::from(session);
-        match with_plugin(|p: &mut P| p.on_batch(&session, &batch)) {
-            Some(result) => result.into(),
-            None => wit::BatchResult::Abort(not_initialised()),
+    fn on_batch(session: u64, batch: Vec<u8>) -> wit::BatchResult {
+        let result = with_session(session, |session| {
+            with_plugin(|p: &mut P| p.on_batch(session, &batch))
+        });
+        match result {
+            Some(Some(result)) => result.into(),
+            Some(None) => wit::BatchResult::Abort(not_initialised()),
+            None => wit::BatchResult::Abort(unknown_session()),
         }
     }
 }

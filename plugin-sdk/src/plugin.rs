@@ -13,6 +13,10 @@ use crate::types::{
 ///
 /// The gateway may run several instances of a plugin (one per concurrent call) and may discard
 /// an instance at any time, so `self` is a cache, not shared state across sessions.
+///
+/// Every hook gets the [`Session`] it runs for. On the wire the gateway sends a session once
+/// per instance (the contract's `open-session`) and then only its id; the SDK keeps the
+/// session until the gateway says it ended (`close-session`), so this costs a plugin nothing.
 pub trait Plugin: Sized + 'static {
     /// The plugin's name, shown in gateway logs, audit events and errors.
     const NAME: &'static str;

@@ -185,6 +185,46 @@ fn denied(gw: &Gateway, db: &str, sql: &str) -> bool {
 }
 
 #[test]
+fn each_session_is_introduced_to_a_plugin_once_and_closed_when_it_ends() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("plug").unwrap();
+    let dir = plugins_dir();
+    install(
+        &dir,
+        "10-deny",
+        "deny_keyword",
+        Some(&deny_config("forbidden_table")),
+    );
+    let gw = gateway_with(pg, &dir, "");
+    // Three sessions of three statements each, then one whose statement is denied: the plugin
+    // judges by the session the gateway introduced, once per session.
+    for _ in 0..3 {
+        let out = gw.psql(
+            "alice",
+            &db,
+            &["-c", "SELECT 1", "-c", "SELECT 2", "-c", "SELECT 3"],
+            None,
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(denied(&gw, &db, "SELECT * FROM forbidden_table"));
+    let closed = wait_for(Duration::from_secs(5), || {
+        gw.log().matches("session closed in plugin").count() >= 4
+    });
+    let log = gw.log();
+    assert!(
+        closed.is_some(),
+        "sessions not closed in the plugin:\n{log}"
+    );
+    assert_eq!(
+        log.matches("session introduced to plugin").count(),
+        4,
+        "one introduction per session:\n{log}"
+    );
+    assert_eq!(log.matches("session closed in plugin").count(), 4, "{log}");
+}
+
+#[test]
 fn hot_reload_under_pgbench_applies_within_a_second() {
     let pg = Postgres::shared();
     let db = pg.create_database("plug").unwrap();
@@ -381,7 +421,7 @@ fn plugin_for_another_contract_version_is_refused_clearly() {
         .find(|l| l.contains("05-future.wasm"))
         .unwrap_or_else(|| panic!("the refused plugin is reported:\n{log}"));
     assert!(
-        line.contains("pgward:plugin@0.2.0") && line.contains("pgward:plugin@0.1.0"),
+        line.contains("pgward:plugin@0.3.0") && line.contains("pgward:plugin@0.2.0"),
         "the error names both versions: {line}"
     );
     // The compatible plugin still loads and runs.

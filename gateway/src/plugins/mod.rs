@@ -28,7 +28,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -50,7 +50,7 @@ pub mod bindings {
 use bindings::pgward::plugin::types as wit;
 
 /// The contract version this gateway speaks (`package pgward:plugin@...` in `wit/`).
-pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 1, 0);
+pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 2, 0);
 
 /// Length of one epoch tick: how often a running call's budget is checked.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -343,6 +343,8 @@ pub struct Refusal {
 struct Instance {
     store: Store<HostState>,
     plugin: bindings::Plugin,
+    /// Sessions introduced to this instance (`open-session`) and not yet closed.
+    sessions: Vec<u64>,
 }
 
 thread_local! {
@@ -506,6 +508,7 @@ impl PluginHost {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 plugin: instance,
+                sessions: Vec::new(),
             }),
             Ok(Err(msg)) => Err(CallError::Instantiate(format!(
                 "init refused its config: {msg}"
@@ -514,11 +517,13 @@ impl PluginHost {
         }
     }
 
-    /// Runs `f` on this thread's instance of `plugin` under `deadline`. A trap discards the
-    /// instance.
+    /// Runs `f` on this thread's instance of `plugin` under `deadline`, after introducing
+    /// `session` to the instance if it has not met it yet (`open-session`, under the same
+    /// deadline). A trap discards the instance.
     fn call<R>(
         &self,
         plugin: &LoadedPlugin,
+        session: &wit::Session,
         deadline: Duration,
         f: impl FnOnce(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
@@ -543,7 +548,15 @@ impl PluginHost {
             };
             let inst = &mut instances[at].1;
             Self::arm(&mut inst.store, deadline);
-            let result = f(&mut inst.store, &inst.plugin);
+            let result = if inst.sessions.contains(&session.id) {
+                f(&mut inst.store, &inst.plugin)
+            } else {
+                poll_once(inst.plugin.call_open_session(&mut inst.store, session)).and_then(|()| {
+                    debug!(plugin = %plugin.name, session = session.id, "session introduced to plugin");
+                    inst.sessions.push(session.id);
+                    f(&mut inst.store, &inst.plugin)
+                })
+            };
             match result {
                 Ok(r) => Ok(r),
                 Err(e) => {
@@ -593,8 +606,8 @@ impl PluginHost {
             return None;
         }
         for p in chain.plugins.iter().filter(|p| p.hooks.on_connect) {
-            let verdict = self.call(p, self.settings.query_deadline, |store, inst| {
-                poll_once(inst.call_on_connect(store, session))
+            let verdict = self.call(p, session, self.settings.query_deadline, |store, inst| {
+                poll_once(inst.call_on_connect(store, session.id))
             });
             match verdict {
                 Ok(wit::ConnectVerdict::Allow) => {}
@@ -608,6 +621,34 @@ impl PluginHost {
             }
         }
         None
+    }
+
+    /// The session `id` ended: every instance on this thread it was introduced to forgets it
+    /// (`close-session`). An instance that fails to is discarded, which forgets it too.
+    pub fn close_session(&self, id: u64) {
+        let deadline = self.settings.query_deadline;
+        INSTANCES.with(|cell| {
+            let Ok(mut instances) = cell.try_borrow_mut() else {
+                return;
+            };
+            instances.retain_mut(|(_, inst)| {
+                let Some(at) = inst.sessions.iter().position(|s| *s == id) else {
+                    return true;
+                };
+                inst.sessions.swap_remove(at);
+                Self::arm(&mut inst.store, deadline);
+                match poll_once(inst.plugin.call_close_session(&mut inst.store, id)) {
+                    Ok(()) => {
+                        debug!(plugin = %inst.store.data().plugin, session = id, "session closed in plugin");
+                        true
+                    }
+                    Err(e) => {
+                        warn!(plugin = %inst.store.data().plugin, error = %format!("{e:#}"), "close-session failed; instance discarded");
+                        false
+                    }
+                }
+            });
+        });
     }
 
     /// Runs on-query through the chain. `analyse` analyses a rewritten text for the next plugin.
@@ -624,8 +665,8 @@ impl PluginHost {
         let mut rewritten: Option<(String, wit::Query)> = None;
         for p in chain.plugins.iter().filter(|p| p.hooks.on_query) {
             let ask = |query: &wit::Query| {
-                self.call(p, deadline, |store, inst| {
-                    poll_once(inst.call_on_query(store, session, query))
+                self.call(p, session, deadline, |store, inst| {
+                    poll_once(inst.call_on_query(store, session.id, query))
                 })
             };
             let verdict = match &rewritten {
@@ -689,9 +730,12 @@ impl PluginHost {
         session: &wit::Session,
         ipc: &[u8],
     ) -> Result<wit::BatchResult, CallError> {
-        let result = self.call(plugin, self.settings.batch_deadline, |store, inst| {
-            poll_once(inst.call_on_batch(store, session, ipc))
-        })?;
+        let result = self.call(
+            plugin,
+            session,
+            self.settings.batch_deadline,
+            |store, inst| poll_once(inst.call_on_batch(store, session.id, ipc)),
+        )?;
         if let wit::BatchResult::Replace(bytes) = &result {
             // A batch may grow (masking can lengthen values), but not without bound.
             let limit = (ipc.len().saturating_mul(4)).max(self.settings.max_output);
@@ -712,9 +756,12 @@ impl PluginHost {
         session: &wit::Session,
         columns: &[wit::Column],
     ) -> Result<wit::SchemaInterest, Refusal> {
-        self.call(plugin, self.settings.batch_deadline, |store, inst| {
-            poll_once(inst.call_on_result_schema(store, session, columns))
-        })
+        self.call(
+            plugin,
+            session,
+            self.settings.batch_deadline,
+            |store, inst| poll_once(inst.call_on_result_schema(store, session.id, columns)),
+        )
         .map_err(|e| self.record_failure(plugin, "on-result-schema", &e))
     }
 
