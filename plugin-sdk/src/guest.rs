@@ -90,7 +90,10 @@ impl<P: Plugin> bindings::Guest for Exports<P> {
     }
 
     fn close_session(id: u64) {
-        SESSIONS.with(|cell| cell.borrow_mut().remove(&id));
+        let ended = SESSIONS.with(|cell| cell.borrow_mut().remove(&id));
+        if let Some(session) = ended {
+            with_plugin(|p: &mut P| p.on_session_end(&session));
+        }
     }
 
     fn on_connect(session: u64) -> wit::ConnectVerdict {

@@ -30,6 +30,13 @@ pub trait Plugin: Sized + 'static {
     /// with [`config`](crate::config()).
     fn init(config: &str) -> Result<Self, String>;
 
+    /// The session ended: forget what `self` keeps about it. Called once for every session
+    /// this instance was given a hook call for; not a hook in [`Plugin::HOOKS`]. The default
+    /// does nothing.
+    fn on_session_end(&mut self, session: &Session) {
+        let _ = session;
+    }
+
     /// A client authenticated; return a deny to refuse the session.
     fn on_connect(&mut self, session: &Session) -> ConnectVerdict {
         let _ = session;

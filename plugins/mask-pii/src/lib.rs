@@ -160,6 +160,10 @@ impl Plugin for MaskPii {
         }
     }
 
+    fn on_session_end(&mut self, session: &Session) {
+        self.plans.forget_session(session.id);
+    }
+
     fn on_batch(&mut self, session: &Session, ipc: &[u8]) -> BatchResult {
         let batch = match arrow::read_batch(ipc) {
             Ok(b) => b,

@@ -392,6 +392,20 @@ impl Plans {
         }
     }
 
+    /// Forgets every plan of `session` (it ended).
+    pub fn forget_session(&mut self, session: u64) {
+        let mut freed = 0;
+        self.by_key.retain(|(s, _), (_, plan, _)| {
+            let keep = *s != session;
+            if !keep {
+                freed += plan.columns.len();
+            }
+            keep
+        });
+        self.columns -= freed;
+        // Their entries in `order` are stale now and are skipped when they come up.
+    }
+
     /// How many plans are kept.
     pub fn len(&self) -> usize {
         self.by_key.len()

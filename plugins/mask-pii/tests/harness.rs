@@ -702,6 +702,12 @@ fn plans_are_per_session() {
     assert_eq!(one(&read_batch(&bytes).unwrap(), 0).as_deref(), Some("**a"));
     let out = h.batch(&b, &ipc(vec![(&notes[0], strings(&[Some("Ada")]))]));
     assert_eq!(out, BatchResult::Unchanged);
+    // When alice's session ends, her plans go; bob's stay.
+    assert_eq!(h.plugin_mut().plans().len(), 2);
+    h.plugin_mut().on_session_end(&a);
+    assert_eq!(h.plugin_mut().plans().len(), 1);
+    let out = h.batch(&b, &ipc(vec![(&notes[0], strings(&[Some("Ada")]))]));
+    assert_eq!(out, BatchResult::Unchanged);
 }
 
 #[test]
