@@ -31,6 +31,17 @@ fn deny_config(word: &str) -> String {
     format!("word = \"{word}\"\nsqlstate = \"42501\"\nmessage = \"{word} is off limits\"\n")
 }
 
+/// A fresh database and a gateway whose plugins directory holds deny-keyword as `file`,
+/// denying statements that mention `word`.
+fn with_deny(file: &str, word: &str) -> (&'static Postgres, String, std::path::PathBuf, Gateway) {
+    let pg = Postgres::shared();
+    let db = pg.create_database("plug").unwrap();
+    let dir = plugins_dir();
+    install(&dir, file, "deny_keyword", Some(&deny_config(word)));
+    let gw = gateway_with(pg, &dir, "");
+    (pg, db, dir, gw)
+}
+
 fn db_error(e: &tokio_postgres::Error) -> (String, String) {
     let db = e
         .as_db_error()
@@ -40,16 +51,7 @@ fn db_error(e: &tokio_postgres::Error) -> (String, String) {
 
 #[tokio::test]
 async fn deny_plugin_refuses_its_statements_and_nothing_else() {
-    let pg = Postgres::shared();
-    let db = pg.create_database("plug").unwrap();
-    let dir = plugins_dir();
-    install(
-        &dir,
-        "10-deny",
-        "deny_keyword",
-        Some(&deny_config("forbidden_table")),
-    );
-    let gw = gateway_with(pg, &dir, "");
+    let (pg, db, _dir, gw) = with_deny("10-deny", "forbidden_table");
     let client = gw.connect("alice", &db).await.unwrap();
     client
         .batch_execute("CREATE TABLE forbidden_table (id int); CREATE TABLE ok_table (id int); INSERT INTO forbidden_table VALUES (1)")
@@ -186,16 +188,7 @@ fn denied(gw: &Gateway, db: &str, sql: &str) -> bool {
 
 #[test]
 fn each_session_is_introduced_to_a_plugin_once_and_closed_when_it_ends() {
-    let pg = Postgres::shared();
-    let db = pg.create_database("plug").unwrap();
-    let dir = plugins_dir();
-    install(
-        &dir,
-        "10-deny",
-        "deny_keyword",
-        Some(&deny_config("forbidden_table")),
-    );
-    let gw = gateway_with(pg, &dir, "");
+    let (_, db, _dir, gw) = with_deny("10-deny", "forbidden_table");
     // Three sessions of three statements each, then one whose statement is denied: the plugin
     // judges by the session the gateway introduced, once per session.
     for _ in 0..3 {
@@ -297,16 +290,7 @@ fn hot_reload_under_pgbench_applies_within_a_second() {
 
 #[test]
 fn broken_plugin_is_reported_and_the_previous_version_stays() {
-    let pg = Postgres::shared();
-    let db = pg.create_database("plug").unwrap();
-    let dir = plugins_dir();
-    install(
-        &dir,
-        "10-policy",
-        "deny_keyword",
-        Some(&deny_config("alpha_table")),
-    );
-    let gw = gateway_with(pg, &dir, "");
+    let (_, db, dir, gw) = with_deny("10-policy", "alpha_table");
     assert!(denied(&gw, &db, "SELECT * FROM alpha_table"));
     // A broken build dropped over the working one.
     std::fs::write(
