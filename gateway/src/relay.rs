@@ -733,6 +733,30 @@ impl Results {
             || self.copy.as_ref().is_some_and(|c| !c.is_empty())
     }
 
+    /// Runs the held rows through the plugins into `out`; false when a plugin refused them
+    /// (the result is then ended with the refusal).
+    fn flush_held(
+        &mut self,
+        host: &PluginHost,
+        session: &wit::Session,
+        out: &mut BytesMut,
+    ) -> bool {
+        let flushed = match (self.filter.as_mut(), self.copy.as_mut()) {
+            (Some(f), _) => f.flush(host, session, out),
+            (_, Some(c)) => c.flush(host, session, out),
+            _ => Ok(()),
+        };
+        match flushed {
+            Ok(()) => true,
+            Err(r) => {
+                self.filter = None;
+                self.copy = None;
+                self.refuse(out, &r);
+                false
+            }
+        }
+    }
+
     /// Ends the current result with `refusal` (once) and drops what the server sends until
     /// ReadyForQuery.
     fn refuse(&mut self, out: &mut BytesMut, refusal: &Refusal) {
@@ -795,10 +819,9 @@ async fn server_to_client(
                 b'T' | b'n' | b'C' | b's' | b'I' | b'H' => tracking,
                 b'D' => results.filter.is_some(),
                 b'd' | b'c' => results.copy.is_some(),
-                // A notice or notification in the middle of a filtered result must not
-                // overtake the rows still held in the batch.
-                b'N' | b'A' => results.holds_rows(),
-                _ => false,
+                // No other message may overtake rows held in a batch (a notice raised
+                // between two rows, say).
+                _ => results.holds_rows(),
             };
             if !whole {
                 pass = header.frame_len;
@@ -810,26 +833,19 @@ async fn server_to_client(
             let frame = &buf[pos..pos + header.frame_len];
             // What to do with the frame: relay it as it is, or replace it with `out`'s new bytes.
             let mut relay = !results.discard;
+            if !matches!(header.tag, b'D' | b'd') && results.holds_rows() {
+                // Held rows go out, filtered, before the message after them (CommandComplete,
+                // an error, a notice, ...).
+                out.extend_from_slice(&buf[written..pos]);
+                written = pos;
+                if !results.flush_held(host(ctx), ctx.plugin_session, &mut out) {
+                    relay = false;
+                }
+            }
             match header.tag {
                 b'E' => {
-                    if let Some(mut c) = results.copy.take() {
-                        out.extend_from_slice(&buf[written..pos]);
-                        written = pos;
-                        if let Err(r) = c.flush(host(ctx), ctx.plugin_session, &mut out) {
-                            results.refuse(&mut out, &r);
-                            relay = false;
-                        }
-                    }
-                    if let Some(f) = results.filter.as_mut() {
-                        // Rows before an error still go out, filtered.
-                        out.extend_from_slice(&buf[written..pos]);
-                        written = pos;
-                        if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
-                            results.refuse(&mut out, &r);
-                            relay = false;
-                        }
-                        results.filter = None;
-                    }
+                    results.copy = None;
+                    results.filter = None;
                     if let Some(refusal) = state.take_substitution(frame) {
                         out.extend_from_slice(&buf[written..pos]);
                         out.extend_from_slice(&refusal);
@@ -873,25 +889,6 @@ async fn server_to_client(
                     observe_server_message(state, frame);
                 }
                 b'S' => observe_server_message(state, frame),
-                b'N' | b'A' => {
-                    // Send the batch held so far first, so the frame keeps its place.
-                    out.extend_from_slice(&buf[written..pos]);
-                    written = pos;
-                    if let Some(f) = results.filter.as_mut() {
-                        if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
-                            results.filter = None;
-                            results.refuse(&mut out, &r);
-                            relay = false;
-                        }
-                    }
-                    if let Some(c) = results.copy.as_mut() {
-                        if let Err(r) = c.flush(host(ctx), ctx.plugin_session, &mut out) {
-                            results.copy = None;
-                            results.refuse(&mut out, &r);
-                            relay = false;
-                        }
-                    }
-                }
                 b'T' | b'n' => {
                     let front = {
                         let mut q = state.expect();
@@ -977,27 +974,9 @@ async fn server_to_client(
                         }
                     }
                 }
-                b'c' => {
-                    if let Some(c) = results.copy.as_mut() {
-                        out.extend_from_slice(&buf[written..pos]);
-                        written = pos;
-                        if let Err(r) = c.flush(host(ctx), ctx.plugin_session, &mut out) {
-                            results.copy = None;
-                            results.refuse(&mut out, &r);
-                            relay = false;
-                        }
-                    }
-                }
                 b'C' | b's' | b'I' => {
                     results.copy = None;
-                    if let Some(mut f) = results.filter.take() {
-                        out.extend_from_slice(&buf[written..pos]);
-                        written = pos;
-                        if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
-                            results.refuse(&mut out, &r);
-                            relay = false;
-                        }
-                    }
+                    results.filter = None;
                     let mut q = state.expect();
                     match q.front() {
                         Some(Expect::Query(_)) if header.tag != b's' => results.statement += 1,
@@ -1047,9 +1026,7 @@ async fn server_to_client(
         }
         // A partial batch waits only while the server keeps sending: when it pauses, the rows
         // go out, so a small result is never held back for a full batch.
-        let pending = results.filter.as_ref().is_some_and(|f| !f.is_empty())
-            || results.copy.as_ref().is_some_and(|c| !c.is_empty());
-        if pending {
+        if results.holds_rows() {
             match tokio::time::timeout(Duration::ZERO, server.read_buf(&mut buf)).await {
                 Ok(Ok(0)) => return RelayEnd::ServerEof,
                 Ok(Ok(_)) => {
@@ -1059,16 +1036,7 @@ async fn server_to_client(
                 Ok(Err(e)) => return RelayEnd::ServerIo(e),
                 Err(_) => {}
             }
-            let flushed = match (results.filter.as_mut(), results.copy.as_mut()) {
-                (Some(f), _) => f.flush(host(ctx), ctx.plugin_session, &mut out),
-                (_, Some(c)) => c.flush(host(ctx), ctx.plugin_session, &mut out),
-                _ => Ok(()),
-            };
-            if let Err(r) = flushed {
-                results.filter = None;
-                results.copy = None;
-                results.refuse(&mut out, &r);
-            }
+            results.flush_held(host(ctx), ctx.plugin_session, &mut out);
             if !out.is_empty() {
                 state.client_at_boundary.store(false, Ordering::Release);
                 let r = write_flush(client, &out).await;
