@@ -40,18 +40,39 @@ thread_local! {
     static SESSIONS: RefCell<BTreeMap<u64, Session>> = const { RefCell::new(BTreeMap::new()) };
 }
 
-/// Runs `f` with the introduced session `id`; `None` if the gateway never introduced it (a
-/// contract breach the hooks answer by failing closed).
-fn with_session<R>(id: u64, f: impl FnOnce(&Session) -> R) -> Option<R> {
-    SESSIONS.with(|cell| cell.borrow().get(&id).map(f))
+/// Why a hook could not reach the plugin; the hooks answer it by failing closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// `init` has not created the plugin.
+    Plugin,
+    /// The gateway never introduced the session (`open-session`): a contract breach.
+    Session,
 }
 
-fn unknown_session() -> wit::Deny {
-    wit::Deny {
-        sqlstate: sqlstate::SYSTEM_ERROR.to_owned(),
-        message: "the gateway did not introduce this session to the plugin".to_owned(),
-        hint: None,
+impl Missing {
+    fn deny(self) -> wit::Deny {
+        wit::Deny {
+            sqlstate: sqlstate::SYSTEM_ERROR.to_owned(),
+            message: match self {
+                Missing::Plugin => "plugin not initialised",
+                Missing::Session => "the gateway did not introduce this session to the plugin",
+            }
+            .to_owned(),
+            hint: None,
+        }
     }
+}
+
+/// Runs `f` on the plugin with the introduced session `id`.
+fn with_session<P: Plugin, R>(
+    id: u64,
+    f: impl FnOnce(&mut P, &Session) -> R,
+) -> Result<R, Missing> {
+    SESSIONS.with(|cell| {
+        let sessions = cell.borrow();
+        let session = sessions.get(&id).ok_or(Missing::Session)?;
+        with_plugin(|p: &mut P| f(p, session)).ok_or(Missing::Plugin)
+    })
 }
 
 /// Implements the generated `Guest` trait for any [`Plugin`]; `export_plugin!` exports it.
@@ -62,14 +83,6 @@ fn with_plugin<P: Plugin, R>(f: impl FnOnce(&mut P) -> R) -> Option<R> {
         let mut slot = cell.borrow_mut();
         slot.as_mut()?.downcast_mut::<P>().map(f)
     })
-}
-
-fn not_initialised() -> wit::Deny {
-    wit::Deny {
-        sqlstate: sqlstate::SYSTEM_ERROR.to_owned(),
-        message: "plugin not initialised".to_owned(),
-        hint: None,
-    }
 }
 
 impl<P: Plugin> bindings::Guest for Exports<P> {
@@ -97,49 +110,38 @@ impl<P: Plugin> bindings::Guest for Exports<P> {
     }
 
     fn on_connect(session: u64) -> wit::ConnectVerdict {
-        let verdict = with_session(session, |session| {
-            with_plugin(|p: &mut P| p.on_connect(session))
-        });
-        match verdict {
-            Some(Some(verdict)) => verdict.into(),
-            Some(None) => wit::ConnectVerdict::Deny(not_initialised()),
-            None => wit::ConnectVerdict::Deny(unknown_session()),
+        match with_session(session, |p: &mut P, s| p.on_connect(s)) {
+            Ok(verdict) => verdict.into(),
+            Err(missing) => wit::ConnectVerdict::Deny(missing.deny()),
         }
     }
 
     fn on_query(session: u64, query: wit::Query) -> wit::Verdict {
         let query = Query::from(query);
-        let verdict = with_session(session, |session| {
-            with_plugin(|p: &mut P| p.on_query(session, &query))
-        });
-        match verdict {
-            Some(Some(verdict)) => verdict.into(),
-            Some(None) => wit::Verdict::Deny(not_initialised()),
-            None => wit::Verdict::Deny(unknown_session()),
+        match with_session(session, |p: &mut P, s| p.on_query(s, &query)) {
+            Ok(verdict) => verdict.into(),
+            Err(missing) => wit::Verdict::Deny(missing.deny()),
         }
     }
 
     fn on_result_schema(session: u64, columns: Vec<wit::Column>) -> wit::SchemaInterest {
         let columns: Vec<Column> = columns.into_iter().map(Column::from).collect();
-        match with_session(session, |session| {
-            with_plugin(|p: &mut P| p.on_result_schema(session, &columns))
-        }) {
+        match with_session(session, |p: &mut P, s| p.on_result_schema(s, &columns)) {
+            Ok(interest) => interest.into(),
             // Not initialised: an empty interest cannot expose or change a row.
-            Some(interest) => interest.unwrap_or_default().into(),
+            Err(Missing::Plugin) => SchemaInterest::default().into(),
             // The plugin cannot tell what this session may see; an empty interest would let
             // the rows through unread. Trapping makes the gateway withhold the result.
-            None => panic!("the gateway did not introduce session {session} to the plugin"),
+            Err(Missing::Session) => {
+                panic!("the gateway did not introduce session {session} to the plugin")
+            }
         }
     }
 
     fn on_batch(session: u64, batch: Vec<u8>) -> wit::BatchResult {
-        let result = with_session(session, |session| {
-            with_plugin(|p: &mut P| p.on_batch(session, &batch))
-        });
-        match result {
-            Some(Some(result)) => result.into(),
-            Some(None) => wit::BatchResult::Abort(not_initialised()),
-            None => wit::BatchResult::Abort(unknown_session()),
+        match with_session(session, |p: &mut P, s| p.on_batch(s, &batch)) {
+            Ok(result) => result.into(),
+            Err(missing) => wit::BatchResult::Abort(missing.deny()),
         }
     }
 }
