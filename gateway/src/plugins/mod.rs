@@ -344,7 +344,8 @@ struct Instance {
     store: Store<HostState>,
     plugin: bindings::Plugin,
     /// Sessions introduced to this instance (`open-session`) and not yet closed.
-    sessions: Vec<u64>,
+    /// A set, not a list: a worker thread may serve hundreds of sessions, and every call asks.
+    sessions: std::collections::HashSet<u64>,
 }
 
 thread_local! {
@@ -508,7 +509,7 @@ impl PluginHost {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 plugin: instance,
-                sessions: Vec::new(),
+                sessions: std::collections::HashSet::new(),
             }),
             Ok(Err(msg)) => Err(CallError::Instantiate(format!(
                 "init refused its config: {msg}"
@@ -553,7 +554,7 @@ impl PluginHost {
             } else {
                 poll_once(inst.plugin.call_open_session(&mut inst.store, session)).and_then(|()| {
                     debug!(plugin = %plugin.name, session = session.id, "session introduced to plugin");
-                    inst.sessions.push(session.id);
+                    inst.sessions.insert(session.id);
                     f(&mut inst.store, &inst.plugin)
                 })
             };
@@ -632,10 +633,9 @@ impl PluginHost {
                 return;
             };
             instances.retain_mut(|(_, inst)| {
-                let Some(at) = inst.sessions.iter().position(|s| *s == id) else {
+                if !inst.sessions.remove(&id) {
                     return true;
-                };
-                inst.sessions.swap_remove(at);
+                }
                 Self::arm(&mut inst.store, deadline);
                 match poll_once(inst.plugin.call_close_session(&mut inst.store, id)) {
                     Ok(()) => {
