@@ -242,7 +242,7 @@ fn plugins_dir_of(name: &str, plugins: &[(&str, &str, &str)]) -> Result<std::pat
 }
 
 /// mask-pii for the benchmark tables: e-mails classified by lineage and hashed (the default
-/// keyed hash, BLAKE3, per value), the detectors on every other text column (its secure
+/// keyed hash, SipHash-2-4, per value), the detectors on every other text column (its secure
 /// default).
 const MASK_PII_BENCH: &str = "[hash]\nkey = \"bench-key-0123456789abcdef\"\n\n\
     [[class]]\nname = \"email\"\nlineage = [\"*.*.email\"]\ndetectors = [\"email\"]\nstrategy = \"hash\"\n";
@@ -544,14 +544,18 @@ async fn main() -> Result<()> {
     let postmaster = postmaster_pid(&pg)?;
     if std::env::args().nth(1).as_deref() == Some("serve") {
         // For profiling by hand: keep everything up and say where it is.
-        for t in &targets {
+        for t in targets.iter().chain(&result_targets) {
             println!(
                 "{} port={} user={} password={} db={db} pid={:?}",
                 t.name, t.port, t.user, t.password, t.proxy_pid
             );
         }
         let secs = env_num("BENCH_SERVE_SECONDS", 600);
-        tokio::time::sleep(Duration::from_secs(secs)).await;
+        // Ctrl-C ends it early and still stops every server (they are dropped on return).
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
         return Ok(());
     }
     eprintln!("binary: {}", pgward_e2e::pgward_bin().display());

@@ -16,7 +16,8 @@ use crate::plugins::bindings::pgward::plugin::types as wit;
 use crate::plugins::{LoadedPlugin, PluginHost, Refusal};
 use crate::protocol;
 use crate::upstream::UpstreamTarget;
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{Field, Schema};
 use bytes::{BufMut, BytesMut};
 use catalog::Catalog;
@@ -223,9 +224,45 @@ async fn lineage(
         .collect())
 }
 
-/// Receives each row of a flushed batch in order: `None` when it is unchanged, else its new
-/// DataRow frame.
-type Emit<'a> = &'a mut dyn FnMut(usize, Option<&[u8]>) -> Result<(), Refusal>;
+/// Where the rows of a flushed batch go, in order.
+trait RowSink {
+    /// Rows `rows` (a range of the batch) are unchanged.
+    fn unchanged(&mut self, rows: std::ops::Range<usize>) -> Result<(), Refusal>;
+    /// The buffer a changed row's new DataRow frame is written to, at its end.
+    fn buffer(&mut self) -> &mut BytesMut;
+    /// Row `row` changed: its new DataRow frame is `buffer()[start..]`.
+    fn changed(&mut self, row: usize, start: usize) -> Result<(), Refusal>;
+}
+
+/// A batch's rows as DataRows, straight into the bytes for the client.
+struct DataRows<'a> {
+    out: &'a mut BytesMut,
+    /// The batch's DataRow frames, back to back, and where each starts.
+    rows: &'a [u8],
+    starts: &'a [usize],
+}
+
+impl RowSink for DataRows<'_> {
+    fn unchanged(&mut self, rows: std::ops::Range<usize>) -> Result<(), Refusal> {
+        // Rows are back to back: a run of unchanged rows is one copy.
+        let end = self
+            .starts
+            .get(rows.end)
+            .copied()
+            .unwrap_or(self.rows.len());
+        self.out
+            .extend_from_slice(&self.rows[self.starts[rows.start]..end]);
+        Ok(())
+    }
+
+    fn buffer(&mut self) -> &mut BytesMut {
+        self.out
+    }
+
+    fn changed(&mut self, _row: usize, _start: usize) -> Result<(), Refusal> {
+        Ok(())
+    }
+}
 
 struct Subscriber {
     plugin: Arc<LoadedPlugin>,
@@ -278,16 +315,12 @@ impl Filter {
     ) -> Result<(), Refusal> {
         let rows = std::mem::take(&mut self.rows);
         let starts = std::mem::take(&mut self.starts);
-        let result = self.flush_with(host, session, &rows, &starts, &mut |r, new| {
-            match new {
-                Some(frame) => out.extend_from_slice(frame),
-                None => {
-                    let end = starts.get(r + 1).copied().unwrap_or(rows.len());
-                    out.extend_from_slice(&rows[starts[r]..end]);
-                }
-            }
-            Ok(())
-        });
+        let mut sink = DataRows {
+            out,
+            rows: &rows,
+            starts: &starts,
+        };
+        let result = self.flush_with(host, session, &rows, &starts, &mut sink);
         self.rows = rows;
         self.starts = starts;
         self.rows.clear();
@@ -295,20 +328,20 @@ impl Filter {
         result
     }
 
-    /// Runs `rows` (DataRow frames starting at `starts`) through the subscribers; `emit` gets
-    /// each row in order: `None` when it is unchanged, else its new DataRow frame.
+    /// Runs `rows` (DataRow frames starting at `starts`) through the subscribers; `sink` gets
+    /// every row in order, unchanged or as its new DataRow frame.
     fn flush_with(
         &self,
         host: &PluginHost,
         session: &wit::Session,
         rows: &[u8],
         starts: &[usize],
-        emit: Emit<'_>,
+        sink: &mut dyn RowSink,
     ) -> Result<(), Refusal> {
         if starts.is_empty() {
             return Ok(());
         }
-        let result = self.run(host, session, rows, starts, emit);
+        let result = self.run(host, session, rows, starts, sink);
         tracing::debug!(
             rows = starts.len(),
             bytes = rows.len(),
@@ -325,7 +358,7 @@ impl Filter {
         session: &wit::Session,
         rows: &[u8],
         starts: &[usize],
-        emit: Emit<'_>,
+        sink: &mut dyn RowSink,
     ) -> Result<(), Refusal> {
         let ncols = self.sub.fields.len();
         let nrows = starts.len();
@@ -461,10 +494,7 @@ impl Filter {
             })
             .collect();
         if changed.is_empty() {
-            for r in 0..nrows {
-                emit(r, None)?;
-            }
-            return Ok(());
+            return sink.unchanged(0..nrows);
         }
         // Per changed column, which rows differ (one pass per column, not per cell).
         let mut differing: Vec<Vec<bool>> = vec![Vec::new(); ncols];
@@ -473,17 +503,33 @@ impl Filter {
                 differing[c] = types::differing_rows(a.as_ref(), b.as_ref());
             }
         }
+        // Text columns' new values are their bytes in either format: copied straight into the
+        // row, without the per-value encoder.
+        let texts: Vec<Option<&StringArray>> = arrays
+            .iter()
+            .enumerate()
+            .map(|(c, a)| {
+                a.as_ref()
+                    .filter(|_| changed.contains(&c) && self.sub.kinds[c].is_plain_text())
+                    .and_then(|a| a.as_string_opt::<i32>())
+            })
+            .collect();
         let mut value = Vec::new();
-        let mut frame = BytesMut::new();
+        // First row of the run of unchanged rows not yet given to the sink.
+        let mut unchanged_from = 0;
         for r in 0..nrows {
             let differs = |c: usize| differing[c].get(r).copied().unwrap_or(false);
             if !changed.iter().any(|&c| differs(c)) {
-                emit(r, None)?;
                 continue;
             }
+            if unchanged_from < r {
+                sink.unchanged(unchanged_from..r)?;
+            }
+            unchanged_from = r + 1;
             let mut error = None;
-            frame.clear();
-            protocol::put_message(&mut frame, b'D', |o| {
+            let buffer = sink.buffer();
+            let start = buffer.len();
+            protocol::put_message(buffer, b'D', |o| {
                 o.put_i16(ncols as i16);
                 for (c, array) in arrays.iter().enumerate() {
                     let new = array
@@ -492,6 +538,12 @@ impl Filter {
                     if let Some(a) = new {
                         if a.is_null(r) {
                             o.put_i32(-1);
+                            continue;
+                        }
+                        if let Some(text) = texts[c] {
+                            let v = text.value(r).as_bytes();
+                            o.put_i32(v.len() as i32);
+                            o.extend_from_slice(v);
                             continue;
                         }
                         value.clear();
@@ -520,9 +572,13 @@ impl Filter {
                 }
             });
             if let Some((c, e)) = error {
+                buffer.truncate(start);
                 return Err(decode_error(c, e));
             }
-            emit(r, Some(&frame))?;
+            sink.changed(r, start)?;
+        }
+        if unchanged_from < nrows {
+            sink.unchanged(unchanged_from..nrows)?;
         }
         Ok(())
     }
@@ -594,26 +650,17 @@ impl CopyFilter {
     ) -> Result<(), Refusal> {
         let rows = std::mem::take(&mut self.filter.rows);
         let starts = std::mem::take(&mut self.filter.starts);
-        let (messages, message_starts, prefixes, codec) = (
-            &self.messages,
-            &self.message_starts,
-            &self.prefixes,
-            &self.codec,
-        );
+        let mut sink = CopyRows {
+            out,
+            messages: &self.messages,
+            message_starts: &self.message_starts,
+            prefixes: &self.prefixes,
+            codec: &self.codec,
+            row: BytesMut::new(),
+        };
         let result = self
             .filter
-            .flush_with(host, session, &rows, &starts, &mut |r, new| {
-                let start = message_starts[r];
-                let end = message_starts.get(r + 1).copied().unwrap_or(messages.len());
-                match new {
-                    None => out.extend_from_slice(&messages[start..end]),
-                    Some(row) => {
-                        let prefix = &messages[start + 5..start + 5 + prefixes[r]];
-                        codec.encode(prefix, row, out).map_err(internal)?;
-                    }
-                }
-                Ok(())
-            });
+            .flush_with(host, session, &rows, &starts, &mut sink);
         self.filter.rows = rows;
         self.filter.rows.clear();
         self.filter.starts = starts;
@@ -622,6 +669,43 @@ impl CopyFilter {
         self.message_starts.clear();
         self.prefixes.clear();
         result
+    }
+}
+
+/// A batch's rows as the COPY's CopyData messages.
+struct CopyRows<'a> {
+    out: &'a mut BytesMut,
+    /// The server's CopyData messages of the batch, back to back, and where each starts.
+    messages: &'a [u8],
+    message_starts: &'a [usize],
+    prefixes: &'a [usize],
+    codec: &'a copy::CopyCodec,
+    /// A changed row's DataRow frame, before it is encoded as COPY data.
+    row: BytesMut,
+}
+
+impl RowSink for CopyRows<'_> {
+    fn unchanged(&mut self, rows: std::ops::Range<usize>) -> Result<(), Refusal> {
+        let end = self
+            .message_starts
+            .get(rows.end)
+            .copied()
+            .unwrap_or(self.messages.len());
+        self.out
+            .extend_from_slice(&self.messages[self.message_starts[rows.start]..end]);
+        Ok(())
+    }
+
+    fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.row
+    }
+
+    fn changed(&mut self, row: usize, start: usize) -> Result<(), Refusal> {
+        let at = self.message_starts[row];
+        let prefix = &self.messages[at + 5..at + 5 + self.prefixes[row]];
+        let result = self.codec.encode(prefix, &self.row[start..], self.out);
+        self.row.truncate(start);
+        result.map_err(internal)
     }
 }
 

@@ -18,8 +18,8 @@ use arrow_array::types::{
     Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
     IntervalMonthDayNanoType, Time64MicrosecondType, TimestampMicrosecondType,
 };
-use arrow_array::{Array, ArrayRef};
-use arrow_buffer::IntervalMonthDayNano;
+use arrow_array::{Array, ArrayRef, StringArray};
+use arrow_buffer::{BooleanBufferBuilder, IntervalMonthDayNano, NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, IntervalUnit, TimeUnit};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -131,6 +131,13 @@ pub struct PgType {
     pub kind: Kind,
     /// Element type oid when this is an array type the gateway reads.
     pub element: Option<u32>,
+}
+
+impl PgType {
+    /// Whether a value of this type is its UTF-8 text, in either format (text, varchar, json...).
+    pub fn is_plain_text(self) -> bool {
+        self.kind == Kind::Text && self.element.is_none()
+    }
 }
 
 /// Array type oids and their element oids, for the element types with their own [`Kind`].
@@ -543,6 +550,9 @@ fn decode_scalar(
 
 fn decode_strings(kind: Kind, binary: bool, cells: &[Option<&[u8]>]) -> Result<ArrayRef, String> {
     let bytes: usize = cells.iter().flatten().map(|c| c.len()).sum();
+    if !(binary && matches!(kind, Kind::Numeric | Kind::Jsonb)) {
+        return text_array(cells, bytes);
+    }
     let mut b = StringBuilder::with_capacity(cells.len(), bytes);
     let mut scratch = String::new();
     for cell in cells {
@@ -563,6 +573,30 @@ fn decode_strings(kind: Kind, binary: bool, cells: &[Option<&[u8]>]) -> Result<A
         }
     }
     Ok(Arc::new(b.finish()))
+}
+
+/// Cells that are UTF-8 text as they are: their bytes back to back, checked as UTF-8 once for
+/// the whole column (and each value's bounds) instead of value by value.
+fn text_array(cells: &[Option<&[u8]>], bytes: usize) -> Result<ArrayRef, String> {
+    let mut values = Vec::with_capacity(bytes);
+    let mut offsets = Vec::with_capacity(cells.len() + 1);
+    offsets.push(0i32);
+    let mut valid = BooleanBufferBuilder::new(cells.len());
+    for cell in cells {
+        if let Some(c) = cell {
+            values.extend_from_slice(c);
+        }
+        valid.append(cell.is_some());
+        offsets.push(i32::try_from(values.len()).map_err(|_| "text column too large")?);
+    }
+    let nulls = NullBuffer::new(valid.finish());
+    let array = StringArray::try_new(
+        OffsetBuffer::new(offsets.into()),
+        values.into(),
+        (nulls.null_count() > 0).then_some(nulls),
+    )
+    .map_err(|_| "a text value is not valid UTF-8".to_string())?;
+    Ok(Arc::new(array))
 }
 
 /// For each row, whether `new` holds a different value than `old` (same type assumed). Strings

@@ -306,14 +306,20 @@ impl Config {
                     )));
                 }
                 let algorithm = match file.hash.algorithm.as_deref() {
-                    None | Some("blake3") => HashAlgorithm::Blake3,
+                    None | Some("siphash") => HashAlgorithm::SipHash,
+                    Some("blake3") => HashAlgorithm::Blake3,
                     Some("hmac-sha256") => HashAlgorithm::HmacSha256,
                     Some(other) => {
                         return Err(invalid(format!(
-                            "key `hash.algorithm`: {other:?} is not one of \"blake3\", \"hmac-sha256\""
+                            "key `hash.algorithm`: {other:?} is not one of \"blake3\", \"siphash\", \"hmac-sha256\""
                         )))
                     }
                 };
+                if length > algorithm.max_hex_len() {
+                    return Err(invalid(format!(
+                        "key `hash.length`: {length} hex digits is more than `hash.algorithm` \"siphash\" (the default) gives, 32; set `hash.algorithm = \"blake3\"` for up to 64"
+                    )));
+                }
                 Some(Hasher::new(algorithm, key.as_bytes(), length))
             }
             (None, None) => {
@@ -414,6 +420,13 @@ strategy = "partial"
         assert!(e.contains("key `hash.key`: use at least 16 bytes"), "{e}");
         let e = err("[hash]\nkey = \"0123456789abcdef\"\nlength = 4\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"hash\"\n");
         assert!(e.contains("key `hash.length`"), "{e}");
+        // The default SipHash gives up to 32 digits; BLAKE3 up to 64.
+        let e = err("[hash]\nkey = \"0123456789abcdef\"\nlength = 40\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"hash\"\n");
+        assert!(
+            e.contains("key `hash.length`") && e.contains("hash.algorithm = \"blake3\""),
+            "{e}"
+        );
+        assert!(Config::parse("[hash]\nkey = \"0123456789abcdef\"\nlength = 40\nalgorithm = \"blake3\"\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"hash\"\n").is_ok());
         let e = err("[hash]\nkey = \"0123456789abcdef\"\nalgorithm = \"md5\"\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"hash\"\n");
         assert!(
             e.contains("key `hash.algorithm`") && e.contains("\"md5\""),

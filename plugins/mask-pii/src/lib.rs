@@ -11,8 +11,9 @@
 //!   value, and a class owns the detectors that recognise its values.
 //!
 //! Each class masks with one [strategy](strategy::Strategy): `redact` (a fixed text),
-//! `partial` (keep the last N letters and digits, at most half), `hash` (keyed BLAKE3, or
-//! HMAC-SHA256, with a configured key, hex: deterministic, so joins and GROUP BY still work) or
+//! `partial` (keep the last N letters and digits, at most half), `hash` (SipHash-2-4 by
+//! default, keyed BLAKE3 or HMAC-SHA256, with a configured key, hex: deterministic, so joins
+//! and GROUP BY still work) or
 //! `null`. Users and
 //! groups can be exempt globally or per class; an identity exempt from every class pays
 //! nothing, since the plugin then asks for no column and its results stay on the gateway's

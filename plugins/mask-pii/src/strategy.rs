@@ -5,6 +5,7 @@
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use siphasher::sip::SipHasher24;
 
 /// What replaces a sensitive value (or a detected substring of one).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,10 +56,16 @@ pub struct Hasher {
 /// The keyed-hash function (`hash.algorithm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HashAlgorithm {
-    /// Keyed BLAKE3 (the default): one compression per value of up to 64 bytes.
+    /// Keyed BLAKE3: one compression per value of up to 64 bytes; pseudonyms of up to 64 hex
+    /// digits.
     Blake3,
     /// HMAC-SHA256 (RFC 2104), for deployments that must use SHA-2: about five times slower.
     HmacSha256,
+    /// SipHash-2-4 (the default), a pseudorandom function with a 128-bit key built for short
+    /// inputs: the default 16 hex digits are one instance's 64-bit output; a second instance
+    /// under an independent key gives digits 17 to 32. About twice as fast as BLAKE3 per value
+    /// in a plugin.
+    SipHash,
 }
 
 impl HashAlgorithm {
@@ -67,6 +74,15 @@ impl HashAlgorithm {
         match self {
             HashAlgorithm::Blake3 => "blake3",
             HashAlgorithm::HmacSha256 => "hmac-sha256",
+            HashAlgorithm::SipHash => "siphash",
+        }
+    }
+
+    /// The longest pseudonym it gives, in hex digits.
+    pub fn max_hex_len(self) -> usize {
+        match self {
+            HashAlgorithm::SipHash => 32,
+            HashAlgorithm::Blake3 | HashAlgorithm::HmacSha256 => 64,
         }
     }
 }
@@ -77,6 +93,9 @@ enum Keyed {
     Blake3([u8; 32]),
     /// Keyed once: each value then costs two SHA-256 blocks, not four.
     HmacSha256(Box<Hmac<Sha256>>),
+    /// Two SipHash-2-4 instances under independent keys derived from `hash.key`: the first
+    /// gives digest bytes 0..8, the second 8..16 (only computed when shown).
+    SipHash([SipHasher24; 2]),
 }
 
 impl std::fmt::Debug for Hasher {
@@ -90,27 +109,64 @@ impl std::fmt::Debug for Hasher {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Writes the hex digits of `bytes` to `out` (two per byte, as far as `out` goes).
+fn put_hex(bytes: &[u8], out: &mut [u8]) {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+    }
+}
+
+/// The two hex digits of every byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 0x0f]];
+        b += 1;
+    }
+    pairs
+};
+
 /// BLAKE3's key-derivation context for `hash.key`: the configured text, of any length, becomes
 /// the 32-byte key of keyed hashing.
 const BLAKE3_KEY_CONTEXT: &str = "pgward mask-pii 2026-11 hash.key";
 
+/// The key-derivation context of SipHash's two 128-bit keys.
+const SIPHASH_KEY_CONTEXT: &str = "pgward mask-pii 2026-11 siphash keys";
+
 impl Hasher {
-    /// A hasher with `key`, writing `hex_len` hex digits (8..=64).
+    /// A hasher with `key`, writing `hex_len` hex digits (8 to the algorithm's maximum).
     pub fn new(algorithm: HashAlgorithm, key: &[u8], hex_len: usize) -> Hasher {
         let keyed = match algorithm {
             HashAlgorithm::Blake3 => Keyed::Blake3(blake3::derive_key(BLAKE3_KEY_CONTEXT, key)),
             HashAlgorithm::HmacSha256 => Keyed::HmacSha256(Box::new(
                 Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length"),
             )),
+            HashAlgorithm::SipHash => {
+                let keys = blake3::derive_key(SIPHASH_KEY_CONTEXT, key);
+                let (first, second) = keys.split_at(16);
+                let instance = |k: &[u8]| {
+                    SipHasher24::new_with_key(k.try_into().expect("16 of 32 derived bytes"))
+                };
+                Keyed::SipHash([instance(first), instance(second)])
+            }
         };
         Hasher {
             keyed,
-            hex_len: hex_len.clamp(8, 64),
+            hex_len: hex_len.clamp(8, algorithm.max_hex_len()),
         }
     }
 
     fn digest(&self, value: &[u8]) -> [u8; 32] {
         match &self.keyed {
+            Keyed::SipHash([first, second]) => {
+                let mut d = [0u8; 32];
+                d[..8].copy_from_slice(&first.hash(value).to_be_bytes());
+                if self.hex_len > 16 {
+                    d[8..16].copy_from_slice(&second.hash(value).to_be_bytes());
+                }
+                d
+            }
             Keyed::Blake3(key) => *blake3::keyed_hash(key, value).as_bytes(),
             Keyed::HmacSha256(mac) => {
                 let mut mac = mac.as_ref().clone();
@@ -122,11 +178,17 @@ impl Hasher {
 
     /// Appends the hash of `value` as hex.
     pub fn hex_into(&self, value: &[u8], out: &mut String) {
-        let d = self.digest(value);
         let mut hex = [0u8; 64];
-        for (pair, b) in hex.chunks_exact_mut(2).zip(d) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 0x0f)];
+        if let Keyed::SipHash([first, second]) = &self.keyed {
+            // The default: straight from the 64-bit outputs, no 32-byte digest in between.
+            put_hex(&first.hash(value).to_be_bytes(), &mut hex[..16]);
+            if self.hex_len > 16 {
+                put_hex(&second.hash(value).to_be_bytes(), &mut hex[16..32]);
+            }
+        } else {
+            // Only the digest bytes that are shown (the default length shows 8 of 32).
+            let shown = self.hex_len.div_ceil(2);
+            put_hex(&self.digest(value)[..shown], &mut hex);
         }
         // Hex digits are ASCII.
         if let Ok(text) = std::str::from_utf8(&hex[..self.hex_len]) {
@@ -316,10 +378,16 @@ pub fn partial_into(value: &str, keep_last: usize, out: &mut String) {
         // Byte by byte through two tables, a stack buffer at a time: this runs for every value
         // of a masked column.
         let bytes = value.as_bytes();
-        let cut = visible_from(bytes, keep_last);
         let mut buf = [0u8; 64];
         if let Some(masked) = buf.get_mut(..bytes.len()) {
-            // Most values: one buffer, one UTF-8 check, one copy into `out`.
+            // Most values: one pass into one buffer, one UTF-8 check, one copy into `out`.
+            if partial_short(bytes, keep_last, masked) {
+                push_ascii(masked, out);
+                return;
+            }
+        }
+        let cut = visible_from(bytes, keep_last);
+        if let Some(masked) = buf.get_mut(..bytes.len()) {
             let (hidden, shown) = masked.split_at_mut(cut);
             map_bytes(hidden, &bytes[..cut], &HIDE);
             map_bytes(shown, &bytes[cut..], &SHOW);
@@ -338,6 +406,30 @@ pub fn partial_into(value: &str, keep_last: usize, out: &mut String) {
         return;
     }
     partial_chars(value, keep_last, out);
+}
+
+/// [`partial_into`] of an ASCII value with at least `2 × keep_last` letters and digits, in one
+/// pass from the end into `out` (as long as `bytes`): the tail up to the `keep_last`-th letter
+/// or digit through [`SHOW`], the rest through [`HIDE`]. `false` when the value has fewer
+/// (then only the last half of them show, which needs their count first).
+fn partial_short(bytes: &[u8], keep_last: usize, out: &mut [u8]) -> bool {
+    let mut cut = bytes.len();
+    let mut seen = 0;
+    if keep_last > 0 {
+        for (o, &c) in out.iter_mut().zip(bytes).rev() {
+            cut -= 1;
+            *o = SHOW[usize::from(c)];
+            seen += usize::from(ALNUM[usize::from(c)]);
+            if seen == keep_last {
+                break;
+            }
+        }
+    }
+    for (o, &c) in out[..cut].iter_mut().zip(&bytes[..cut]) {
+        *o = HIDE[usize::from(c)];
+        seen += usize::from(ALNUM[usize::from(c)]);
+    }
+    seen >= 2 * keep_last
 }
 
 /// `out[i] = table[input[i]]`.
@@ -519,7 +611,11 @@ mod tests {
 
     #[test]
     fn hash_is_keyed_deterministic_and_sized() {
-        for algorithm in [HashAlgorithm::Blake3, HashAlgorithm::HmacSha256] {
+        for algorithm in [
+            HashAlgorithm::SipHash,
+            HashAlgorithm::Blake3,
+            HashAlgorithm::HmacSha256,
+        ] {
             hash_properties(algorithm);
         }
         let hex = |h: &Hasher, v: &str| {
@@ -547,11 +643,43 @@ mod tests {
                 .to_hex()
                 .as_str()
         );
-        // The two algorithms give different pseudonyms.
-        assert_ne!(
-            hex(&Hasher::new(HashAlgorithm::Blake3, b"Jefe", 64), "x"),
-            hex(&Hasher::new(HashAlgorithm::HmacSha256, b"Jefe", 64), "x")
+        // Every length, odd ones too, is a prefix of the full hex digest.
+        let full = hex(&Hasher::new(HashAlgorithm::Blake3, b"Jefe", 64), "ada");
+        for len in 8..=64 {
+            let short = hex(&Hasher::new(HashAlgorithm::Blake3, b"Jefe", len), "ada");
+            assert_eq!(short, full[..len], "length {len}");
+        }
+        // The SipHash-2-4 implementation gives the reference vector of its paper (key 00..0f,
+        // message 00..0e)...
+        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        let message: Vec<u8> = (0..15).collect();
+        assert_eq!(
+            SipHasher24::new_with_key(&key).hash(&message),
+            0xa129ca6149be45e5
         );
+        // ... and the pseudonym is its output under the two keys derived from `hash.key`,
+        // big-endian: digits 1-16 from the first, 17-32 from the second.
+        let derived = blake3::derive_key(SIPHASH_KEY_CONTEXT, b"Jefe");
+        let instance = |k: &[u8]| SipHasher24::new_with_key(k.try_into().unwrap());
+        let expected = format!(
+            "{:016x}{:016x}",
+            instance(&derived[..16]).hash(b"ada"),
+            instance(&derived[16..]).hash(b"ada")
+        );
+        for len in 8..=32 {
+            let short = hex(&Hasher::new(HashAlgorithm::SipHash, b"Jefe", len), "ada");
+            assert_eq!(short, expected[..len], "length {len}");
+        }
+        // The three algorithms give different pseudonyms.
+        let pseudonyms: std::collections::BTreeSet<String> = [
+            HashAlgorithm::SipHash,
+            HashAlgorithm::Blake3,
+            HashAlgorithm::HmacSha256,
+        ]
+        .into_iter()
+        .map(|a| hex(&Hasher::new(a, b"Jefe", 32), "x"))
+        .collect();
+        assert_eq!(pseudonyms.len(), 3);
     }
 
     fn hash_properties(algorithm: HashAlgorithm) {
@@ -567,7 +695,15 @@ mod tests {
         assert_ne!(hex(&a, "ada@example.com"), hex(&b, "ada@example.com"));
         assert_eq!(hex(&a, "x").len(), 16);
         assert!(hex(&a, "x").bytes().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(hex(&Hasher::new(algorithm, b"k", 64), "x").len(), 64);
+        let longest = if algorithm == HashAlgorithm::SipHash {
+            32
+        } else {
+            64
+        };
+        assert_eq!(
+            hex(&Hasher::new(algorithm, b"k", longest), "x").len(),
+            longest
+        );
         for bits in [16, 32, 64] {
             let v = a.integer(123_456_789, bits);
             assert!(v >= 0 && (bits == 64 || v < 1 << (bits - 1)), "{bits}: {v}");

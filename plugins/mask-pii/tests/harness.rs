@@ -1147,7 +1147,7 @@ fn the_example_config_masks_the_demo_schema_as_documented() {
         row,
         [
             Some("[name]".to_owned()),
-            Some("f92d7afe10ab050c".to_owned()),
+            Some("9d3c5cca624067c1".to_owned()),
             Some("+* *** *** 0100".to_owned()),
             Some("[redacted]".to_owned()),
             Some("**** **** **** 1111".to_owned()),
