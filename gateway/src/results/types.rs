@@ -1330,6 +1330,31 @@ mod tests {
     }
 
     #[test]
+    fn text_columns_are_checked_as_utf8_value_by_value() {
+        let styles = Styles {
+            iso_dates: true,
+            postgres_intervals: true,
+        };
+        let text = PgType::of(25);
+        let ok = decode_column(
+            text,
+            false,
+            &[Some("é".as_bytes()), None, Some(b"")],
+            styles,
+        )
+        .unwrap();
+        let ok = ok.as_string::<i32>();
+        assert_eq!((ok.value(0), ok.is_null(1), ok.value(2)), ("é", true, ""));
+        for binary in [false, true] {
+            // Not UTF-8; and "é" split across two values, valid only back to back.
+            for cells in [&[Some(&b"a\xff"[..])][..], &[Some(b"\xc3"), Some(b"\xa9")]] {
+                let e = decode_column(text, binary, cells, styles).unwrap_err();
+                assert!(e.contains("not valid UTF-8"), "{e}");
+            }
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         let styles = Styles {
             iso_dates: true,
