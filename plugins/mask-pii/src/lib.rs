@@ -77,6 +77,7 @@ pub mod config;
 pub mod detect;
 pub mod patterns;
 pub mod plan;
+pub mod siphash;
 pub mod sqlscan;
 pub mod statement;
 pub mod strategy;
