@@ -4,17 +4,22 @@
 //!   with `deny-keyword` (lower-cases and searches the SQL text) and with the template plugin
 //!   (checks on the analysis only), and through the built-in guardrails and mask-pii;
 //! - one on-batch call of the mask-column plugin on 4096 rows of one text column, Arrow IPC in
-//!   and out, against the same plugin code run natively (decode, mask, encode).
+//!   and out, against the same plugin code run natively (decode, mask, encode);
+//! - one on-batch call of mask-pii on the same column, classified by lineage, with its keyed
+//!   hash and with the partial strategy.
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
+use arrow_schema::{DataType, Field, Schema};
 use criterion::{criterion_group, criterion_main, Criterion};
 use mask_column::MaskColumn;
 use pgward::auth::Identity;
 use pgward::config::PluginsConfig;
-use pgward::plugins::bindings::pgward::plugin::types::{BatchResult, Protocol};
+use pgward::plugins::bindings::pgward::plugin::types::{
+    BatchResult, Column, ColumnLineage, Protocol,
+};
 use pgward::plugins::{convert_session, PluginHost};
 use pgward::sql::{LexOptions, SqlAnalyzer};
 use pgward_plugin_sdk::Plugin;
@@ -77,12 +82,7 @@ fn bench(c: &mut Criterion) {
         "policies",
         &[
             ("guardrails", "10-guardrails", ""),
-            (
-                "mask_pii",
-                "20-mask_pii",
-                "[hash]\nkey = \"bench-key-0123456789abcdef\"\n\n[[class]]\nname = \"email\"\n\
-                 lineage = [\"*.*.email\"]\ndetectors = [\"email\"]\nstrategy = \"hash\"\n",
-            ),
+            ("mask_pii", "20-mask_pii", MASK_PII_CONFIG),
         ],
     );
     let identity = Identity {
@@ -140,10 +140,96 @@ fn bench(c: &mut Criterion) {
         &format!("on-batch, mask-column natively, {BATCH_ROWS} rows"),
         |b| b.iter(|| native.on_batch(&native_session, black_box(&ipc))),
     );
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&template_dir);
-    let _ = std::fs::remove_dir_all(&policies_dir);
+
+    // mask-pii as a result arrives: the statement (on-query), the columns with their lineage
+    // (on-result-schema: the plan), then the batch as the gateway sends it (each field says
+    // its type and place in the result).
+    let gateway_ipc = {
+        let field = Field::new("email", DataType::Utf8, true).with_metadata(
+            [("pgward.type_oid", "25"), ("pgward.index", "0")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+        let column: ArrayRef = Arc::new(StringArray::from_iter_values(&emails));
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![column]).unwrap();
+        let mut writer = StreamWriter::try_new(Vec::new(), batch.schema_ref()).unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        writer.into_inner().unwrap()
+    };
+    let (partial, partial_dir) = host_with(
+        "mask-pii-partial",
+        &[(
+            "mask_pii",
+            "mask_pii",
+            &MASK_PII_CONFIG.replace("strategy = \"hash\"", "strategy = \"partial\""),
+        )],
+    );
+    let partial_chain = partial.chain();
+    for (strategy, host, chain) in [
+        ("keyed hash", &policies, &policies_chain),
+        ("partial", &partial, &partial_chain),
+    ] {
+        let plugin = chain
+            .plugins
+            .iter()
+            .find(|p| p.name == "mask-pii")
+            .expect("mask-pii is loaded")
+            .clone();
+        let sql = "SELECT email FROM public.customers";
+        let analysis = analyzer.analyze(sql, opts);
+        host.on_query(chain, &session, sql, &analysis, Protocol::Simple, |t| {
+            analyzer.analyze(t, opts)
+        });
+        let columns = [Column {
+            index: 0,
+            name: "email".into(),
+            type_oid: 25,
+            lineage: vec![ColumnLineage {
+                schema: "public".into(),
+                table: "customers".into(),
+                column: "email".into(),
+                inferred: false,
+            }],
+        }];
+        let interest = host
+            .on_result_schema(&plugin, &session, &columns)
+            .expect("on-result-schema");
+        assert_eq!(interest.modify, [0], "mask-pii masks the e-mails");
+        let result = host
+            .on_batch(&plugin, &session, &gateway_ipc)
+            .expect("on-batch");
+        let BatchResult::Replace(bytes) = result else {
+            panic!("mask-pii did not replace the batch: {result:?}");
+        };
+        let batch = StreamReader::try_new(bytes.as_slice(), None)
+            .unwrap()
+            .next()
+            .expect("one batch")
+            .unwrap();
+        let masked = batch.column(0).as_string::<i32>();
+        assert_eq!(masked.len(), emails.len());
+        for (email, masked) in emails.iter().zip(masked) {
+            assert_ne!(
+                masked,
+                Some(email.as_str()),
+                "{strategy} left {email} as it was"
+            );
+        }
+        c.bench_function(
+            &format!("on-batch, mask-pii {strategy}, {BATCH_ROWS} rows"),
+            |b| b.iter(|| host.on_batch(&plugin, &session, black_box(&gateway_ipc))),
+        );
+    }
+    for dir in [dir, template_dir, policies_dir, partial_dir] {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
+
+/// mask-pii as the load benchmark runs it: e-mails classified by lineage, keyed hash.
+const MASK_PII_CONFIG: &str = "[hash]\nkey = \"bench-key-0123456789abcdef\"\n\n[[class]]\n\
+    name = \"email\"\nlineage = [\"*.*.email\"]\ndetectors = [\"email\"]\nstrategy = \"hash\"\n";
 
 const MASK_CONFIG: &str = "columns = [\"email\"]\n";
 

@@ -463,3 +463,52 @@ fn healthy_plugins_are_not_denied_on_a_saturated_machine() {
         "a healthy plugin was reported as failed: {failures:#?}"
     );
 }
+
+/// Two plugin hosts in one process (a benchmark, an embedding) share each thread's instance
+/// cache: each host's calls must still reach its own plugins. Both hosts load the same plugin
+/// file under the same name with different rules, so only the instance tells them apart.
+#[test]
+fn two_plugin_hosts_in_one_process_keep_their_plugins_apart() {
+    use pgward::auth::Identity;
+    use pgward::config::PluginsConfig;
+    use pgward::plugins::bindings::pgward::plugin::types::Protocol;
+    use pgward::plugins::{convert_session, PluginHost, QueryDecision};
+    use pgward::sql::{LexOptions, SqlAnalyzer};
+
+    let host = |word: &str| {
+        let dir = plugins_dir();
+        install(&dir, "deny", "deny_keyword", Some(&deny_config(word)));
+        PluginHost::start(PluginsConfig {
+            directory: Some(dir),
+            watch: false,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let (alpha, beta) = (host("alpha_table"), host("beta_table"));
+    let identity = Identity {
+        user: "alice".into(),
+        groups: vec![],
+    };
+    let session = convert_session(1, &identity, "db", "127.0.0.1:5555", "test");
+    let analyzer = SqlAnalyzer::new(100);
+    let denied = |host: &PluginHost, sql: &str| {
+        let analysis = analyzer.analyze(sql, LexOptions::default());
+        let decision = host.on_query(
+            &host.chain(),
+            &session,
+            sql,
+            &analysis,
+            Protocol::Simple,
+            |t| analyzer.analyze(t, LexOptions::default()),
+        );
+        matches!(decision, QueryDecision::Deny(_))
+    };
+    // Alternately, on this one thread.
+    for _ in 0..3 {
+        assert!(denied(&alpha, "SELECT * FROM alpha_table"));
+        assert!(!denied(&beta, "SELECT * FROM alpha_table"));
+        assert!(denied(&beta, "SELECT * FROM beta_table"));
+        assert!(!denied(&alpha, "SELECT * FROM beta_table"));
+    }
+}

@@ -371,7 +371,6 @@ pub struct PluginHost {
     linker: Linker<HostState>,
     settings: PluginsConfig,
     chain: ArcSwap<Chain>,
-    next_id: AtomicU64,
     status: Mutex<Vec<PluginStatus>>,
     /// Serialises reloads (the watcher and explicit calls).
     reload_lock: Mutex<()>,
@@ -416,7 +415,6 @@ impl PluginHost {
             linker,
             settings,
             chain: ArcSwap::from_pointee(Chain::default()),
-            next_id: AtomicU64::new(1),
             status: Mutex::new(Vec::new()),
             reload_lock: Mutex::new(()),
             generation: AtomicU64::new(0),
@@ -850,8 +848,12 @@ impl PluginHost {
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
+    /// A new plugin version id or chain generation. Unique in the process, not just in this
+    /// host: the instances of every host on a thread share one cache keyed by id (a process
+    /// with two hosts, a benchmark say, must never call one host's plugin for the other's).
     fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
     }
 
     pub(crate) fn settings(&self) -> &PluginsConfig {
