@@ -317,7 +317,10 @@ impl Config {
                 };
                 if length > algorithm.max_hex_len() {
                     return Err(invalid(format!(
-                        "key `hash.length`: {length} hex digits is more than `hash.algorithm` \"siphash\" (the default) gives, 32; set `hash.algorithm = \"blake3\"` for up to 64"
+                        "key `hash.length`: {length} hex digits is more than `hash.algorithm` {:?}{} gives, {}; set `hash.algorithm = \"blake3\"` for up to 64",
+                        algorithm.name(),
+                        if file.hash.algorithm.is_none() { " (the default)" } else { "" },
+                        algorithm.max_hex_len()
                     )));
                 }
                 Some(Hasher::new(algorithm, key.as_bytes(), length))
@@ -424,6 +427,11 @@ strategy = "partial"
         let e = err("[hash]\nkey = \"0123456789abcdef\"\nlength = 40\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"hash\"\n");
         assert!(
             e.contains("key `hash.length`") && e.contains("hash.algorithm = \"blake3\""),
+            "{e}"
+        );
+        let e = err("[hash]\nkey = \"0123456789abcdef\"\nlength = 33\nalgorithm = \"siphash\"\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"hash\"\n");
+        assert!(
+            e.contains("\"siphash\" gives, 32") && !e.contains("the default"),
             "{e}"
         );
         assert!(Config::parse("[hash]\nkey = \"0123456789abcdef\"\nlength = 40\nalgorithm = \"blake3\"\n[[class]]\nname = \"x\"\nlineage = [\"t.c\"]\nstrategy = \"hash\"\n").is_ok());

@@ -16,7 +16,8 @@ pub enum Strategy {
     /// and digit becomes `*`; spaces and the separators `- . @ ( ) + _ : / ,` stay, so the value
     /// keeps its shape (`***-**-6789`).
     Partial { keep_last: usize },
-    /// A keyed hash of the value (keyed BLAKE3 or HMAC-SHA256 with `hash.key`), as hex: the
+    /// A keyed hash of the value (SipHash-2-4 by default, keyed BLAKE3 or HMAC-SHA256, keyed by
+    /// `hash.key`), as hex: the
     /// same value gives the same output in every row and every query, so joins and GROUP BY
     /// still work.
     Hash,
@@ -159,12 +160,11 @@ impl Hasher {
 
     fn digest(&self, value: &[u8]) -> [u8; 32] {
         match &self.keyed {
-            Keyed::SipHash([first, second]) => {
+            // Only the first instance: the digest's callers read its first eight bytes (the
+            // hex of SipHash comes straight from both instances in `hex_into`).
+            Keyed::SipHash([first, _]) => {
                 let mut d = [0u8; 32];
                 d[..8].copy_from_slice(&first.hash(value).to_be_bytes());
-                if self.hex_len > 16 {
-                    d[8..16].copy_from_slice(&second.hash(value).to_be_bytes());
-                }
                 d
             }
             Keyed::Blake3(key) => *blake3::keyed_hash(key, value).as_bytes(),
