@@ -504,11 +504,19 @@ fn two_plugin_hosts_in_one_process_keep_their_plugins_apart() {
         );
         matches!(decision, QueryDecision::Deny(_))
     };
-    // Alternately, on this one thread.
+    // Alternately, on this one thread; after the first round each host's instance is reused
+    // (switching hosts does not discard the other's).
+    let mut created = None;
     for _ in 0..3 {
         assert!(denied(&alpha, "SELECT * FROM alpha_table"));
         assert!(!denied(&beta, "SELECT * FROM alpha_table"));
         assert!(denied(&beta, "SELECT * FROM beta_table"));
         assert!(!denied(&alpha, "SELECT * FROM beta_table"));
+        let now = pgward::plugins::instance_epoch();
+        assert_eq!(
+            *created.get_or_insert(now),
+            now,
+            "instances were created again"
+        );
     }
 }

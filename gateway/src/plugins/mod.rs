@@ -341,6 +341,8 @@ pub struct Refusal {
 }
 
 struct Instance {
+    /// The [`PluginHost::id`] of the host it belongs to.
+    host: u64,
     store: Store<HostState>,
     plugin: bindings::Plugin,
     /// Sessions introduced to this instance (`open-session`) and not yet closed.
@@ -352,8 +354,8 @@ thread_local! {
     /// Instances of plugin versions on this thread, by `LoadedPlugin::id`: a handful, so a
     /// scan beats hashing on every call.
     static INSTANCES: RefCell<Vec<(u64, Instance)>> = const { RefCell::new(Vec::new()) };
-    /// The chain generation those instances were last pruned for.
-    static PRUNED_FOR: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Per host (by id), the chain generation its instances here were last pruned for.
+    static PRUNED_FOR: RefCell<Vec<(u64, u64)>> = const { RefCell::new(Vec::new()) };
     /// Instances created on this thread so far.
     static INSTANTIATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
@@ -367,6 +369,8 @@ pub fn instance_epoch() -> u64 {
 
 /// The plugin runtime: engine, linker, the current chain and the status of every file.
 pub struct PluginHost {
+    /// Unique in the process (instances on a thread are cached for every host together).
+    id: u64,
     engine: Engine,
     linker: Linker<HostState>,
     settings: PluginsConfig,
@@ -410,7 +414,9 @@ impl PluginHost {
             |s| s,
         )
         .map_err(|e| StartError(e.to_string()))?;
+        static NEXT_HOST: AtomicU64 = AtomicU64::new(1);
         let host = Arc::new(PluginHost {
+            id: NEXT_HOST.fetch_add(1, Ordering::Relaxed),
             engine: engine.clone(),
             linker,
             settings,
@@ -505,6 +511,7 @@ impl PluginHost {
         Self::arm(&mut store, self.settings.batch_deadline);
         match poll_once(instance.call_init(&mut store, &plugin.config)) {
             Ok(Ok(())) => Ok(Instance {
+                host: self.id,
                 store,
                 plugin: instance,
                 sessions: std::collections::HashSet::new(),
@@ -530,12 +537,27 @@ impl PluginHost {
             let mut instances = cell.borrow_mut();
             // After a reload, free this thread's instances of versions no longer in the chain
             // (their memory can be large); the one being called stays even if it was unloaded.
+            // Only this host's instances: another host's (a benchmark runs several) stay.
             let generation = self.generation.load(Ordering::Acquire);
-            if PRUNED_FOR.get() != generation {
-                PRUNED_FOR.set(generation);
+            let stale = PRUNED_FOR.with_borrow_mut(|pruned| {
+                match pruned.iter_mut().find(|(host, _)| *host == self.id) {
+                    Some((_, seen)) if *seen == generation => false,
+                    Some((_, seen)) => {
+                        *seen = generation;
+                        true
+                    }
+                    None => {
+                        pruned.push((self.id, generation));
+                        true
+                    }
+                }
+            });
+            if stale {
                 let chain = self.chain.load();
-                instances.retain(|(id, _)| {
-                    *id == plugin.id || chain.plugins.iter().any(|p| p.id == *id)
+                instances.retain(|(id, inst)| {
+                    inst.host != self.id
+                        || *id == plugin.id
+                        || chain.plugins.iter().any(|p| p.id == *id)
                 });
             }
             let at = match instances.iter().position(|(id, _)| *id == plugin.id) {
