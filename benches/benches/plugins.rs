@@ -20,7 +20,7 @@ use pgward::config::PluginsConfig;
 use pgward::plugins::bindings::pgward::plugin::types::{
     BatchResult, Column, ColumnLineage, Protocol,
 };
-use pgward::plugins::{convert_session, PluginHost};
+use pgward::plugins::{convert_session, Chain, LoadedPlugin, PluginHost};
 use pgward::sql::{LexOptions, SqlAnalyzer};
 use pgward_plugin_sdk::Plugin;
 use std::hint::black_box;
@@ -52,6 +52,16 @@ fn host_with(label: &str, files: &[(&str, &str, &str)]) -> (Arc<PluginHost>, std
     })
     .unwrap();
     (host, dir)
+}
+
+/// The plugin `name` of `chain`.
+fn loaded(chain: &Chain, name: &str) -> Arc<LoadedPlugin> {
+    chain
+        .plugins
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("{name} is loaded"))
+        .clone()
 }
 
 fn bench(c: &mut Criterion) {
@@ -119,12 +129,7 @@ fn bench(c: &mut Criterion) {
         }
     }
 
-    let plugin = chain
-        .plugins
-        .iter()
-        .find(|p| p.name == "mask-column")
-        .expect("mask-column is loaded")
-        .clone();
+    let plugin = loaded(&chain, "mask-column");
     let emails = emails(BATCH_ROWS);
     let ipc = ipc_stream(&emails);
     let result = host.on_batch(&plugin, &session, &ipc).expect("on-batch");
@@ -171,12 +176,7 @@ fn bench(c: &mut Criterion) {
         ("keyed hash", &policies, &policies_chain),
         ("partial", &partial, &partial_chain),
     ] {
-        let plugin = chain
-            .plugins
-            .iter()
-            .find(|p| p.name == "mask-pii")
-            .expect("mask-pii is loaded")
-            .clone();
+        let plugin = loaded(chain, "mask-pii");
         let sql = "SELECT email FROM public.customers";
         let analysis = analyzer.analyze(sql, opts);
         host.on_query(chain, &session, sql, &analysis, Protocol::Simple, |t| {

@@ -234,6 +234,12 @@ trait RowSink {
     fn changed(&mut self, row: usize, start: usize) -> Result<(), Refusal>;
 }
 
+/// Frames `range` of `bytes`, which holds frames back to back starting at `starts`.
+fn frames<'a>(bytes: &'a [u8], starts: &[usize], range: std::ops::Range<usize>) -> &'a [u8] {
+    let end = starts.get(range.end).copied().unwrap_or(bytes.len());
+    &bytes[starts[range.start]..end]
+}
+
 /// A batch's rows as DataRows, straight into the bytes for the client.
 struct DataRows<'a> {
     out: &'a mut BytesMut,
@@ -245,13 +251,8 @@ struct DataRows<'a> {
 impl RowSink for DataRows<'_> {
     fn unchanged(&mut self, rows: std::ops::Range<usize>) -> Result<(), Refusal> {
         // Rows are back to back: a run of unchanged rows is one copy.
-        let end = self
-            .starts
-            .get(rows.end)
-            .copied()
-            .unwrap_or(self.rows.len());
         self.out
-            .extend_from_slice(&self.rows[self.starts[rows.start]..end]);
+            .extend_from_slice(frames(self.rows, self.starts, rows));
         Ok(())
     }
 
@@ -371,8 +372,7 @@ impl Filter {
         // Cell positions (start, len; len < 0 for NULL) of every row, row-major.
         let mut cells: Vec<(usize, i32)> = Vec::with_capacity(nrows * ncols);
         for (r, &start) in starts.iter().enumerate() {
-            let end = starts.get(r + 1).copied().unwrap_or(rows.len());
-            let frame = &rows[start..end];
+            let frame = frames(rows, starts, r..r + 1);
             let mut at = 5;
             let count = frame
                 .get(at..at + 2)
@@ -686,13 +686,8 @@ struct CopyRows<'a> {
 
 impl RowSink for CopyRows<'_> {
     fn unchanged(&mut self, rows: std::ops::Range<usize>) -> Result<(), Refusal> {
-        let end = self
-            .message_starts
-            .get(rows.end)
-            .copied()
-            .unwrap_or(self.messages.len());
         self.out
-            .extend_from_slice(&self.messages[self.message_starts[rows.start]..end]);
+            .extend_from_slice(frames(self.messages, self.message_starts, rows));
         Ok(())
     }
 
