@@ -21,6 +21,7 @@
 
 mod convert;
 mod loader;
+mod ticker;
 
 use crate::config::PluginsConfig;
 use arc_swap::ArcSwap;
@@ -28,6 +29,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use ticker::EpochTicker;
 use tracing::{debug, error, info, warn};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -372,6 +374,8 @@ pub struct PluginHost {
     /// Unique in the process (instances on a thread are cached for every host together).
     id: u64,
     engine: Engine,
+    /// Advances the epoch (deadlines are counted in its ticks) while calls run.
+    ticker: Arc<EpochTicker>,
     linker: Linker<HostState>,
     settings: PluginsConfig,
     chain: ArcSwap<Chain>,
@@ -415,9 +419,12 @@ impl PluginHost {
         )
         .map_err(|e| StartError(e.to_string()))?;
         static NEXT_HOST: AtomicU64 = AtomicU64::new(1);
+        let ticker = EpochTicker::start(engine.clone(), EPOCH_TICK)
+            .map_err(|e| StartError(format!("cannot start the epoch ticker: {e}")))?;
         let host = Arc::new(PluginHost {
             id: NEXT_HOST.fetch_add(1, Ordering::Relaxed),
             engine: engine.clone(),
+            ticker,
             linker,
             settings,
             chain: ArcSwap::from_pointee(Chain::default()),
@@ -425,18 +432,6 @@ impl PluginHost {
             reload_lock: Mutex::new(()),
             generation: AtomicU64::new(0),
         });
-        // The epoch ticker: deadlines are counted in ticks of this thread.
-        let weak = Arc::downgrade(&host);
-        std::thread::Builder::new()
-            .name("pgward-epoch".into())
-            .spawn(move || loop {
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(h) => h.engine.increment_epoch(),
-                    None => return,
-                }
-            })
-            .map_err(|e| StartError(e.to_string()))?;
         host.reload();
         if host.settings.watch {
             if let Some(dir) = &host.settings.directory {
@@ -533,6 +528,7 @@ impl PluginHost {
         deadline: Duration,
         f: impl FnOnce(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
+        let _running = self.ticker.running();
         INSTANCES.with(|cell| {
             let mut instances = cell.borrow_mut();
             // After a reload, free this thread's instances of versions no longer in the chain
@@ -648,6 +644,7 @@ impl PluginHost {
     /// (`close-session`). An instance that fails to is discarded, which forgets it too.
     pub fn close_session(&self, id: u64) {
         let deadline = self.settings.query_deadline;
+        let _running = self.ticker.running();
         INSTANCES.with(|cell| {
             let Ok(mut instances) = cell.try_borrow_mut() else {
                 return;
@@ -907,6 +904,7 @@ fn truncate(s: &str, max: usize) -> &str {
 
 impl Drop for PluginHost {
     fn drop(&mut self) {
+        self.ticker.stop();
         warn!("plugin runtime stopped");
     }
 }
