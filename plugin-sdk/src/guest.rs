@@ -139,7 +139,13 @@ impl<P: Plugin> bindings::Guest for Exports<P> {
     }
 
     fn on_batch(session: u64, batch: Vec<u8>) -> wit::BatchResult {
-        match with_session(session, |p: &mut P, s| p.on_batch(s, &batch)) {
+        #[cfg(feature = "arrow")]
+        let result = crate::arrow::from_gateway(batch, |batch| {
+            with_session(session, |p: &mut P, s| p.on_batch(s, batch))
+        });
+        #[cfg(not(feature = "arrow"))]
+        let result = with_session(session, |p: &mut P, s| p.on_batch(s, &batch));
+        match result {
             Ok(result) => result.into(),
             Err(missing) => wit::BatchResult::Abort(missing.deny()),
         }
