@@ -831,6 +831,8 @@ async fn server_to_client(
                 break;
             }
             let frame = &buf[pos..pos + header.frame_len];
+            // Bytes this step handles: the frame, or a run of DataRows taken together.
+            let mut frame_len = header.frame_len;
             // What to do with the frame: relay it as it is, or replace it with `out`'s new bytes.
             let mut relay = !results.discard;
             if !matches!(header.tag, b'D' | b'd') && results.holds_rows() {
@@ -928,18 +930,21 @@ async fn server_to_client(
                     }
                 }
                 b'D' => {
-                    // A filtered row: it goes out with its batch.
+                    // Filtered rows: this one and the complete rows after it go out with
+                    // their batch.
                     out.extend_from_slice(&buf[written..pos]);
-                    written = pos + header.frame_len;
                     relay = false;
                     if let Some(f) = results.filter.as_mut() {
-                        if f.push(frame) {
+                        let (took, full) = f.push_rows(&buf[pos..], MAX_PROTOCOL_MESSAGE);
+                        frame_len = took.max(frame_len);
+                        if full {
                             if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
                                 results.filter = None;
                                 results.refuse(&mut out, &r);
                             }
                         }
                     }
+                    written = pos + frame_len;
                 }
                 b'H' => {
                     let (sent, statement) = match state.expect().front() {
@@ -997,11 +1002,11 @@ async fn server_to_client(
                 if written < pos {
                     out.extend_from_slice(&buf[written..pos]);
                 }
-                written = written.max(pos + header.frame_len);
+                written = written.max(pos + frame_len);
             } else if results.discard {
-                written = pos + header.frame_len;
+                written = pos + frame_len;
             }
-            pos += header.frame_len;
+            pos += frame_len;
         }
         if results.discard && pass == 0 {
             written = written.max(pos);

@@ -300,6 +300,31 @@ impl Filter {
     pub fn push(&mut self, frame: &[u8]) -> bool {
         self.starts.push(self.rows.len());
         self.rows.extend_from_slice(frame);
+        self.is_full()
+    }
+
+    /// Adds the complete DataRow frames at the start of `bytes`, which starts with one, up
+    /// to the batch's bounds, in one copy: how many bytes it took, and whether the batch is
+    /// full and must be flushed. A frame with an invalid length (or one over `limit`) is
+    /// left for the caller to report.
+    pub fn push_rows(&mut self, bytes: &[u8], limit: usize) -> (usize, bool) {
+        let base = self.rows.len();
+        let mut at = 0;
+        while let Ok(Some(h)) = protocol::frame_header(&bytes[at..], limit) {
+            if h.tag != b'D' || bytes.len() - at < h.frame_len {
+                break;
+            }
+            self.starts.push(base + at);
+            at += h.frame_len;
+            if self.starts.len() >= self.max_rows || base + at >= self.max_bytes {
+                break;
+            }
+        }
+        self.rows.extend_from_slice(&bytes[..at]);
+        (at, self.is_full())
+    }
+
+    fn is_full(&self) -> bool {
         self.starts.len() >= self.max_rows || self.rows.len() >= self.max_bytes
     }
 
@@ -496,85 +521,88 @@ impl Filter {
         if changed.is_empty() {
             return sink.unchanged(0..nrows);
         }
-        // Per changed column, which rows differ (one pass per column, not per cell).
-        let mut differing: Vec<Vec<bool>> = vec![Vec::new(); ncols];
-        for &c in &changed {
-            if let (Some(a), Some(b)) = (&original[c], &arrays[c]) {
-                differing[c] = types::differing_rows(a.as_ref(), b.as_ref());
-            }
+        // What each cell of a changed row is written from.
+        enum Source<'a> {
+            /// The server's cell, length prefix and bytes as they came.
+            Server,
+            /// A text column's new values: their bytes in either format, without the encoder.
+            Text(&'a StringArray, Vec<bool>),
+            /// Other new values, encoded in the client's format.
+            Encode(&'a dyn Array, Vec<bool>),
         }
-        // Text columns' new values are their bytes in either format: copied straight into the
-        // row, without the per-value encoder.
-        let texts: Vec<Option<&StringArray>> = arrays
+        let mut differs_any = vec![false; nrows];
+        let sources: Vec<Source> = arrays
             .iter()
             .enumerate()
-            .map(|(c, a)| {
-                a.as_ref()
-                    .filter(|_| changed.contains(&c) && self.sub.kinds[c].is_plain_text())
-                    .and_then(|a| a.as_string_opt::<i32>())
+            .map(|(c, a)| match (a, &original[c]) {
+                (Some(new), Some(old)) if changed.contains(&c) => {
+                    // Which rows differ: one pass per column, not per cell.
+                    let differing = types::differing_rows(old.as_ref(), new.as_ref());
+                    for (any, &d) in differs_any.iter_mut().zip(&differing) {
+                        *any |= d;
+                    }
+                    match new.as_string_opt::<i32>() {
+                        Some(text) if self.sub.kinds[c].is_plain_text() => {
+                            Source::Text(text, differing)
+                        }
+                        _ => Source::Encode(new.as_ref(), differing),
+                    }
+                }
+                _ => Source::Server,
             })
             .collect();
+        // The rows take about the bytes they came in.
+        sink.buffer().reserve(rows.len());
         let mut value = Vec::new();
         // First row of the run of unchanged rows not yet given to the sink.
         let mut unchanged_from = 0;
-        for r in 0..nrows {
-            let differs = |c: usize| differing[c].get(r).copied().unwrap_or(false);
-            if !changed.iter().any(|&c| differs(c)) {
-                continue;
-            }
+        for (r, _) in differs_any.iter().enumerate().filter(|(_, &d)| d) {
             if unchanged_from < r {
                 sink.unchanged(unchanged_from..r)?;
             }
             unchanged_from = r + 1;
-            let mut error = None;
             let buffer = sink.buffer();
             let start = buffer.len();
-            protocol::put_message(buffer, b'D', |o| {
-                o.put_i16(ncols as i16);
-                for (c, array) in arrays.iter().enumerate() {
-                    let new = array
-                        .as_ref()
-                        .filter(|_| changed.contains(&c) && differs(c));
-                    if let Some(a) = new {
-                        if a.is_null(r) {
-                            o.put_i32(-1);
-                            continue;
-                        }
-                        if let Some(text) = texts[c] {
-                            let v = text.value(r).as_bytes();
-                            o.put_i32(v.len() as i32);
-                            o.extend_from_slice(v);
-                            continue;
-                        }
-                        value.clear();
-                        if let Err(e) = types::encode_value(
-                            self.sub.kinds[c],
-                            self.sub.fields[c].binary,
-                            a.as_ref(),
-                            r,
-                            &mut value,
-                        ) {
-                            error = Some((c, e));
-                            o.put_i32(-1);
-                            continue;
-                        }
-                        o.put_i32(value.len() as i32);
-                        o.extend_from_slice(&value);
-                    } else {
-                        match cell(r, c) {
-                            None => o.put_i32(-1),
-                            Some(v) => {
-                                o.put_i32(v.len() as i32);
-                                o.extend_from_slice(v);
-                            }
-                        }
+            buffer.put_u8(b'D');
+            buffer.put_i32(0);
+            buffer.put_i16(ncols as i16);
+            for (c, source) in sources.iter().enumerate() {
+                let new: &dyn Array = match source {
+                    Source::Text(a, d) if d.get(r).copied().unwrap_or(false) => *a,
+                    Source::Encode(a, d) if d.get(r).copied().unwrap_or(false) => *a,
+                    _ => {
+                        let (at, len) = cells[r * ncols + c];
+                        buffer.extend_from_slice(&rows[at - 4..at + len.max(0) as usize]);
+                        continue;
                     }
+                };
+                if new.is_null(r) {
+                    buffer.put_i32(-1);
+                    continue;
                 }
-            });
-            if let Some((c, e)) = error {
-                buffer.truncate(start);
-                return Err(decode_error(c, e));
+                if let Source::Text(text, _) = source {
+                    let offsets = text.value_offsets();
+                    let v = &text.values()[offsets[r] as usize..offsets[r + 1] as usize];
+                    buffer.put_i32(v.len() as i32);
+                    buffer.extend_from_slice(v);
+                    continue;
+                }
+                value.clear();
+                if let Err(e) = types::encode_value(
+                    self.sub.kinds[c],
+                    self.sub.fields[c].binary,
+                    new,
+                    r,
+                    &mut value,
+                ) {
+                    buffer.truncate(start);
+                    return Err(decode_error(c, e));
+                }
+                buffer.put_i32(value.len() as i32);
+                buffer.extend_from_slice(&value);
             }
+            let len = (buffer.len() - start - 1) as i32;
+            buffer[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
             sink.changed(r, start)?;
         }
         if unchanged_from < nrows {
@@ -740,4 +768,82 @@ fn read_ipc(bytes: &[u8]) -> Result<RecordBatch, String> {
         return Err("replacement holds more than one batch".into());
     }
     Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(max_rows: usize, max_bytes: usize) -> Filter {
+        Filter {
+            sub: Arc::new(Subscription {
+                fields: Vec::new(),
+                kinds: Vec::new(),
+                subs: Vec::new(),
+                needed: Vec::new(),
+            }),
+            rows: BytesMut::new(),
+            starts: Vec::new(),
+            max_rows,
+            max_bytes,
+            styles: Styles::default(),
+        }
+    }
+
+    fn data_row(value: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        protocol::put_message(&mut out, b'D', |o| {
+            o.put_i16(1);
+            o.put_i32(value.len() as i32);
+            o.extend_from_slice(value);
+        });
+        out.to_vec()
+    }
+
+    #[test]
+    fn a_run_of_rows_is_taken_whole_up_to_what_ends_it() {
+        let rows: Vec<Vec<u8>> = ["a", "bb", "ccc"]
+            .iter()
+            .map(|v| data_row(v.as_bytes()))
+            .collect();
+        let complete = command_complete();
+        let mut bytes = rows.concat();
+        bytes.extend_from_slice(&complete);
+
+        // Up to the first message that is not a row.
+        let mut f = filter(100, 1 << 20);
+        assert_eq!(f.push_rows(&bytes, 1 << 20), (rows.concat().len(), false));
+        assert_eq!(f.starts, [0, rows[0].len(), rows[0].len() + rows[1].len()]);
+        assert_eq!(&f.rows[..], &rows.concat()[..]);
+
+        // Up to an incomplete row, which waits for more bytes.
+        let mut f = filter(100, 1 << 20);
+        let cut = rows[0].len() + rows[1].len() + 3;
+        assert_eq!(f.push_rows(&bytes[..cut], 1 << 20), (cut - 3, false));
+        assert_eq!(f.starts.len(), 2);
+
+        // Up to the batch's bounds: rows, then bytes.
+        let mut f = filter(2, 1 << 20);
+        assert_eq!(
+            f.push_rows(&bytes, 1 << 20),
+            (rows[0].len() + rows[1].len(), true)
+        );
+        let mut f = filter(100, rows[0].len() + 1);
+        assert_eq!(
+            f.push_rows(&bytes, 1 << 20),
+            (rows[0].len() + rows[1].len(), true)
+        );
+
+        // A row with an invalid length is left for the relay to report.
+        let mut bad = rows[0].clone();
+        bad.extend_from_slice(&[b'D', 0, 0, 0, 2]);
+        let mut f = filter(100, 1 << 20);
+        assert_eq!(f.push_rows(&bad, 1 << 20), (rows[0].len(), false));
+    }
+
+    fn command_complete() -> Vec<u8> {
+        let mut out = BytesMut::new();
+        protocol::put_message(&mut out, b'C', |o| protocol::put_cstr(o, "SELECT 3"));
+        out.to_vec()
+    }
 }
