@@ -4,7 +4,8 @@
 //! The gateway calls `on_batch` with one Arrow IPC *stream* holding exactly one record batch:
 //! the columns the plugin named in `on_result_schema`, in result order, each field named as the
 //! client sees the column. [`read_batch`] decodes it, [`map_strings`] (or the allocation-free
-//! [`map_strings_into`], and [`map_nullable_strings_into`] when a value may become NULL),
+//! [`map_strings_into`], [`map_nullable_strings_into`] when a value may become NULL, and
+//! [`map_strings_fixed_ascii`] when every new value is fixed-width ASCII, such as a hash),
 //! [`map_list_values`] (the elements of array columns) and [`replace_column`] change it,
 //! [`write_batch`] encodes the answer
 //! for [`BatchResult::Replace`]; [`transform_batch`] does all of that around one closure and
@@ -343,6 +344,118 @@ pub fn map_nullable_strings_into(
     }
 }
 
+/// Like [`map_nullable_strings_into`] for a transform whose every new value is exactly
+/// `width` ASCII bytes (a fixed-width pseudonym, a hex digest): `f` writes them into `out`,
+/// which is `width` bytes long and part of the new column, and returns `true`, or returns
+/// `false` for NULL. Nulls stay null and `f` is not called for them.
+///
+/// No value is copied or checked one by one: each is written where it ends up, and the new
+/// column is checked to be ASCII once, in bulk. Masking with a keyed hash this way costs about
+/// two thirds of what [`map_nullable_strings_into`] does in a plugin. Fails, and the batch
+/// with it, if `f` wrote a byte that is not ASCII.
+///
+/// ```
+/// # use pgward_plugin_sdk::arrow::*;
+/// # use pgward_plugin_sdk::arrow::arrow_array::cast::AsArray;
+/// let emails = StringArray::from(vec![Some("ada@example.com"), None, Some("bob@example.com")]);
+/// let masked = map_strings_fixed_ascii(&emails, 4, |email, out| {
+///     out.copy_from_slice(format!("{:04x}", email.len()).as_bytes());
+///     true
+/// })
+/// .unwrap();
+/// let masked = masked.as_string::<i32>();
+/// assert_eq!(masked.value(0), "000f");
+/// assert!(masked.is_null(1));
+/// ```
+pub fn map_strings_fixed_ascii(
+    array: &dyn Array,
+    width: usize,
+    mut f: impl FnMut(&str, &mut [u8]) -> bool,
+) -> Result<ArrayRef, String> {
+    fn fixed<O: OffsetSizeTrait>(
+        strings: &GenericStringArray<O>,
+        width: usize,
+        f: &mut impl FnMut(&str, &mut [u8]) -> bool,
+    ) -> Result<GenericStringArray<O>, String> {
+        let n = strings.len();
+        let too_large = || {
+            format!(
+                "the new values of the column exceed {} bytes",
+                O::MAX_OFFSET
+            )
+        };
+        let total = n.checked_mul(width).ok_or_else(too_large)?;
+        O::from_usize(total).ok_or_else(too_large)?;
+        let mut values = vec![0u8; total];
+        let mut offsets = Vec::with_capacity(n + 1);
+        offsets.push(O::default());
+        let mut nulls: Option<BooleanBufferBuilder> = None;
+        let mut end = 0;
+        for i in 0..n {
+            let valid = strings.is_valid(i) && f(strings.value(i), &mut values[end..end + width]);
+            if valid {
+                end += width;
+                if let Some(nulls) = &mut nulls {
+                    nulls.append(true);
+                }
+            } else {
+                nulls
+                    .get_or_insert_with(|| {
+                        let mut b = BooleanBufferBuilder::new(n);
+                        b.append_n(i, true);
+                        b
+                    })
+                    .append(false);
+            }
+            // At most `total`, which fits.
+            offsets.push(O::usize_as(end));
+        }
+        values.truncate(end);
+        // Whatever a NULL's call wrote was past `end` and is gone.
+        if !values.is_ascii() {
+            return Err("a new value is not ASCII".to_owned());
+        }
+        let nulls = nulls.map(|mut b| NullBuffer::new(b.finish()));
+        // SAFETY: the offsets start at 0, never decrease and end at `values.len()`; `values` is
+        // ASCII (checked above), so every range is valid UTF-8; `nulls`, if any, has a bit per
+        // value.
+        #[allow(unsafe_code)]
+        let array = unsafe {
+            GenericStringArray::<O>::new_unchecked(
+                OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
+                Buffer::from_vec(values),
+                nulls,
+            )
+        };
+        Ok(array)
+    }
+    match array.data_type() {
+        DataType::Utf8 => Ok(Arc::new(fixed(array.as_string::<i32>(), width, &mut f)?)),
+        DataType::LargeUtf8 => Ok(Arc::new(fixed(array.as_string::<i64>(), width, &mut f)?)),
+        DataType::Utf8View => {
+            let mut scratch = vec![0u8; width];
+            let mut ascii = true;
+            let mapped = map_nullable_strings_into(array, |value, out| {
+                if !f(value, &mut scratch) {
+                    return false;
+                }
+                match std::str::from_utf8(&scratch) {
+                    Ok(text) if text.is_ascii() => out.push_str(text),
+                    _ => ascii = false,
+                }
+                true
+            })?;
+            if !ascii {
+                return Err("a new value is not ASCII".to_owned());
+            }
+            Ok(mapped)
+        }
+        other => Err(format!(
+            "expected a string column (Utf8, LargeUtf8 or Utf8View), found {other}"
+        )),
+    }
+}
+
 /// A list column (`List` or `LargeList`, the gateway's form of a PostgreSQL array) with its
 /// element values replaced by `f(values)`: same offsets, same nulls, so every list keeps its
 /// length. `f` gets the flat array of all elements and must return one of the same length.
@@ -533,6 +646,41 @@ mod tests {
             read_batch(&copy).unwrap_err()
         });
         assert!(err.contains("invalid batch"), "{err}");
+    }
+
+    #[test]
+    fn fixed_width_ascii_values_are_written_in_place_for_every_string_type() {
+        let strings = [Some("ada@example.com"), None, Some("ü@x"), Some("")];
+        let arrays: [ArrayRef; 3] = [
+            Arc::new(StringArray::from(strings.to_vec())),
+            Arc::new(LargeStringArray::from(strings.to_vec())),
+            Arc::new(StringViewArray::from(strings.to_vec())),
+        ];
+        for array in arrays {
+            // NULL for the empty value; whatever its call wrote is dropped.
+            let mapped = map_strings_fixed_ascii(array.as_ref(), 3, |v, out| {
+                out.copy_from_slice(format!("{:03}", v.len()).as_bytes());
+                !v.is_empty()
+            })
+            .unwrap();
+            assert_eq!(mapped.data_type(), array.data_type());
+            let expected = map_nullable_strings_into(array.as_ref(), |v, out| {
+                out.push_str(&format!("{:03}", v.len()));
+                !v.is_empty()
+            })
+            .unwrap();
+            assert_eq!(&mapped, &expected, "{}", array.data_type());
+            assert_eq!(mapped.null_count(), 2);
+
+            let err = map_strings_fixed_ascii(array.as_ref(), 2, |_, out| {
+                out.copy_from_slice("é".as_bytes());
+                true
+            })
+            .unwrap_err();
+            assert!(err.contains("not ASCII"), "{err}");
+        }
+        let err = map_strings_fixed_ascii(&Int32Array::from(vec![1]), 4, |_, _| true).unwrap_err();
+        assert!(err.contains("expected a string column"), "{err}");
     }
 
     #[test]

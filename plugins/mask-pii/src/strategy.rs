@@ -195,27 +195,43 @@ impl Hasher {
         }
     }
 
+    /// How many hex digits a pseudonym has (`hash.length`).
+    pub fn hex_len(&self) -> usize {
+        self.hex_len
+    }
+
     /// Appends the hash of `value` as hex.
     pub fn hex_into(&self, value: &[u8], out: &mut String) {
-        let mut push = |digits: &[u8]| {
-            // Hex digits are ASCII.
-            if let Ok(text) = std::str::from_utf8(digits) {
-                out.push_str(text);
-            }
-        };
+        let mut hex = [0u8; 64];
+        let digits = &mut hex[..self.hex_len];
+        self.hex_to(value, digits);
+        // Hex digits are ASCII.
+        if let Ok(text) = std::str::from_utf8(digits) {
+            out.push_str(text);
+        }
+    }
+
+    /// Writes the hash of `value` as hex into `out`, [`Hasher::hex_len`] bytes long (a
+    /// shorter `out` gets the first digits).
+    pub fn hex_to(&self, value: &[u8], out: &mut [u8]) {
         if let Keyed::SipHash([first, second]) = &self.keyed {
             // The default: straight from the 64-bit outputs, no 32-byte digest in between.
-            let digits = hex16(first.hash(value));
-            push(&digits[..self.hex_len.min(16)]);
-            if self.hex_len > 16 {
-                push(&hex16(second.hash(value))[..self.hex_len - 16]);
+            if let Ok(digits) = <&mut [u8; 16]>::try_from(&mut *out) {
+                *digits = hex16(first.hash(value));
+                return;
+            }
+            let (head, tail) = out.split_at_mut(out.len().min(16));
+            head.copy_from_slice(&hex16(first.hash(value))[..head.len()]);
+            if !tail.is_empty() {
+                let shown = tail.len().min(16);
+                tail[..shown].copy_from_slice(&hex16(second.hash(value))[..shown]);
             }
         } else {
             // Only the digest bytes that are shown (the default length shows 8 of 32).
             let mut hex = [0u8; 64];
-            let shown = self.hex_len.div_ceil(2);
-            put_hex(&self.digest(value)[..shown], &mut hex);
-            push(&hex[..self.hex_len]);
+            let len = out.len().min(64);
+            put_hex(&self.digest(value)[..len.div_ceil(2)], &mut hex);
+            out[..len].copy_from_slice(&hex[..len]);
         }
     }
 
@@ -695,6 +711,35 @@ mod tests {
         .map(|a| hex(&Hasher::new(a, b"Jefe", 32), "x"))
         .collect();
         assert_eq!(pseudonyms.len(), 3);
+    }
+
+    #[test]
+    fn pseudonyms_written_in_place_equal_appended_ones() {
+        for algorithm in [
+            HashAlgorithm::SipHash,
+            HashAlgorithm::Blake3,
+            HashAlgorithm::HmacSha256,
+        ] {
+            for len in 8..=algorithm.max_hex_len() {
+                let h = Hasher::new(algorithm, b"key", len);
+                for value in [
+                    "",
+                    "ada@example.com",
+                    "a much longer value than one block of any hash",
+                ] {
+                    let mut appended = String::new();
+                    h.hex_into(value.as_bytes(), &mut appended);
+                    let mut in_place = vec![0u8; h.hex_len()];
+                    h.hex_to(value.as_bytes(), &mut in_place);
+                    assert_eq!(
+                        in_place,
+                        appended.as_bytes(),
+                        "{algorithm:?} {len} {value:?}"
+                    );
+                    assert_eq!(appended.len(), len);
+                }
+            }
+        }
     }
 
     #[test]
