@@ -5,7 +5,8 @@
 //! the columns the plugin named in `on_result_schema`, in result order, each field named as the
 //! client sees the column. [`read_batch`] decodes it, [`map_strings`] (or the allocation-free
 //! [`map_strings_into`], [`map_nullable_strings_into`] when a value may become NULL, and
-//! [`map_strings_fixed_ascii`] when every new value is fixed-width ASCII, such as a hash),
+//! [`map_strings_fixed_ascii`] when every new value is fixed-width ASCII, such as a hash,
+//! [`map_strings_shrinking`] when no new value is longer than the old one, such as a mask),
 //! [`map_list_values`] (the elements of array columns) and [`replace_column`] change it,
 //! [`write_batch`] encodes the answer
 //! for [`BatchResult::Replace`]; [`transform_batch`] does all of that around one closure and
@@ -456,6 +457,139 @@ pub fn map_strings_fixed_ascii(
     }
 }
 
+/// Like [`map_nullable_strings_into`] for a transform whose new value is never longer than
+/// the old one (masking characters with `*`, cutting a value short): `f` writes the new value
+/// into `out`, which is as long as the old value and part of the new column, and returns how
+/// many bytes it wrote, or `None` for NULL. Nulls stay null and `f` is not called for them.
+///
+/// Values are written where they end up, and the new column's UTF-8 is checked once for the
+/// whole column. Fails, and the batch with it, if `f` claims more bytes than `out` has or
+/// wrote something that is not UTF-8.
+///
+/// ```
+/// # use pgward_plugin_sdk::arrow::*;
+/// # use pgward_plugin_sdk::arrow::arrow_array::cast::AsArray;
+/// let cards = StringArray::from(vec![Some("4111 1111 1111 1111"), None]);
+/// let masked = map_strings_shrinking(&cards, |card, out| {
+///     let (hide, show) = card.as_bytes().split_at(card.len().saturating_sub(4));
+///     let (hidden, shown) = out.split_at_mut(hide.len());
+///     for (o, &c) in hidden.iter_mut().zip(hide) {
+///         *o = if c == b' ' { b' ' } else { b'*' };
+///     }
+///     shown.copy_from_slice(show);
+///     Some(card.len())
+/// })
+/// .unwrap();
+/// assert_eq!(masked.as_string::<i32>().value(0), "**** **** **** 1111");
+/// assert!(masked.is_null(1));
+/// ```
+pub fn map_strings_shrinking(
+    array: &dyn Array,
+    mut f: impl FnMut(&str, &mut [u8]) -> Option<usize>,
+) -> Result<ArrayRef, String> {
+    fn shrink<O: OffsetSizeTrait>(
+        strings: &GenericStringArray<O>,
+        f: &mut impl FnMut(&str, &mut [u8]) -> Option<usize>,
+    ) -> Result<GenericStringArray<O>, String> {
+        let n = strings.len();
+        let old = strings.value_offsets();
+        let mut values = vec![0u8; old[n].as_usize() - old[0].as_usize()];
+        let mut offsets = Vec::with_capacity(n + 1);
+        offsets.push(O::default());
+        let mut nulls: Option<BooleanBufferBuilder> = None;
+        let mut end = 0;
+        for i in 0..n {
+            let wrote = if strings.is_valid(i) {
+                let value = strings.value(i);
+                let room = value.len();
+                f(value, &mut values[end..end + room])
+                    .map(|wrote| {
+                        if wrote <= room {
+                            Ok(wrote)
+                        } else {
+                            Err(format!(
+                                "a new value claims {wrote} bytes where the old one had {room}"
+                            ))
+                        }
+                    })
+                    .transpose()?
+            } else {
+                None
+            };
+            match wrote {
+                Some(wrote) => {
+                    end += wrote;
+                    if let Some(nulls) = &mut nulls {
+                        nulls.append(true);
+                    }
+                }
+                None => nulls
+                    .get_or_insert_with(|| {
+                        let mut b = BooleanBufferBuilder::new(n);
+                        b.append_n(i, true);
+                        b
+                    })
+                    .append(false),
+            }
+            // Never past the old values' length, which fits.
+            offsets.push(O::usize_as(end));
+        }
+        values.truncate(end);
+        // One check for the column; then every value must start and end on a character.
+        let text =
+            std::str::from_utf8(&values).map_err(|e| format!("a new value is not UTF-8: {e}"))?;
+        if !offsets.iter().all(|o| text.is_char_boundary(o.as_usize())) {
+            return Err("a new value ends inside a UTF-8 character".to_owned());
+        }
+        let nulls = nulls.map(|mut b| NullBuffer::new(b.finish()));
+        // SAFETY: the offsets start at 0, never decrease and end at `values.len()`; `values`
+        // is UTF-8 and every offset is a character boundary in it (checked above), so every
+        // value is UTF-8; `nulls`, if any, has a bit per value.
+        #[allow(unsafe_code)]
+        let array = unsafe {
+            GenericStringArray::<O>::new_unchecked(
+                OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
+                Buffer::from_vec(values),
+                nulls,
+            )
+        };
+        Ok(array)
+    }
+    match array.data_type() {
+        DataType::Utf8 => Ok(Arc::new(shrink(array.as_string::<i32>(), &mut f)?)),
+        DataType::LargeUtf8 => Ok(Arc::new(shrink(array.as_string::<i64>(), &mut f)?)),
+        DataType::Utf8View => {
+            let mut scratch = Vec::new();
+            let mut error = None;
+            let mapped = map_nullable_strings_into(array, |value, out| {
+                scratch.clear();
+                scratch.resize(value.len(), 0);
+                let Some(wrote) = f(value, &mut scratch) else {
+                    return false;
+                };
+                match scratch.get(..wrote).map(std::str::from_utf8) {
+                    Some(Ok(text)) => out.push_str(text),
+                    Some(Err(e)) => error = Some(format!("a new value is not UTF-8: {e}")),
+                    None => {
+                        error = Some(format!(
+                            "a new value claims {wrote} bytes where the old one had {}",
+                            value.len()
+                        ))
+                    }
+                }
+                true
+            })?;
+            match error {
+                Some(e) => Err(e),
+                None => Ok(mapped),
+            }
+        }
+        other => Err(format!(
+            "expected a string column (Utf8, LargeUtf8 or Utf8View), found {other}"
+        )),
+    }
+}
+
 /// A list column (`List` or `LargeList`, the gateway's form of a PostgreSQL array) with its
 /// element values replaced by `f(values)`: same offsets, same nulls, so every list keeps its
 /// length. `f` gets the flat array of all elements and must return one of the same length.
@@ -681,6 +815,48 @@ mod tests {
         }
         let err = map_strings_fixed_ascii(&Int32Array::from(vec![1]), 4, |_, _| true).unwrap_err();
         assert!(err.contains("expected a string column"), "{err}");
+    }
+
+    #[test]
+    fn shrinking_values_are_written_in_place_for_every_string_type() {
+        let strings = [Some("ada@example.com"), None, Some("ü@xé"), Some("")];
+        let arrays: [ArrayRef; 3] = [
+            Arc::new(StringArray::from(strings.to_vec())),
+            Arc::new(LargeStringArray::from(strings.to_vec())),
+            Arc::new(StringViewArray::from(strings.to_vec())),
+        ];
+        // Every character but the last becomes `*`; the empty value becomes NULL.
+        let star = |v: &str, out: &mut String| {
+            let chars = v.chars().count();
+            out.extend(std::iter::repeat_n('*', chars.saturating_sub(1)));
+            out.extend(v.chars().last());
+            !v.is_empty()
+        };
+        for array in arrays {
+            let mapped = map_strings_shrinking(array.as_ref(), |v, out| {
+                let mut new = String::new();
+                star(v, &mut new).then(|| {
+                    out[..new.len()].copy_from_slice(new.as_bytes());
+                    new.len()
+                })
+            })
+            .unwrap();
+            let expected = map_nullable_strings_into(array.as_ref(), star).unwrap();
+            assert_eq!(&mapped, &expected, "{}", array.data_type());
+            if let Some(utf8) = mapped.as_string_opt::<i32>() {
+                assert_eq!(utf8.value(2), "***é");
+            }
+
+            // Claiming more room than there is, or leaving half a character, fails.
+            let err = map_strings_shrinking(array.as_ref(), |v, _| Some(v.len() + 1)).unwrap_err();
+            assert!(err.contains("claims"), "{err}");
+            let err = map_strings_shrinking(array.as_ref(), |v, out| {
+                out.copy_from_slice(v.as_bytes());
+                Some(if v.starts_with('ü') { 1 } else { v.len() })
+            })
+            .unwrap_err();
+            assert!(err.contains("UTF-8"), "{err}");
+        }
     }
 
     #[test]

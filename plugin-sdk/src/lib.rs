@@ -151,8 +151,9 @@
 //! With the cargo feature `arrow` (`pgward-plugin-sdk = { version = "0.1", features = ["arrow"] }`)
 //! the module `pgward_plugin_sdk::arrow` decodes and encodes batches (`read_batch`,
 //! `write_batch`), rewrites string values (`map_strings`, `map_strings_into` without an
-//! allocation per value, `map_strings_fixed_ascii` writing fixed-width ASCII values such as
-//! hashes in place), swaps a column (`replace_column`), and wraps it all so that any error
+//! allocation per value; `map_strings_fixed_ascii` and `map_strings_shrinking` write
+//! fixed-width ASCII values such as hashes, or values never longer than the old ones such as
+//! masks, in place), swaps a column (`replace_column`), and wraps it all so that any error
 //! aborts the result instead of leaking rows (`transform_batch`). It re-exports the Arrow crates
 //! it uses (`arrow_array`, `arrow_schema`, `arrow_buffer`), so a plugin needs no Arrow
 //! dependency of its own. Arrow makes a component of ≈ 0.95 MB instead of ≈ 280 KB, which is

@@ -4,14 +4,14 @@
 use crate::config::Config;
 use crate::detect::{Detector, Detectors, Span};
 use crate::plan::{Action, Plan, Signature};
-use crate::strategy::{blank, mask_span, mask_whole, Hasher, Strategy, ValueKind};
+use crate::strategy::{blank, mask_span, mask_whole, partial_to, Hasher, Strategy, ValueKind};
 use pgward_plugin_sdk::arrow::arrow_array::cast::AsArray;
 use pgward_plugin_sdk::arrow::arrow_array::types::{Int16Type, Int32Type, Int64Type};
 use pgward_plugin_sdk::arrow::arrow_array::{new_null_array, GenericBinaryArray, OffsetSizeTrait};
 use pgward_plugin_sdk::arrow::arrow_buffer::Buffer;
 use pgward_plugin_sdk::arrow::{
-    map_list_values, map_nullable_strings_into, map_strings_fixed_ascii, replace_column, Array,
-    ArrayRef, DataType, RecordBatch, SchemaRef,
+    map_list_values, map_nullable_strings_into, map_strings_fixed_ascii, map_strings_shrinking,
+    replace_column, Array, ArrayRef, DataType, RecordBatch, SchemaRef,
 };
 use pgward_plugin_sdk::{sqlstate, Deny};
 use std::sync::Arc;
@@ -162,8 +162,9 @@ pub fn apply(
     Ok(changed.then_some(out))
 }
 
-/// String values masked whole. A text pseudonym is fixed-width hex, written where it ends up
-/// in the new column (the same values `mask_whole` gives, without a copy per value).
+/// String values masked whole. A text pseudonym (fixed-width hex) and a `partial` mask (never
+/// longer than the value) are written where they end up in the new column: the same values
+/// `mask_whole` gives, without a copy per value.
 fn mask_strings(
     strategy: &Strategy,
     hasher: Option<&Hasher>,
@@ -176,6 +177,9 @@ fn mask_strings(
                 h.hex_to(v.as_bytes(), out);
                 true
             })
+        }
+        (ValueKind::Text, Strategy::Partial { keep_last }, _) => {
+            map_strings_shrinking(array, |v, out| Some(partial_to(v, *keep_last, out)))
         }
         _ => map_nullable_strings_into(array, |v, out| mask_whole(strategy, hasher, kind, v, out)),
     }

@@ -447,6 +447,27 @@ pub fn partial_into(value: &str, keep_last: usize, out: &mut String) {
     partial_chars(value, keep_last, out);
 }
 
+/// [`partial_into`] written into `out`, as long as `value` (`partial` never lengthens a
+/// value: a hidden character becomes one `*`); how many bytes it wrote.
+pub fn partial_to(value: &str, keep_last: usize, out: &mut [u8]) -> usize {
+    let bytes = value.as_bytes();
+    if value.is_ascii() && out.len() >= bytes.len() {
+        let out = &mut out[..bytes.len()];
+        if !partial_short(bytes, keep_last, out) {
+            let (hidden, shown) = out.split_at_mut(visible_from(bytes, keep_last));
+            map_bytes(hidden, &bytes[..hidden.len()], &HIDE);
+            map_bytes(shown, &bytes[bytes.len() - shown.len()..], &SHOW);
+        }
+        return bytes.len();
+    }
+    let mut masked = String::new();
+    partial_chars(value, keep_last, &mut masked);
+    // Never longer than the value; were it, the cut would fail the column's UTF-8 check.
+    let n = masked.len().min(out.len());
+    out[..n].copy_from_slice(&masked.as_bytes()[..n]);
+    n
+}
+
 /// [`partial_into`] of an ASCII value with at least `2 × keep_last` letters and digits, in one
 /// pass from the end into `out` (as long as `bytes`): the tail up to the `keep_last`-th letter
 /// or digit through [`SHOW`], the rest through [`HIDE`]. `false` when the value has fewer
@@ -624,6 +645,25 @@ mod tests {
     }
 
     #[test]
+    fn partial_in_place_equals_partial_appended_for_any_text() {
+        for value in [
+            "",
+            "ü",
+            "Zoë Ünal",
+            "日本語のメール@例え.jp",
+            "4111 1111 1111 1111",
+        ] {
+            for keep in [0, 1, 2, 4] {
+                let mut appended = String::new();
+                partial_into(value, keep, &mut appended);
+                let mut in_place = vec![0u8; value.len()];
+                let n = partial_to(value, keep, &mut in_place);
+                assert_eq!(&in_place[..n], appended.as_bytes(), "{value:?} keep {keep}");
+            }
+        }
+    }
+
+    #[test]
     fn partial_of_ascii_equals_partial_by_characters() {
         // The byte-table path for ASCII must mask exactly as the general one.
         let alphabet = b"aZ09 -.@()+_:/,'\"*#!x";
@@ -644,6 +684,9 @@ mod tests {
                 partial_into(&value, keep, &mut fast);
                 partial_chars(&value, keep, &mut slow);
                 assert_eq!(fast, slow, "{value:?} keep {keep}");
+                let mut in_place = vec![0u8; value.len()];
+                let n = partial_to(&value, keep, &mut in_place);
+                assert_eq!(&in_place[..n], slow.as_bytes(), "{value:?} keep {keep}");
             }
         }
     }
