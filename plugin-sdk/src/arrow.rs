@@ -90,7 +90,8 @@ fn gateway_buffer(ipc: &[u8]) -> Option<Buffer> {
 /// dictionary batches (the gateway does not dictionary-encode columns).
 ///
 /// Given the very bytes `on_batch` received, the arrays share them (no copy) and their values
-/// are not validated again: the gateway validated them when it built the batch. Other bytes
+/// are not validated again: the gateway validated them when it built the batch (a host of
+/// the `pgward:plugin` contract must only send batches Arrow's own validation accepts). Other bytes
 /// are copied once and validated in full (offsets within bounds, UTF-8 of text columns), so a
 /// malformed stream is an error, never a bad array.
 pub fn read_batch(ipc: &[u8]) -> Result<RecordBatch, String> {
@@ -346,12 +347,14 @@ pub fn map_nullable_strings_into(
 }
 
 /// Like [`map_nullable_strings_into`] for a transform whose every new value is exactly
-/// `width` ASCII bytes (a fixed-width pseudonym, a hex digest): `f` writes them into `out`,
-/// which is `width` bytes long and part of the new column, and returns `true`, or returns
-/// `false` for NULL. Nulls stay null and `f` is not called for them.
+/// `width` ASCII bytes (a fixed-width pseudonym, a hex digest): `f` fills `out`, which is
+/// `width` bytes long and part of the new column, and returns `true`, or returns `false` for
+/// NULL. `out` starts with unspecified bytes (zeros, or what a call that returned `false`
+/// left), so `f` must write all of it. Nulls stay null and `f` is not called for them.
 ///
-/// No value is copied or checked one by one: each is written where it ends up, and the new
-/// column is checked to be ASCII once, in bulk. Masking with a keyed hash this way costs about
+/// No value is copied or checked one by one (for `Utf8` and `LargeUtf8`, the types the
+/// gateway sends; `Utf8View` goes value by value): each is written where it ends up, and the
+/// new column is checked to be ASCII once, in bulk. Masking with a keyed hash this way costs about
 /// two thirds of what [`map_nullable_strings_into`] does in a plugin. Fails, and the batch
 /// with it, if `f` wrote a byte that is not ASCII.
 ///
@@ -412,7 +415,6 @@ pub fn map_strings_fixed_ascii(
             offsets.push(O::usize_as(end));
         }
         values.truncate(end);
-        // Whatever a NULL's call wrote was past `end` and is gone.
         if !values.is_ascii() {
             return Err("a new value is not ASCII".to_owned());
         }
@@ -459,10 +461,12 @@ pub fn map_strings_fixed_ascii(
 
 /// Like [`map_nullable_strings_into`] for a transform whose new value is never longer than
 /// the old one (masking characters with `*`, cutting a value short): `f` writes the new value
-/// into `out`, which is as long as the old value and part of the new column, and returns how
-/// many bytes it wrote, or `None` for NULL. Nulls stay null and `f` is not called for them.
+/// at the start of `out`, which is as long as the old value, starts with unspecified bytes and
+/// is part of the new column, and returns how many bytes it wrote, or `None` for NULL. Nulls
+/// stay null and `f` is not called for them.
 ///
-/// Values are written where they end up, and the new column's UTF-8 is checked once for the
+/// Values are written where they end up (for `Utf8` and `LargeUtf8`, the types the gateway
+/// sends; `Utf8View` goes value by value), and the new column's UTF-8 is checked once for the
 /// whole column. Fails, and the batch with it, if `f` claims more bytes than `out` has or
 /// wrote something that is not UTF-8.
 ///

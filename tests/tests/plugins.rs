@@ -386,6 +386,59 @@ async fn hostile_plugins_fail_closed_within_their_deadline() {
     }
 }
 
+/// A plugin whose `init` never returns is refused at load, at startup and when it arrives
+/// later, after the idle gateway's epoch ticker has parked; loading goes on and the other
+/// plugins keep working.
+#[test]
+fn a_plugin_whose_init_never_returns_is_refused_at_startup_and_on_reload() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("plug").unwrap();
+    let dir = plugins_dir();
+    install(
+        &dir,
+        "10-deny",
+        "deny_keyword",
+        Some(&deny_config("alpha_table")),
+    );
+    install(
+        &dir,
+        "20-spin",
+        "hostile",
+        Some("mode = \"loop-in-init\"\n"),
+    );
+    let gw = gateway_with(pg, &dir, "");
+    let refused = |file: &str| {
+        gw.log()
+            .lines()
+            .any(|l| l.contains(file) && l.contains("plugin failed to load"))
+    };
+    assert!(refused("20-spin.wasm"), "{}", gw.log());
+    assert!(denied(&gw, &db, "SELECT * FROM alpha_table"));
+
+    // Idle long enough for the ticker to park, then the same plugin arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    install(
+        &dir,
+        "30-spin",
+        "hostile",
+        Some("mode = \"loop-in-init\"\n"),
+    );
+    let reported = wait_for(Duration::from_secs(10), || refused("30-spin.wasm"));
+    assert!(reported.is_some(), "the load never ended: {}", gw.log());
+    // Reloads go on: a plugin added after it loads.
+    install(
+        &dir,
+        "40-deny",
+        "deny_keyword",
+        Some(&deny_config("beta_table")),
+    );
+    let loaded = wait_for(Duration::from_secs(10), || {
+        denied(&gw, &db, "SELECT * FROM beta_table")
+    });
+    assert!(loaded.is_some(), "{}", gw.log());
+    assert!(denied(&gw, &db, "SELECT * FROM alpha_table"));
+}
+
 #[test]
 fn plugin_for_another_contract_version_is_refused_clearly() {
     let pg = Postgres::shared();

@@ -171,7 +171,9 @@ fn load(
         pre,
         failures: Default::default(),
     };
-    // Probe: instantiate, ask for the plugin's info and run init with its config.
+    // Probe: instantiate, ask for the plugin's info and run init with its config, under a
+    // deadline like any call (the epoch ticks while it runs).
+    let _running = host.ticker.running();
     let mut store = host.new_store(&plugin);
     let probe_deadline = host
         .settings()

@@ -7,12 +7,12 @@
 //! preempting whatever ran on its core). So the ticker parks once no call has run for
 //! [`IDLE_TICKS`] ticks, and the next call to start wakes it.
 //!
-//! Starting a call costs one atomic write to a counter of the calling thread's own (no line
-//! shared between threads is written) and one read of the parked flag. The ticker reads every
-//! thread's counter once per tick.
+//! Starting and ending a call each cost one store to a counter of the calling thread's own
+//! (no cache line shared between threads is written) and a call's start one read of the
+//! parked flag. The ticker reads every thread's counter once per tick.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use wasmtime::Engine;
 
@@ -20,8 +20,9 @@ use wasmtime::Engine;
 const IDLE_TICKS: u32 = 50;
 
 /// Calls on every thread that ever made one: each thread's counter is odd while a call runs
-/// on it and advances by two per call.
-static THREADS: Mutex<Vec<Weak<AtomicU64>>> = Mutex::new(Vec::new());
+/// on it and advances by two per call. An entry whose thread ended (the registry holds the
+/// last reference) is dropped at the next look.
+static THREADS: Mutex<Vec<Arc<AtomicU64>>> = Mutex::new(Vec::new());
 
 thread_local! {
     static CALLS: Arc<AtomicU64> = {
@@ -29,7 +30,7 @@ thread_local! {
         THREADS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::downgrade(&calls));
+            .push(calls.clone());
         calls
     };
 }
@@ -44,15 +45,21 @@ pub struct EpochTicker {
     wake: Condvar,
 }
 
-/// A call in progress on this thread; the ticker keeps ticking until it is dropped.
+/// A call in progress on this thread; the ticker keeps ticking until it is dropped. Not
+/// `Send`: it ends the call on the thread that started it.
 pub struct Running {
-    calls: Arc<AtomicU64>,
-    at: u64,
+    /// The counter's value to store at the end; `None` for a call inside another, which the
+    /// outer one's end covers.
+    end: Option<u64>,
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.calls.store(self.at + 1, Ordering::Release);
+        if let Some(end) = self.end {
+            // Never panics, even while the thread's locals are being torn down.
+            let _ = CALLS.try_with(|calls| calls.store(end, Ordering::Release));
+        }
     }
 }
 
@@ -77,16 +84,25 @@ impl EpochTicker {
     /// Marks a call as running on this thread until the guard is dropped, waking the ticker
     /// if it is parked.
     pub fn running(&self) -> Running {
-        let calls = CALLS.with(Arc::clone);
-        let at = calls.load(Ordering::Relaxed) | 1;
-        // SeqCst store, then SeqCst load: paired with the ticker's store of `parked` and its
-        // load of the counters, either this call sees the ticker parked (and wakes it) or the
-        // ticker sees the call (and does not park).
-        calls.store(at, Ordering::SeqCst);
+        let end = CALLS.with(|calls| {
+            let now = calls.load(Ordering::Relaxed);
+            if now % 2 == 1 {
+                // Already in a call on this thread.
+                return None;
+            }
+            // SeqCst store, then SeqCst load: paired with the ticker's store of `parked` and
+            // its load of the counters, either this call sees the ticker parked (and wakes it)
+            // or the ticker sees the call (and does not park).
+            calls.store(now + 1, Ordering::SeqCst);
+            Some(now + 2)
+        });
         if self.parked.load(Ordering::SeqCst) {
             self.unpark();
         }
-        Running { calls, at }
+        Running {
+            end,
+            _thread: std::marker::PhantomData,
+        }
     }
 
     /// Ends the ticker thread (within a tick).
@@ -140,12 +156,8 @@ impl EpochTicker {
 /// counters as last seen.
 fn calls_changed(seen: &mut Vec<u64>) -> bool {
     let mut threads = THREADS.lock().unwrap_or_else(|e| e.into_inner());
-    threads.retain(|t| t.strong_count() > 0);
-    let now: Vec<u64> = threads
-        .iter()
-        .filter_map(Weak::upgrade)
-        .map(|c| c.load(Ordering::SeqCst))
-        .collect();
+    threads.retain(|t| Arc::strong_count(t) > 1);
+    let now: Vec<u64> = threads.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     drop(threads);
     let changed = now.iter().any(|c| c % 2 == 1) || now != *seen;
     *seen = now;
@@ -195,6 +207,8 @@ mod tests {
                 .get_typed_func::<(), ()>(&mut store, "spin")
                 .unwrap();
             let _call = call_ticker.running();
+            // A call inside it ends without ending the outer one.
+            drop(call_ticker.running());
             store.set_epoch_deadline(2 * u64::from(IDLE_TICKS));
             let trap = spin.call(&mut store, ()).unwrap_err();
             done_tx

@@ -341,6 +341,8 @@ impl Filter {
     ) -> Result<(), Refusal> {
         let rows = std::mem::take(&mut self.rows);
         let starts = std::mem::take(&mut self.starts);
+        // The rows going out take about the bytes they came in.
+        out.reserve(rows.len());
         let mut sink = DataRows {
             out,
             rows: &rows,
@@ -551,8 +553,6 @@ impl Filter {
                 _ => Source::Server,
             })
             .collect();
-        // The rows take about the bytes they came in.
-        sink.buffer().reserve(rows.len());
         let mut value = Vec::new();
         // First row of the run of unchanged rows not yet given to the sink.
         let mut unchanged_from = 0;

@@ -180,7 +180,7 @@ impl Hasher {
     fn digest(&self, value: &[u8]) -> [u8; 32] {
         match &self.keyed {
             // Only the first instance: the digest's callers read its first eight bytes (the
-            // hex of SipHash comes straight from both instances in `hex_into`).
+            // hex of SipHash comes straight from both instances in `hex_to`).
             Keyed::SipHash([first, _]) => {
                 let mut d = [0u8; 32];
                 d[..8].copy_from_slice(&first.hash(value).to_be_bytes());

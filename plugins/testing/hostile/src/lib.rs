@@ -10,6 +10,7 @@
 //! | `trap` | panics, which traps the instance |
 //! | `garbage` | denies with SQLSTATE `"XX"` and an empty message (the host must reject it) |
 //! | `huge` | rewrites the query to a 64 MiB string |
+//! | `loop-in-init` | never returns from `init` (the load's deadline must stop it) |
 //!
 //! ```toml
 //! mode = "loop"
@@ -34,6 +35,9 @@ pub enum Mode {
     Garbage,
     /// Return a 64 MiB rewrite.
     Huge,
+    /// Never return from `init`.
+    #[serde(rename = "loop-in-init")]
+    LoopInInit,
 }
 
 /// `hostile.toml`.
@@ -63,7 +67,7 @@ impl Hostile {
     /// Runs the configured misbehaviour; returns only for `garbage` and `huge`.
     pub fn misbehave(&self) -> Verdict {
         match self.config.mode {
-            Mode::Loop => {
+            Mode::Loop | Mode::LoopInInit => {
                 let mut spins = 0u64;
                 loop {
                     spins = black_box(spins.wrapping_add(1));
@@ -99,9 +103,13 @@ impl Plugin for Hostile {
     const HOOKS: Hooks = Hooks::ON_QUERY;
 
     fn init(text: &str) -> Result<Self, String> {
-        Ok(Hostile {
+        let hostile = Hostile {
             config: config(text)?,
-        })
+        };
+        if hostile.config.mode == Mode::LoopInInit {
+            hostile.misbehave();
+        }
+        Ok(hostile)
     }
 
     fn on_query(&mut self, _session: &Session, query: &Query) -> Verdict {
