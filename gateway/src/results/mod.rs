@@ -358,13 +358,13 @@ impl Filter {
 
     /// Runs `rows` (DataRow frames starting at `starts`) through the subscribers; `sink` gets
     /// every row in order, unchanged or as its new DataRow frame.
-    fn flush_with(
+    fn flush_with<S: RowSink>(
         &self,
         host: &PluginHost,
         session: &wit::Session,
         rows: &[u8],
         starts: &[usize],
-        sink: &mut dyn RowSink,
+        sink: &mut S,
     ) -> Result<(), Refusal> {
         if starts.is_empty() {
             return Ok(());
@@ -380,13 +380,13 @@ impl Filter {
         result
     }
 
-    fn run(
+    fn run<S: RowSink>(
         &self,
         host: &PluginHost,
         session: &wit::Session,
         rows: &[u8],
         starts: &[usize],
-        sink: &mut dyn RowSink,
+        sink: &mut S,
     ) -> Result<(), Refusal> {
         let ncols = self.sub.fields.len();
         let nrows = starts.len();
