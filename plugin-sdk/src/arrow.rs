@@ -271,10 +271,7 @@ pub fn map_nullable_strings_into(
         let n = strings.len();
         let old = strings.value_offsets();
         let mut values = Vec::with_capacity(old[n].as_usize() - old[0].as_usize());
-        let mut offsets = Vec::with_capacity(n + 1);
-        offsets.push(O::default());
-        // Built only once a value is NULL.
-        let mut nulls: Option<BooleanBufferBuilder> = None;
+        let mut column = StringColumn::with_capacity(n);
         let mut out = String::new();
         for i in 0..n {
             let valid = strings.is_valid(i) && {
@@ -283,40 +280,20 @@ pub fn map_nullable_strings_into(
             };
             if valid {
                 values.extend_from_slice(out.as_bytes());
-                if let Some(nulls) = &mut nulls {
-                    nulls.append(true);
-                }
-            } else {
-                nulls
-                    .get_or_insert_with(|| {
-                        let mut b = BooleanBufferBuilder::new(n);
-                        b.append_n(i, true);
-                        b
-                    })
-                    .append(false);
             }
-            offsets.push(O::from_usize(values.len()).ok_or_else(|| {
+            let end = O::from_usize(values.len()).ok_or_else(|| {
                 format!(
                     "the new values of the column exceed {} bytes",
                     O::MAX_OFFSET
                 )
-            })?);
+            })?;
+            column.push(end, valid);
         }
-        let nulls = nulls.map(|mut b| NullBuffer::new(b.finish()));
-        // SAFETY: the offsets start at 0 and never decrease (each is the length of `values`
-        // after a value was appended), the last is `values.len()`, and every value appended
-        // is a whole `&str`, so each range between two offsets is valid UTF-8. `nulls`, if
-        // any, has one bit per offset pair. Validating all of it again would cost as much as
+        // SAFETY: each offset is the length of `values` after a value was appended, and every
+        // value appended is a whole `&str`. Validating it all again would cost as much as
         // building it.
         #[allow(unsafe_code)]
-        let array = unsafe {
-            GenericStringArray::<O>::new_unchecked(
-                OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
-                Buffer::from_vec(values),
-                nulls,
-            )
-        };
-        Ok(array)
+        Ok(unsafe { column.finish(values) })
     }
     match array.data_type() {
         DataType::Utf8 => Ok(Arc::new(offsets(array.as_string::<i32>(), &mut f)?)),
@@ -340,9 +317,7 @@ pub fn map_nullable_strings_into(
             }
             Ok(Arc::new(builder.finish()))
         }
-        other => Err(format!(
-            "expected a string column (Utf8, LargeUtf8 or Utf8View), found {other}"
-        )),
+        other => Err(not_a_string_column(other)),
     }
 }
 
@@ -391,46 +366,24 @@ pub fn map_strings_fixed_ascii(
         let total = n.checked_mul(width).ok_or_else(too_large)?;
         O::from_usize(total).ok_or_else(too_large)?;
         let mut values = vec![0u8; total];
-        let mut offsets = Vec::with_capacity(n + 1);
-        offsets.push(O::default());
-        let mut nulls: Option<BooleanBufferBuilder> = None;
+        let mut column = StringColumn::with_capacity(n);
         let mut end = 0;
         for i in 0..n {
             let valid = strings.is_valid(i) && f(strings.value(i), &mut values[end..end + width]);
             if valid {
                 end += width;
-                if let Some(nulls) = &mut nulls {
-                    nulls.append(true);
-                }
-            } else {
-                nulls
-                    .get_or_insert_with(|| {
-                        let mut b = BooleanBufferBuilder::new(n);
-                        b.append_n(i, true);
-                        b
-                    })
-                    .append(false);
             }
             // At most `total`, which fits.
-            offsets.push(O::usize_as(end));
+            column.push(O::usize_as(end), valid);
         }
         values.truncate(end);
         if !values.is_ascii() {
             return Err("a new value is not ASCII".to_owned());
         }
-        let nulls = nulls.map(|mut b| NullBuffer::new(b.finish()));
-        // SAFETY: the offsets start at 0, never decrease and end at `values.len()`; `values` is
-        // ASCII (checked above), so every range is valid UTF-8; `nulls`, if any, has a bit per
-        // value.
+        // SAFETY: the offsets grow by `width` per value up to `values.len()`, and `values` is
+        // ASCII (checked above), so every value is UTF-8.
         #[allow(unsafe_code)]
-        let array = unsafe {
-            GenericStringArray::<O>::new_unchecked(
-                OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
-                Buffer::from_vec(values),
-                nulls,
-            )
-        };
-        Ok(array)
+        Ok(unsafe { column.finish(values) })
     }
     match array.data_type() {
         DataType::Utf8 => Ok(Arc::new(fixed(array.as_string::<i32>(), width, &mut f)?)),
@@ -453,9 +406,7 @@ pub fn map_strings_fixed_ascii(
             }
             Ok(mapped)
         }
-        other => Err(format!(
-            "expected a string column (Utf8, LargeUtf8 or Utf8View), found {other}"
-        )),
+        other => Err(not_a_string_column(other)),
     }
 }
 
@@ -498,9 +449,7 @@ pub fn map_strings_shrinking(
         let n = strings.len();
         let old = strings.value_offsets();
         let mut values = vec![0u8; old[n].as_usize() - old[0].as_usize()];
-        let mut offsets = Vec::with_capacity(n + 1);
-        offsets.push(O::default());
-        let mut nulls: Option<BooleanBufferBuilder> = None;
+        let mut column = StringColumn::with_capacity(n);
         let mut end = 0;
         for i in 0..n {
             let wrote = if strings.is_valid(i) {
@@ -520,44 +469,25 @@ pub fn map_strings_shrinking(
             } else {
                 None
             };
-            match wrote {
-                Some(wrote) => {
-                    end += wrote;
-                    if let Some(nulls) = &mut nulls {
-                        nulls.append(true);
-                    }
-                }
-                None => nulls
-                    .get_or_insert_with(|| {
-                        let mut b = BooleanBufferBuilder::new(n);
-                        b.append_n(i, true);
-                        b
-                    })
-                    .append(false),
-            }
+            end += wrote.unwrap_or(0);
             // Never past the old values' length, which fits.
-            offsets.push(O::usize_as(end));
+            column.push(O::usize_as(end), wrote.is_some());
         }
         values.truncate(end);
         // One check for the column; then every value must start and end on a character.
         let text =
             std::str::from_utf8(&values).map_err(|e| format!("a new value is not UTF-8: {e}"))?;
-        if !offsets.iter().all(|o| text.is_char_boundary(o.as_usize())) {
+        if !column
+            .offsets
+            .iter()
+            .all(|o| text.is_char_boundary(o.as_usize()))
+        {
             return Err("a new value ends inside a UTF-8 character".to_owned());
         }
-        let nulls = nulls.map(|mut b| NullBuffer::new(b.finish()));
-        // SAFETY: the offsets start at 0, never decrease and end at `values.len()`; `values`
-        // is UTF-8 and every offset is a character boundary in it (checked above), so every
-        // value is UTF-8; `nulls`, if any, has a bit per value.
+        // SAFETY: the offsets never decrease and end at `values.len()`; `values` is UTF-8 and
+        // every offset is a character boundary in it (checked above).
         #[allow(unsafe_code)]
-        let array = unsafe {
-            GenericStringArray::<O>::new_unchecked(
-                OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
-                Buffer::from_vec(values),
-                nulls,
-            )
-        };
-        Ok(array)
+        Ok(unsafe { column.finish(values) })
     }
     match array.data_type() {
         DataType::Utf8 => Ok(Arc::new(shrink(array.as_string::<i32>(), &mut f)?)),
@@ -588,9 +518,73 @@ pub fn map_strings_shrinking(
                 None => Ok(mapped),
             }
         }
-        other => Err(format!(
-            "expected a string column (Utf8, LargeUtf8 or Utf8View), found {other}"
-        )),
+        other => Err(not_a_string_column(other)),
+    }
+}
+
+fn not_a_string_column(found: &DataType) -> String {
+    format!("expected a string column (Utf8, LargeUtf8 or Utf8View), found {found}")
+}
+
+/// The offsets and validity of a new string column built value by value; its bytes are the
+/// caller's.
+struct StringColumn<O> {
+    offsets: Vec<O>,
+    /// Built only once a value is NULL.
+    nulls: Option<BooleanBufferBuilder>,
+    /// How many values the column will have.
+    len: usize,
+}
+
+impl<O: OffsetSizeTrait> StringColumn<O> {
+    fn with_capacity(len: usize) -> Self {
+        let mut offsets = Vec::with_capacity(len + 1);
+        offsets.push(O::default());
+        StringColumn {
+            offsets,
+            nulls: None,
+            len,
+        }
+    }
+
+    /// The next value ends at `end` in the column's bytes; a NULL (`valid` false) ends where
+    /// the value before it did.
+    fn push(&mut self, end: O, valid: bool) {
+        if valid {
+            if let Some(nulls) = &mut self.nulls {
+                nulls.append(true);
+            }
+        } else {
+            let before = self.offsets.len() - 1;
+            let len = self.len;
+            self.nulls
+                .get_or_insert_with(|| {
+                    let mut b = BooleanBufferBuilder::new(len);
+                    b.append_n(before, true);
+                    b
+                })
+                .append(false);
+        }
+        self.offsets.push(end);
+    }
+
+    /// The column over `values`.
+    ///
+    /// # Safety
+    ///
+    /// The offsets pushed never decrease, the last is `values.len()`, and the bytes between
+    /// every two of them are valid UTF-8.
+    #[allow(unsafe_code)]
+    unsafe fn finish(self, values: Vec<u8>) -> GenericStringArray<O> {
+        let nulls = self.nulls.map(|mut b| NullBuffer::new(b.finish()));
+        // SAFETY: the caller's promise, and one validity bit per value pushed.
+        unsafe {
+            GenericStringArray::<O>::new_unchecked(
+                OffsetBuffer::new_unchecked(ScalarBuffer::from(self.offsets)),
+                Buffer::from_vec(values),
+                nulls,
+            )
+        }
     }
 }
 
