@@ -563,46 +563,48 @@ impl Filter {
             unchanged_from = r + 1;
             let buffer = sink.buffer();
             let start = buffer.len();
-            buffer.put_u8(b'D');
-            buffer.put_i32(0);
-            buffer.put_i16(ncols as i16);
-            for (c, source) in sources.iter().enumerate() {
-                let new: &dyn Array = match source {
-                    Source::Text(a, d) if d.get(r).copied().unwrap_or(false) => *a,
-                    Source::Encode(a, d) if d.get(r).copied().unwrap_or(false) => *a,
-                    _ => {
-                        let (at, len) = cells[r * ncols + c];
-                        buffer.extend_from_slice(&rows[at - 4..at + len.max(0) as usize]);
+            let mut error = None;
+            protocol::put_message(buffer, b'D', |o| {
+                o.put_i16(ncols as i16);
+                for (c, source) in sources.iter().enumerate() {
+                    let new: &dyn Array = match source {
+                        Source::Text(a, d) if d.get(r).copied().unwrap_or(false) => *a,
+                        Source::Encode(a, d) if d.get(r).copied().unwrap_or(false) => *a,
+                        _ => {
+                            let (at, len) = cells[r * ncols + c];
+                            o.extend_from_slice(&rows[at - 4..at + len.max(0) as usize]);
+                            continue;
+                        }
+                    };
+                    if new.is_null(r) {
+                        o.put_i32(-1);
                         continue;
                     }
-                };
-                if new.is_null(r) {
-                    buffer.put_i32(-1);
-                    continue;
+                    if let Source::Text(text, _) = source {
+                        let v = text.value(r).as_bytes();
+                        o.put_i32(v.len() as i32);
+                        o.extend_from_slice(v);
+                        continue;
+                    }
+                    value.clear();
+                    if let Err(e) = types::encode_value(
+                        self.sub.kinds[c],
+                        self.sub.fields[c].binary,
+                        new,
+                        r,
+                        &mut value,
+                    ) {
+                        error = Some((c, e));
+                        return;
+                    }
+                    o.put_i32(value.len() as i32);
+                    o.extend_from_slice(&value);
                 }
-                if let Source::Text(text, _) = source {
-                    let offsets = text.value_offsets();
-                    let v = &text.values()[offsets[r] as usize..offsets[r + 1] as usize];
-                    buffer.put_i32(v.len() as i32);
-                    buffer.extend_from_slice(v);
-                    continue;
-                }
-                value.clear();
-                if let Err(e) = types::encode_value(
-                    self.sub.kinds[c],
-                    self.sub.fields[c].binary,
-                    new,
-                    r,
-                    &mut value,
-                ) {
-                    buffer.truncate(start);
-                    return Err(decode_error(c, e));
-                }
-                buffer.put_i32(value.len() as i32);
-                buffer.extend_from_slice(&value);
+            });
+            if let Some((c, e)) = error {
+                buffer.truncate(start);
+                return Err(decode_error(c, e));
             }
-            let len = (buffer.len() - start - 1) as i32;
-            buffer[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
             sink.changed(r, start)?;
         }
         if unchanged_from < nrows {
