@@ -419,19 +419,11 @@ pub fn partial_into(value: &str, keep_last: usize, out: &mut String) {
         let bytes = value.as_bytes();
         let mut buf = [0u8; 64];
         if let Some(masked) = buf.get_mut(..bytes.len()) {
-            // Most values: one pass into one buffer, one UTF-8 check, one copy into `out`.
-            if partial_short(bytes, keep_last, masked) {
-                push_ascii(masked, out);
-                return;
-            }
-        }
-        let cut = visible_from(bytes, keep_last);
-        if let Some(masked) = buf.get_mut(..bytes.len()) {
-            let (hidden, shown) = masked.split_at_mut(cut);
-            map_bytes(hidden, &bytes[..cut], &HIDE);
-            map_bytes(shown, &bytes[cut..], &SHOW);
-            push_ascii(masked, out);
+            // Most values: masked into one buffer, one UTF-8 check, one copy into `out`.
+            let n = partial_to(value, keep_last, masked);
+            push_ascii(&masked[..n], out);
         } else {
+            let cut = visible_from(bytes, keep_last);
             out.reserve(bytes.len());
             let (hidden, shown) = bytes.split_at(cut);
             for (table, part) in [(&HIDE, hidden), (&SHOW, shown)] {
