@@ -157,10 +157,13 @@ impl EpochTicker {
 fn calls_changed(seen: &mut Vec<u64>) -> bool {
     let mut threads = THREADS.lock().unwrap_or_else(|e| e.into_inner());
     threads.retain(|t| Arc::strong_count(t) > 1);
-    let now: Vec<u64> = threads.iter().map(|c| c.load(Ordering::SeqCst)).collect();
-    drop(threads);
-    let changed = now.iter().any(|c| c % 2 == 1) || now != *seen;
-    *seen = now;
+    let mut changed = threads.len() != seen.len();
+    seen.resize(threads.len(), 0);
+    for (calls, last) in threads.iter().zip(seen.iter_mut()) {
+        let now = calls.load(Ordering::SeqCst);
+        changed |= now % 2 == 1 || now != *last;
+        *last = now;
+    }
     changed
 }
 
