@@ -4,7 +4,8 @@
 use ring::rand::SecureRandom;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 /// The upstream backend a client's cancel key points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +17,9 @@ pub struct CancelTarget {
 /// All live cancel keys. Touched at session start and end and on a cancel only.
 pub struct CancelRegistry {
     next_pid: AtomicI32,
-    keys: Mutex<HashMap<i32, (i32, CancelTarget)>>,
+    /// Secret, upstream backend, and the waker of a statement the gateway itself holds (one
+    /// waiting for approval), which a cancel withdraws.
+    keys: Mutex<HashMap<i32, (i32, CancelTarget, Arc<Notify>)>>,
     rng: ring::rand::SystemRandom,
 }
 
@@ -35,8 +38,9 @@ impl CancelRegistry {
         }
     }
 
-    /// Registers a session; returns the (pid, secret) to hand the client.
-    pub fn register(&self, target: CancelTarget) -> (i32, i32) {
+    /// Registers a session; returns the (pid, secret) to hand the client, and what a cancel
+    /// with that key wakes.
+    pub fn register(&self, target: CancelTarget) -> (i32, i32, Arc<Notify>) {
         let mut secret = [0u8; 4];
         // If the system RNG fails, a zero secret still maps only to this session's backend.
         let _ = self.rng.fill(&mut secret);
@@ -50,8 +54,9 @@ impl CancelRegistry {
                 .unwrap_or(1)
                 .max(1);
             if let std::collections::hash_map::Entry::Vacant(v) = keys.entry(pid) {
-                v.insert((secret, target));
-                return (pid, secret);
+                let cancelled = Arc::new(Notify::new());
+                v.insert((secret, target, cancelled.clone()));
+                return (pid, secret, cancelled);
             }
         }
     }
@@ -63,11 +68,15 @@ impl CancelRegistry {
             .remove(&pid);
     }
 
-    /// The target for a client's key, if pid and secret both match.
+    /// The target for a client's key, if pid and secret both match; wakes whatever the
+    /// session holds in the gateway.
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
         let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         match keys.get(&pid) {
-            Some((s, t)) if *s == secret => Some(*t),
+            Some((s, t, cancelled)) if *s == secret => {
+                cancelled.notify_waiters();
+                Some(*t)
+            }
             _ => None,
         }
     }
@@ -77,6 +86,12 @@ impl CancelRegistry {
 mod tests {
     use super::*;
 
+    fn futures_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        f.poll(&mut cx).is_ready()
+    }
+
     #[test]
     fn keys_need_both_pid_and_secret() {
         let r = CancelRegistry::new();
@@ -84,11 +99,16 @@ mod tests {
             upstream_pid: 42,
             upstream_secret: 7,
         };
-        let (pid, secret) = r.register(t);
-        let (pid2, _) = r.register(t);
+        let (pid, secret, cancelled) = r.register(t);
+        let (pid2, _, _) = r.register(t);
+        let woken = cancelled.notified();
+        let mut woken = std::pin::pin!(woken);
+        woken.as_mut().enable();
         assert_ne!(pid, pid2);
         assert_eq!(r.lookup(pid, secret), Some(t));
         assert_eq!(r.lookup(pid, secret.wrapping_add(1)), None);
+        // The matching cancel woke the session's waiter.
+        assert!(futures_poll(woken.as_mut()));
         r.unregister(pid);
         assert_eq!(r.lookup(pid, secret), None);
     }

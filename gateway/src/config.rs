@@ -42,6 +42,135 @@ pub struct Config {
     pub plugins: PluginsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The approvals workflow; absent: a require-approval verdict is refused with 42501.
+    #[serde(default)]
+    pub approvals: Option<ApprovalsConfig>,
+    /// The admin HTTP server (approvals API, health, readiness).
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// Where approval requests are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalStoreKind {
+    /// One SQLite file (`sqlite_path`): one gateway needs nothing else.
+    #[default]
+    Sqlite,
+    /// A schema of its own in a control database (`postgres`): several gateways share it.
+    Postgres,
+}
+
+/// `[approvals]`: statements that need approval wait for a person or an AI controller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    pub store: ApprovalStoreKind,
+    /// The SQLite file with the requests.
+    pub sqlite_path: PathBuf,
+    /// libpq-style connection string of the control database (store = "postgres"); its
+    /// password may come from PGWARD_APPROVALS_PASSWORD instead.
+    pub postgres: Option<String>,
+    /// Schema of the approvals tables in the control database.
+    pub postgres_schema: String,
+    /// How long a held statement waits for its decision.
+    #[serde(deserialize_with = "duration")]
+    pub hold_timeout: Duration,
+    /// How long a deferred request waits for its decision.
+    #[serde(deserialize_with = "duration")]
+    pub defer_timeout: Duration,
+    /// After a deferred request is approved, how long its statement may be run (once).
+    #[serde(deserialize_with = "duration")]
+    pub valid_for: Duration,
+    /// Base URL of the admin API as approvers reach it, for links in notifications
+    /// (default: `http://` + `admin.address`).
+    pub public_url: Option<String>,
+    /// Who may approve, and how they are told.
+    pub groups: Vec<ApproverGroupConfig>,
+    pub approvers: Vec<ApproverConfig>,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            store: ApprovalStoreKind::Sqlite,
+            sqlite_path: PathBuf::from("pgward-data/approvals.db"),
+            postgres: None,
+            postgres_schema: "pgward".into(),
+            hold_timeout: Duration::from_secs(300),
+            defer_timeout: Duration::from_secs(24 * 3600),
+            valid_for: Duration::from_secs(15 * 60),
+            public_url: None,
+            groups: Vec::new(),
+            approvers: Vec::new(),
+        }
+    }
+}
+
+/// `[[approvals.groups]]`: an approver group's notification channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverGroupConfig {
+    pub name: String,
+    /// URL that receives a signed JSON POST when a request for this group is created or decided.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// HMAC-SHA256 key of the webhook signature (or `webhook_secret_env`).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// Environment variable holding the webhook secret.
+    #[serde(default)]
+    pub webhook_secret_env: Option<String>,
+}
+
+/// Whether an approver is a person or a program (a chat bot, an AI controller).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApproverKind {
+    #[default]
+    Person,
+    Controller,
+}
+
+/// `[[approvals.approvers]]`: one bearer token of the admin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverConfig {
+    /// The token's name, recorded with every decision made with it.
+    pub name: String,
+    /// The pgward identity (an `auth.users` name) of whoever holds the token: nobody approves
+    /// a request of their own identity, whatever token they use. Default: `name`.
+    #[serde(default)]
+    pub identity: Option<String>,
+    #[serde(default)]
+    pub kind: ApproverKind,
+    /// Approver groups this token decides for.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// SHA-256 of the token, hex (from `pgward token new`); the token itself is never stored.
+    pub token_sha256: String,
+}
+
+/// `[admin]`: the admin HTTP server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin API; unset: no admin server unless approvals are configured,
+    /// which start it on 127.0.0.1:6480.
+    pub address: Option<String>,
+    /// PEM certificate chain and key: serve HTTPS instead of HTTP.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Config {
+    /// Where the admin server listens, if it runs.
+    pub fn admin_address(&self) -> Option<String> {
+        self.admin
+            .address
+            .clone()
+            .or_else(|| self.approvals.as_ref().map(|_| "127.0.0.1:6480".to_owned()))
+    }
 }
 
 /// WebAssembly policy plugins.
@@ -307,12 +436,19 @@ impl Config {
             &mut config.upstream.ca_cert,
             &mut config.plugins.directory,
             &mut config.plugins.cache_dir,
+            &mut config.admin.cert,
+            &mut config.admin.key,
         ]
         .into_iter()
         .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        if let Some(a) = &mut config.approvals {
+            if a.sqlite_path.is_relative() {
+                a.sqlite_path = base.join(&a.sqlite_path);
             }
         }
         Ok(config)
@@ -453,6 +589,107 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{e}")));
+        }
+        if let Some(addr) = &self.admin.address {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "admin.address",
+                    format!("{addr:?} is not an IP address and port such as \"127.0.0.1:6480\""),
+                ));
+            }
+        }
+        if self.admin.cert.is_some() != self.admin.key.is_some() {
+            let key = if self.admin.cert.is_some() { "admin.key" } else { "admin.cert" };
+            return Err(invalid(key, "admin.cert and admin.key go together".into()));
+        }
+        if let Some(a) = &self.approvals {
+            self.validate_approvals(a, &invalid)?;
+        }
+        Ok(())
+    }
+
+    fn validate_approvals(
+        &self,
+        a: &ApprovalsConfig,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if a.store == ApprovalStoreKind::Postgres && a.postgres.is_none() {
+            return Err(invalid(
+                "approvals.postgres",
+                "required with approvals.store = \"postgres\" (a connection string such as \"host=db.internal dbname=pgward_control user=pgward\")".into(),
+            ));
+        }
+        if let Some(conn) = &a.postgres {
+            if let Err(e) = conn.parse::<tokio_postgres::Config>() {
+                return Err(invalid("approvals.postgres", format!("{e}")));
+            }
+        }
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.len() < 64
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+        };
+        if !ident(&a.postgres_schema) {
+            return Err(invalid(
+                "approvals.postgres_schema",
+                "must be a lower-case SQL identifier (letters, digits, _)".into(),
+            ));
+        }
+        for (key, d) in [
+            ("approvals.hold_timeout", a.hold_timeout),
+            ("approvals.defer_timeout", a.defer_timeout),
+            ("approvals.valid_for", a.valid_for),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be longer than zero".into()));
+            }
+        }
+        let mut groups = std::collections::HashSet::new();
+        for (i, g) in a.groups.iter().enumerate() {
+            if g.name.is_empty() || !groups.insert(g.name.as_str()) {
+                return Err(invalid(
+                    &format!("approvals.groups[{i}].name"),
+                    format!("{:?} is empty or listed twice", g.name),
+                ));
+            }
+            if let Some(url) = &g.webhook {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(
+                        &format!("approvals.groups[{i}].webhook"),
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    ));
+                }
+                if g.webhook_secret.is_none() && g.webhook_secret_env.is_none() {
+                    return Err(invalid(
+                        &format!("approvals.groups[{i}].webhook_secret"),
+                        "a webhook needs webhook_secret or webhook_secret_env, so receivers can verify what they get".into(),
+                    ));
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, ap) in a.approvers.iter().enumerate() {
+            if ap.name.is_empty() || !names.insert(ap.name.as_str()) {
+                return Err(invalid(
+                    &format!("approvals.approvers[{i}].name"),
+                    format!("{:?} is empty or listed twice", ap.name),
+                ));
+            }
+            let hex = ap.token_sha256.len() == 64
+                && ap.token_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex {
+                return Err(invalid(
+                    &format!("approvals.approvers[{i}].token_sha256"),
+                    "must be 64 hex digits, the SHA-256 of the token (`pgward token new` prints both)".into(),
+                ));
+            }
+            if ap.groups.is_empty() {
+                return Err(invalid(
+                    &format!("approvals.approvers[{i}].groups"),
+                    "an approver needs at least one approver group".into(),
+                ));
+            }
         }
         Ok(())
     }

@@ -13,13 +13,19 @@
 //!   crate, shared with the plugin SDK's test harness).
 //! - [`plugins`]: WebAssembly policy plugins: loading, chain, hot reload, sandboxed calls.
 //! - [`results`]: result rows through plugins as Arrow batches, with lineage from the catalog.
+//! - [`approvals`]: statements held for approval: requests, their store, notifications.
+//! - [`admin`]: the admin HTTP server: approvals API, `/healthz`, `/readyz`.
+//! - [`cli`]: the command line's admin API client (`pgward approvals ...`).
 //! - [`tls`]: rustls configurations for both sides.
 //! - [`error`]: what a client is told when the gateway refuses something.
 //! - [`stream`]: plain or TLS connections and their halves.
 #![deny(unsafe_code)]
 
+pub mod admin;
+pub mod approvals;
 pub mod auth;
 pub mod cancel;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod plugins;

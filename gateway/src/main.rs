@@ -51,6 +51,18 @@ enum Command {
         #[command(subcommand)]
         command: PluginsCommand,
     },
+    /// List, show, approve or deny approval requests through the admin API.
+    Approvals {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+    /// Bearer tokens for approvers of the admin API.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Print the SQL analysis of a statement as JSON.
     Explain {
         sql: String,
@@ -70,6 +82,104 @@ enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Base URL of the gateway's admin API.
+    #[arg(long, env = "PGWARD_ADMIN_URL", default_value = "http://127.0.0.1:6480", global = true)]
+    url: String,
+    /// Your approver token (from `pgward token new`).
+    #[arg(long, env = "PGWARD_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Requests, newest first.
+    List {
+        /// pending, approved, denied, expired, withdrawn, executed or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        /// Only this requester's.
+        #[arg(long)]
+        requester: Option<String>,
+        /// Only this approver group's.
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One request, as JSON: statement, parameters, requester, rule, decisions.
+    Show { id: String },
+    /// Approve a request.
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Deny a request; the comment is shown to the requester.
+    Deny {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new random token and the SHA-256 for `token_sha256` in `[[approvals.approvers]]`.
+    New,
+    /// Read a token on standard input and print its SHA-256.
+    Hash,
+}
+
+fn approvals_command(api: ApiArgs, command: ApprovalsCommand) -> anyhow::Result<()> {
+    let client = pgward::cli::ApiClient::new(&api.url, api.token);
+    match command {
+        ApprovalsCommand::List {
+            status,
+            requester,
+            group,
+            limit,
+            json,
+        } => {
+            let mut query = format!("?status={}&limit={limit}", pgward::cli::encode(&status));
+            if let Some(r) = requester {
+                query.push_str(&format!("&requester={}", pgward::cli::encode(&r)));
+            }
+            if let Some(g) = group {
+                query.push_str(&format!("&group={}", pgward::cli::encode(&g)));
+            }
+            let requests = client.list(&query)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&requests)?);
+            } else {
+                pgward::cli::print_list(&requests);
+            }
+        }
+        ApprovalsCommand::Show { id } => {
+            println!("{}", serde_json::to_string_pretty(&client.show(&id)?)?);
+        }
+        ApprovalsCommand::Approve { id, comment } => {
+            let r = client.decide(&id, true, comment.as_deref())?;
+            println!(
+                "{id}: {}",
+                r.get("status").and_then(|s| s.as_str()).unwrap_or("?")
+            );
+        }
+        ApprovalsCommand::Deny { id, comment } => {
+            let r = client.decide(&id, false, comment.as_deref())?;
+            println!(
+                "{id}: {}",
+                r.get("status").and_then(|s| s.as_str()).unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
@@ -190,6 +300,31 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     s.loaded_at.map(|t| t.to_string()).unwrap_or_default(),
                     s.last_error.unwrap_or_default(),
                 );
+            }
+            Ok(())
+        }
+        Command::Approvals { api, command } => approvals_command(api, command),
+        Command::Token { command } => {
+            match command {
+                TokenCommand::New => {
+                    let (token, hash) = pgward::cli::new_token()
+                        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+                    println!("token:        {token}");
+                    println!("token_sha256: {hash}");
+                }
+                TokenCommand::Hash => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .lock()
+                        .read_line(&mut line)
+                        .context("reading the token from standard input")?;
+                    let token = line.trim();
+                    anyhow::ensure!(!token.is_empty(), "empty token on standard input");
+                    println!(
+                        "{}",
+                        pgward::approvals::request::hex(&pgward::approvals::token_hash(token))
+                    );
+                }
             }
             Ok(())
         }

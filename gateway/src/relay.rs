@@ -7,10 +7,12 @@
 //! ErrorResponse from the server (session state). Everything else, DataRow included, is passed
 //! on without being decoded or copied into a new buffer.
 
+use crate::approvals::request::{self as approval, ApprovalRequest, Mode, Status, Timestamp};
+use crate::approvals::{Approvals, Deferred, WaitOutcome};
 use crate::auth::Identity;
 use crate::error::ClientError;
 use crate::plugins::bindings::pgward::plugin::types as wit;
-use crate::plugins::{PluginHost, QueryDecision, Refusal};
+use crate::plugins::{ApprovalAsk, PluginHost, QueryDecision, Refusal};
 use crate::protocol::{self, FrameError};
 use crate::results::catalog::Catalog;
 use crate::results::types::Styles;
@@ -61,6 +63,8 @@ pub struct RelayState {
     /// `DateStyle` is ISO and `IntervalStyle` postgres: text dates can be decoded.
     iso_dates: AtomicBool,
     postgres_intervals: AtomicBool,
+    /// A statement of this session waits for approval in the gateway.
+    holding: AtomicBool,
 }
 
 /// A statement text as it went upstream.
@@ -79,6 +83,26 @@ impl Sent {
             .map(|_| Arc::from(text));
         Sent { analysis, copy_sql }
     }
+}
+
+/// A statement a plugin wants approved before it runs: a Query is held where it stands, a
+/// Parse goes upstream and each Bind of it is held (it carries the parameter values).
+#[derive(Debug)]
+struct NeedsApproval {
+    ask: ApprovalAsk,
+    sql: String,
+    analysis: Arc<Analysis>,
+    extended: bool,
+}
+
+/// What the gateway makes of a Query, Parse or FunctionCall.
+enum Inspected {
+    /// Sent upstream (as it was, rewritten, or as a stand-in).
+    Sent(Sent),
+    /// Held: nothing was sent; run it once approved.
+    Held(Box<NeedsApproval>),
+    /// A Parse that went upstream, whose every Bind must be approved.
+    Prepared(Sent, Arc<NeedsApproval>),
 }
 
 /// A request sent upstream whose answer the result filter must recognise.
@@ -124,6 +148,7 @@ impl RelayState {
             expect: Mutex::new(VecDeque::new()),
             iso_dates: AtomicBool::new(true),
             postgres_intervals: AtomicBool::new(true),
+            holding: AtomicBool::new(false),
         }
     }
 
@@ -217,6 +242,7 @@ impl RelayState {
     /// never looks idle again; it is then closed only at the shutdown deadline).
     pub fn is_idle(&self) -> bool {
         self.pending.load(Ordering::Acquire) == 0
+            && !self.holding.load(Ordering::Acquire)
             && !self.unsynced.load(Ordering::Acquire)
             && !self.client_mid_frame.load(Ordering::Acquire)
             && self.txn_status() == protocol::TXN_IDLE
@@ -236,6 +262,12 @@ pub struct RelayContext<'a> {
     pub plugin_session: &'a wit::Session,
     /// Result filtering; present when plugins are configured.
     pub results: Option<ResultsContext<'a>>,
+    /// The approvals workflow, when configured.
+    pub approvals: Option<&'a Approvals>,
+    /// Woken by a CancelRequest with this session's key.
+    pub cancelled: Option<&'a tokio::sync::Notify>,
+    /// How the identity was proven, for approval requests.
+    pub auth_method: &'a str,
 }
 
 /// What filtering results through plugins needs.
@@ -364,6 +396,9 @@ fn message_limit(tag: u8, max_inspected: usize) -> usize {
 struct Prepared {
     statements: HashMap<Vec<u8>, Sent>,
     portals: HashMap<Vec<u8>, Sent>,
+    /// Prepared statements whose every Bind needs approval. Never dropped for space (a Parse
+    /// that would not fit is refused instead), so a Bind is never let through unjudged.
+    approvals: HashMap<Vec<u8>, Arc<NeedsApproval>>,
 }
 
 /// Most prepared statements and portals remembered; past that the oldest knowledge is dropped
@@ -371,6 +406,33 @@ struct Prepared {
 const MAX_PREPARED: usize = 10_000;
 
 impl Prepared {
+    /// A Parse of `name` went upstream: it needs approval at every Bind, or (for the unnamed
+    /// statement, which every Parse replaces) no longer does. A named statement keeps its
+    /// mark until Close: a second Parse of a name in use fails on the server and leaves the
+    /// first statement in place.
+    fn parsed(&mut self, name: &[u8], needs: Option<Arc<NeedsApproval>>) {
+        match needs {
+            Some(n) => {
+                self.approvals.insert(name.to_vec(), n);
+            }
+            None if name.is_empty() => {
+                self.approvals.remove(name);
+            }
+            None => {}
+        }
+    }
+
+    /// The approval a Bind of the statement in `frame` needs.
+    fn bind_needs(&self, frame: &[u8]) -> Option<Arc<NeedsApproval>> {
+        if self.approvals.is_empty() {
+            return None;
+        }
+        let mut body = &frame[5..];
+        let _portal = protocol::take_cstr(&mut body)?;
+        let stmt = protocol::take_cstr(&mut body)?;
+        self.approvals.get(stmt).cloned()
+    }
+
     fn remember(map: &mut HashMap<Vec<u8>, Sent>, name: &[u8], a: Sent) {
         if map.len() >= MAX_PREPARED {
             map.clear();
@@ -422,7 +484,10 @@ impl Prepared {
                 body = body.get(1..).unwrap_or_default();
                 if let Some(name) = protocol::take_cstr(&mut body) {
                     match kind {
-                        Some(b'S') => self.statements.remove(name),
+                        Some(b'S') => {
+                            self.approvals.remove(name);
+                            self.statements.remove(name)
+                        }
                         _ => self.portals.remove(name),
                     };
                 }
@@ -487,13 +552,48 @@ async fn client_to_server(
             match tag {
                 b'Q' | b'P' | b'F' => {
                     let frame = &buf[pos..pos + header.frame_len];
-                    let analysis = inspect_client_message(ctx, state, frame, &mut out);
+                    let full = tag == b'P' && prepared.approvals.len() >= MAX_PREPARED;
+                    let (analysis, needs) = match inspect_client_message(ctx, state, frame, &mut out)
+                    {
+                        Inspected::Sent(sent) => (sent, None),
+                        Inspected::Prepared(_, _) if full => {
+                            let refusal = too_many_held_statements();
+                            deny_prepared(ctx, state, &refusal, frame, &mut out);
+                            (Sent::default(), None)
+                        }
+                        Inspected::Prepared(sent, needs) => (sent, Some(needs)),
+                        Inspected::Held(needs) => {
+                            let frame = frame.to_vec();
+                            // What came before the held statement runs now.
+                            if !out.is_empty() {
+                                if let Err(e) = write_flush(server, &out).await {
+                                    return RelayEnd::ServerIo(e);
+                                }
+                                out.clear();
+                            }
+                            let end = pos + header.frame_len;
+                            match gate(ctx, state, &needs, Vec::new(), client, &mut buf, end).await
+                            {
+                                Gate::Run => {
+                                    out.extend_from_slice(&frame);
+                                    (Sent::new(Some(needs.analysis.clone()), &needs.sql), None)
+                                }
+                                Gate::Refuse(r) => {
+                                    deny(ctx, state, &r, b'Q', None, &mut out);
+                                    (Sent::default(), None)
+                                }
+                                Gate::ClientGone => return RelayEnd::ClientEof,
+                            }
+                        }
+                    };
+                    let frame = &buf[pos..pos + header.frame_len];
                     if tracking {
                         match tag {
                             b'Q' => state.expect().push_back(Expect::Query(analysis)),
                             b'P' => {
                                 let mut body = &frame[5..];
                                 let name = protocol::take_cstr(&mut body).unwrap_or_default();
+                                prepared.parsed(name, needs);
                                 Prepared::remember(&mut prepared.statements, name, analysis);
                             }
                             _ => state.expect().push_back(Expect::Sync),
@@ -512,8 +612,36 @@ async fn client_to_server(
                     break;
                 }
                 b'B' | b'D' | b'E' | b'C' if tracking => {
-                    let frame = &buf[pos..pos + header.frame_len];
-                    prepared.client_message(ctx, state, frame, &mut out);
+                    let needs = match tag {
+                        b'B' => prepared.bind_needs(&buf[pos..pos + header.frame_len]),
+                        _ => None,
+                    };
+                    let mut run = true;
+                    if let Some(needs) = needs {
+                        let params = bind_parameters(&buf[pos..pos + header.frame_len]);
+                        if !out.is_empty() {
+                            if let Err(e) = write_flush(server, &out).await {
+                                return RelayEnd::ServerIo(e);
+                            }
+                            out.clear();
+                        }
+                        let end = pos + header.frame_len;
+                        match gate(ctx, state, &needs, params, client, &mut buf, end).await {
+                            Gate::Run => {}
+                            Gate::Refuse(r) => {
+                                // The Bind fails on the server in its place; the pipeline is
+                                // then skipped up to Sync, exactly as after a failed Bind.
+                                let token = state.substitute(ctx.session_id, &r);
+                                put_statement(&mut out, b'P', Some(token.as_bytes()), &token, &[0, 0]);
+                                run = false;
+                            }
+                            Gate::ClientGone => return RelayEnd::ClientEof,
+                        }
+                    }
+                    if run {
+                        let frame = &buf[pos..pos + header.frame_len];
+                        prepared.client_message(ctx, state, frame, &mut out);
+                    }
                     state.unsynced.store(true, Ordering::Release);
                     pos += header.frame_len;
                 }
@@ -573,13 +701,13 @@ async fn read_client(
 
 /// Looks at a complete Query, Parse or FunctionCall frame and appends what goes upstream in
 /// its place: the frame itself, a rewritten frame, or a stand-in that makes the server fail it.
-/// Returns what was sent, with its analysis.
+/// Returns what was sent, with its analysis, or that it waits for approval.
 fn inspect_client_message(
     ctx: &RelayContext<'_>,
     state: &RelayState,
     frame: &[u8],
     out: &mut BytesMut,
-) -> Sent {
+) -> Inspected {
     let chain = ctx.plugins.map(|p| p.chain());
     let policing = chain.as_ref().is_some_and(|c| c.wants_query());
     let mut body = &frame[5..];
@@ -604,14 +732,14 @@ fn inspect_client_message(
             } else {
                 out.extend_from_slice(frame);
             }
-            return Sent::default();
+            return Inspected::Sent(Sent::default());
         }
     };
     let Some(sql) = sql else {
         // Malformed: the server rejects it with its own error.
         debug!(tag = %(frame[0] as char), "malformed message passed to the server");
         out.extend_from_slice(frame);
-        return Sent::default();
+        return Inspected::Sent(Sent::default());
     };
     let lex = state.lex_options();
     let (text, analysis) = match std::str::from_utf8(sql) {
@@ -633,7 +761,7 @@ fn inspect_client_message(
     }
     let (Some(host), Some(chain)) = (ctx.plugins, chain.as_ref().filter(|_| policing)) else {
         out.extend_from_slice(frame);
-        return Sent::new(analysis, text);
+        return Inspected::Sent(Sent::new(analysis, text));
     };
     let Some(analysis) = analysis else {
         // Text the gateway cannot read cannot be judged: fail closed.
@@ -644,7 +772,7 @@ fn inspect_client_message(
             hint: None,
         };
         deny(ctx, state, &refusal, frame[0], name, out);
-        return Sent::default();
+        return Inspected::Sent(Sent::default());
     };
     let protocol_kind = if frame[0] == b'Q' {
         wit::Protocol::Simple
@@ -662,18 +790,397 @@ fn inspect_client_message(
     match decision {
         QueryDecision::Allow => {
             out.extend_from_slice(frame);
-            Sent::new(Some(analysis), text)
+            Inspected::Sent(Sent::new(Some(analysis), text))
         }
         QueryDecision::Rewrite(new_sql) => {
             info!(fingerprint = %analysis.fingerprint_id, "statement rewritten by policy");
             put_statement(out, frame[0], name, &new_sql, body);
-            Sent::new(Some(ctx.analyzer.analyze(&new_sql, lex)), &new_sql)
+            Inspected::Sent(Sent::new(
+                Some(ctx.analyzer.analyze(&new_sql, lex)),
+                &new_sql,
+            ))
         }
         QueryDecision::Deny(refusal) => {
             deny(ctx, state, &refusal, frame[0], name, out);
-            Sent::default()
+            Inspected::Sent(Sent::default())
+        }
+        QueryDecision::RequireApproval(ask) if ctx.approvals.is_none() => {
+            deny(ctx, state, &ask.unconfigured(), frame[0], name, out);
+            Inspected::Sent(Sent::default())
+        }
+        QueryDecision::RequireApproval(ask) => {
+            let needs = NeedsApproval {
+                ask,
+                sql: text.to_owned(),
+                analysis: analysis.clone(),
+                extended: frame[0] == b'P',
+            };
+            if frame[0] == b'Q' {
+                return Inspected::Held(Box::new(needs));
+            }
+            // Preparing runs nothing: the statement is held at each Bind, with its parameters.
+            out.extend_from_slice(frame);
+            Inspected::Prepared(Sent::new(Some(analysis), text), Arc::new(needs))
         }
     }
+}
+
+fn too_many_held_statements() -> Refusal {
+    Refusal {
+        plugin: "pgward".into(),
+        sqlstate: "53400".into(),
+        message: format!(
+            "more than {MAX_PREPARED} prepared statements of this session need approval; close some first"
+        ),
+        hint: None,
+    }
+}
+
+/// A stand-in for a Parse that was forwarded in `out` already: replaces it.
+fn deny_prepared(
+    ctx: &RelayContext<'_>,
+    state: &RelayState,
+    refusal: &Refusal,
+    frame: &[u8],
+    out: &mut BytesMut,
+) {
+    out.truncate(out.len().saturating_sub(frame.len()));
+    let mut body = &frame[5..];
+    let name = protocol::take_cstr(&mut body);
+    deny(ctx, state, refusal, b'P', name, out);
+}
+
+/// The parameter values of a Bind: text as it is, binary as `\x` and hex, NULL as `None`.
+fn bind_parameters(frame: &[u8]) -> Vec<Option<String>> {
+    let mut body = &frame[5..];
+    let (Some(_), Some(_)) = (
+        protocol::take_cstr(&mut body),
+        protocol::take_cstr(&mut body),
+    ) else {
+        return Vec::new();
+    };
+    let take_i16 = |b: &mut &[u8]| -> Option<i16> {
+        let v = i16::from_be_bytes(b.get(..2)?.try_into().ok()?);
+        *b = &b[2..];
+        Some(v)
+    };
+    let Some(nformats) = take_i16(&mut body) else {
+        return Vec::new();
+    };
+    let mut formats = Vec::new();
+    for _ in 0..nformats.max(0) {
+        match take_i16(&mut body) {
+            Some(f) => formats.push(f),
+            None => return Vec::new(),
+        }
+    }
+    let Some(nparams) = take_i16(&mut body) else {
+        return Vec::new();
+    };
+    let mut params = Vec::new();
+    for i in 0..nparams.max(0) as usize {
+        let Some(len) = body
+            .get(..4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            break;
+        };
+        body = &body[4..];
+        if len < 0 {
+            params.push(None);
+            continue;
+        }
+        let Some(value) = body.get(..len as usize) else {
+            break;
+        };
+        body = &body[len as usize..];
+        let binary = match formats.len() {
+            0 => false,
+            1 => formats[0] == 1,
+            _ => formats.get(i) == Some(&1),
+        };
+        params.push(Some(if binary {
+            format!("\\x{}", approval::hex(value))
+        } else {
+            String::from_utf8_lossy(value).into_owned()
+        }));
+    }
+    params
+}
+
+/// What became of a statement that needed approval.
+enum Gate {
+    Run,
+    Refuse(Refusal),
+    ClientGone,
+}
+
+/// Most client bytes read (to notice a disconnect) while a statement is held.
+const HOLD_READ_LIMIT: usize = 1 << 20;
+
+/// Decides whether a statement that needs approval runs: defer mode claims an earlier
+/// approval or files a request and refuses at once; hold mode files one and waits for its
+/// decision, reading the client meanwhile only to notice a cancel or a disconnect (both
+/// withdraw the request). Every store failure refuses the statement.
+async fn gate(
+    ctx: &RelayContext<'_>,
+    state: &RelayState,
+    needs: &NeedsApproval,
+    params: Vec<Option<String>>,
+    client: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+    frame_end: usize,
+) -> Gate {
+    let Some(approvals) = ctx.approvals else {
+        return Gate::Refuse(needs.ask.unconfigured());
+    };
+    let ask = &needs.ask;
+    let store_failed = |e: &dyn std::fmt::Display| {
+        warn!(error = %e, "approvals store failed; statement refused");
+        Gate::Refuse(Refusal {
+            plugin: "pgward".into(),
+            sqlstate: "58000".into(),
+            message: "the approval request could not be recorded, so the statement was not run"
+                .into(),
+            hint: Some("the gateway log has the details".into()),
+        })
+    };
+    let user = &ctx.identity.user;
+    let key = approval::match_key(user, &needs.sql, &params);
+    if ask.defer {
+        match approvals.deferred(user, &key).await {
+            Ok(Deferred::Run(r)) => {
+                info!(request = %r.id, "approved deferred statement runs");
+                return Gate::Run;
+            }
+            Ok(Deferred::Pending(r)) => return Gate::Refuse(deferred_refusal(approvals, &r, true)),
+            Ok(Deferred::New) => {}
+            Err(e) => return store_failed(&e),
+        }
+    }
+    let cancelled = ctx.cancelled.map(|n| n.notified());
+    let mut cancelled = std::pin::pin!(cancelled);
+    if let Some(c) = cancelled.as_mut().as_pin_mut() {
+        // From now on a cancel counts, even one that arrives before the wait starts.
+        c.enable();
+    }
+    let request = match new_request(ctx, approvals, needs, params, key) {
+        Ok(r) => r,
+        Err(e) => return store_failed(&e),
+    };
+    let request = match approvals.create(request).await {
+        Ok(r) => r,
+        Err(e) => return store_failed(&e),
+    };
+    if ask.defer {
+        return Gate::Refuse(deferred_refusal(approvals, &request, false));
+    }
+    let id = request.id.clone();
+    state.holding.store(true, Ordering::Release);
+    let timeout = approvals.config().hold_timeout;
+    let wait = approvals.wait(&id, timeout);
+    let mut wait = std::pin::pin!(wait);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut wait => break Some(outcome),
+            _ = async {
+                match cancelled.as_mut().as_pin_mut() {
+                    Some(c) => c.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                break None;
+            }
+            read = client.read_buf(buf), if buf.len() < HOLD_READ_LIMIT => {
+                let gone = match read {
+                    Ok(0) | Err(_) => true,
+                    // Terminate right after the held message: the client has given up.
+                    Ok(_) => buf.get(frame_end) == Some(&b'X'),
+                };
+                if gone {
+                    state.holding.store(false, Ordering::Release);
+                    info!(request = %id, "client disconnected while its statement was held; request withdrawn");
+                    if let Err(e) = approvals.end(&id, Status::Withdrawn, "client disconnected").await {
+                        warn!(error = %e, request = %id, "cannot withdraw approval request");
+                    }
+                    return Gate::ClientGone;
+                }
+            }
+        }
+    };
+    state.holding.store(false, Ordering::Release);
+    let outcome = match outcome {
+        Some(o) => o,
+        None => {
+            info!(request = %id, "client cancelled its held statement; request withdrawn");
+            if let Err(e) = approvals.end(&id, Status::Withdrawn, "client cancelled").await {
+                warn!(error = %e, request = %id, "cannot withdraw approval request");
+            }
+            return Gate::Refuse(Refusal {
+                plugin: ask.plugin.clone(),
+                sqlstate: "57014".into(),
+                message: format!(
+                    "canceling statement due to user request; approval request {id} withdrawn"
+                ),
+                hint: None,
+            });
+        }
+    };
+    let outcome = match outcome {
+        WaitOutcome::TimedOut => {
+            // It may have been decided at the last moment: what the store says wins.
+            match approvals.end(&id, Status::Expired, "not decided within approvals.hold_timeout").await {
+                Ok(Some(r)) if r.status == Status::Approved => WaitOutcome::Approved(r),
+                Ok(Some(r)) if r.status == Status::Denied => WaitOutcome::Denied(r),
+                Ok(_) => WaitOutcome::TimedOut,
+                Err(e) => WaitOutcome::Failed(e),
+            }
+        }
+        other => other,
+    };
+    match outcome {
+        WaitOutcome::Approved(_) => match approvals.execute(&id).await {
+            Ok(true) => {
+                info!(request = %id, "approved statement released to the server");
+                Gate::Run
+            }
+            Ok(false) => Gate::Refuse(Refusal {
+                plugin: ask.plugin.clone(),
+                sqlstate: "42501".into(),
+                message: format!("approval request {id} is no longer valid; the statement was not run"),
+                hint: None,
+            }),
+            Err(e) => store_failed(&e),
+        },
+        WaitOutcome::Denied(r) => {
+            let (who, comment) = r
+                .denial()
+                .map(|d| (d.approver.clone(), d.comment.clone()))
+                .unwrap_or_default();
+            info!(request = %id, approver = %who, "held statement denied");
+            Gate::Refuse(Refusal {
+                plugin: ask.plugin.clone(),
+                sqlstate: "42501".into(),
+                message: match comment.filter(|c| !c.is_empty()) {
+                    Some(c) => format!("approval request {id} was denied by {who}: {c}"),
+                    None => format!("approval request {id} was denied by {who}"),
+                },
+                hint: None,
+            })
+        }
+        WaitOutcome::Ended(r) => Gate::Refuse(Refusal {
+            plugin: ask.plugin.clone(),
+            sqlstate: "57014".into(),
+            message: format!(
+                "approval request {id} is {} ({}); the statement was not run",
+                r.status.as_str(),
+                r.end_reason.as_deref().unwrap_or("ended")
+            ),
+            hint: None,
+        }),
+        WaitOutcome::TimedOut => {
+            info!(request = %id, "held statement timed out");
+            Gate::Refuse(Refusal {
+                plugin: ask.plugin.clone(),
+                sqlstate: "57014".into(),
+                message: format!(
+                    "approval request {id} was not decided within {}; the statement was not run",
+                    humantime::format_duration(timeout)
+                ),
+                hint: Some(format!(
+                    "a member of \"{}\" must approve it while the statement waits",
+                    ask.approver_group
+                )),
+            })
+        }
+        WaitOutcome::Failed(e) => store_failed(&e),
+    }
+}
+
+fn deferred_refusal(approvals: &Approvals, r: &ApprovalRequest, existing: bool) -> Refusal {
+    let valid = humantime::format_duration(approvals.config().valid_for);
+    Refusal {
+        plugin: r.plugin.clone(),
+        sqlstate: crate::approvals::SQLSTATE_DEFERRED.into(),
+        message: format!(
+            "approval required: {}; request {} {} \"{}\"",
+            r.reason,
+            r.id,
+            if existing { "is still pending with" } else { "was sent to" },
+            r.approver_group
+        ),
+        hint: Some(format!(
+            "once it is approved (pgward approvals show {}), run the same statement again within {valid}",
+            r.id
+        )),
+    }
+}
+
+fn new_request(
+    ctx: &RelayContext<'_>,
+    approvals: &Approvals,
+    needs: &NeedsApproval,
+    params: Vec<Option<String>>,
+    match_key: String,
+) -> Result<ApprovalRequest, String> {
+    let id = approval::new_id().map_err(|_| "the system random generator failed".to_owned())?;
+    let now = Timestamp::now();
+    let a = &needs.analysis;
+    let timeout = match needs.ask.defer {
+        true => approvals.config().defer_timeout,
+        false => approvals.config().hold_timeout,
+    };
+    let session = ctx.plugin_session;
+    Ok(ApprovalRequest {
+        id,
+        status: Status::Pending,
+        mode: if needs.ask.defer { Mode::Defer } else { Mode::Hold },
+        requester: approval::Requester {
+            user: ctx.identity.user.clone(),
+            groups: ctx.identity.groups.clone(),
+            method: ctx.auth_method.to_owned(),
+            session_id: ctx.session_id,
+            client_addr: session.client_addr.clone(),
+            application_name: session.application_name.clone(),
+            database: session.database.clone(),
+        },
+        statement: approval::StatementRecord {
+            sql: needs.sql.clone(),
+            protocol: if needs.extended { "extended" } else { "simple" }.into(),
+            params,
+            commands: a.statements.iter().map(|s| s.command.clone()).collect(),
+            reads: a
+                .statements
+                .iter()
+                .flat_map(|s| s.reads.iter().map(|r| r.to_string()))
+                .collect(),
+            writes: a
+                .statements
+                .iter()
+                .flat_map(|s| {
+                    s.writes
+                        .iter()
+                        .map(|w| format!("{} {}", w.action.as_str(), w.relation))
+                })
+                .collect(),
+            fingerprint: a.fingerprint.clone(),
+            fingerprint_id: a.fingerprint_id.clone(),
+        },
+        plugin: needs.ask.plugin.clone(),
+        rule: needs.ask.rule.clone(),
+        reason: needs.ask.reason.clone(),
+        approver_group: needs.ask.approver_group.clone(),
+        quorum: needs.ask.quorum,
+        created_at: now,
+        expires_at: now.plus(timeout),
+        valid_until: None,
+        decided_at: None,
+        executed_at: None,
+        decisions: Vec::new(),
+        end_reason: None,
+        gateway: approvals.gateway().to_owned(),
+        match_key,
+    })
 }
 
 /// Some statement copies table data to the client (`COPY ... TO STDOUT`).

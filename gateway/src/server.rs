@@ -31,6 +31,14 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Plugins(#[from] crate::plugins::StartError),
+    #[error(transparent)]
+    Approvals(#[from] crate::approvals::ApprovalsError),
+    #[error("cannot start the admin server on {addr}: {source}")]
+    Admin {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Everything sessions share; built once at start.
@@ -47,6 +55,8 @@ pub struct GatewayShared {
     pub decoy_secret: [u8; 32],
     /// Column lineage from the upstream catalog, for result plugins.
     pub catalog: crate::results::catalog::Catalog,
+    /// The approvals workflow, when `[approvals]` is configured.
+    pub approvals: Option<Arc<crate::approvals::Approvals>>,
     next_session: AtomicU64,
 }
 
@@ -54,6 +64,7 @@ pub struct GatewayShared {
 pub struct Gateway {
     shared: Arc<GatewayShared>,
     listener: TcpListener,
+    admin: Option<crate::admin::AdminServer>,
 }
 
 impl Gateway {
@@ -98,6 +109,10 @@ impl Gateway {
                 Some(started)
             }
         };
+        let approvals = match &config.approvals {
+            Some(_) => Some(crate::approvals::Approvals::start(&config).await?),
+            None => None,
+        };
         let mut decoy_secret = [0u8; 32];
         let _ = ring::rand::SystemRandom::new().fill(&mut decoy_secret);
         let listener = TcpListener::bind(&config.listen.address)
@@ -106,6 +121,15 @@ impl Gateway {
                 addr: config.listen.address.clone(),
                 source,
             })?;
+        let admin = match config.admin_address() {
+            Some(addr) => Some(crate::admin::AdminServer::bind(&addr, &config.admin).await.map_err(
+                |source| StartError::Admin {
+                    addr: addr.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
         let shared = GatewayShared {
             analyzer: SqlAnalyzer::new(config.sql.cache_entries),
             config,
@@ -116,11 +140,13 @@ impl Gateway {
             plugins,
             decoy_secret,
             catalog: Default::default(),
+            approvals,
             next_session: AtomicU64::new(1),
         };
         Ok(Gateway {
             shared: Arc::new(shared),
             listener,
+            admin,
         })
     }
 
@@ -171,6 +197,10 @@ impl Gateway {
             return;
         }
         let addr = self.listener.local_addr().ok();
+        if let Some(admin) = self.admin {
+            let shared = self.shared.clone();
+            tokio::spawn(admin.serve(shared));
+        }
         info!(address = ?addr, workers = senders.len(), "pgward listening");
         tokio::pin!(shutdown);
         let mut next = 0usize;

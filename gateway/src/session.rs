@@ -140,7 +140,7 @@ pub async fn serve(
     };
 
     let (upstream_pid, upstream_secret) = upstream.backend_key.unwrap_or((0, 0));
-    let (pid, secret) = gw.cancels.register(CancelTarget {
+    let (pid, secret, cancelled) = gw.cancels.register(CancelTarget {
         upstream_pid,
         upstream_secret,
     });
@@ -175,6 +175,12 @@ pub async fn serve(
             batch_rows: gw.config.plugins.batch_rows,
             batch_bytes: gw.config.plugins.batch_bytes,
         }),
+        approvals: gw.approvals.as_deref(),
+        cancelled: Some(&cancelled),
+        auth_method: match gw.config.auth.method {
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::Trust => "trust",
+        },
     };
     let end = relay::run(&ctx, &mut stream, &mut upstream.stream, &state, shutdown).await;
     match &end {

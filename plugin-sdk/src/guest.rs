@@ -7,7 +7,7 @@
 use crate::plugin::Plugin;
 use crate::sqlstate;
 use crate::types::{
-    Approval, BatchResult, Column, ColumnLineage, ConnectVerdict, CopyDirection, CopyInfo, Deny,
+    Approval, ApprovalMode, BatchResult, Column, ColumnLineage, ConnectVerdict, CopyDirection, CopyInfo, Deny,
     Hooks, Identity, Level, ObjectKind, PluginInfo, Protocol, Query, Relation, SchemaInterest,
     Session, Statement, StatementKind, Verdict, Write, WriteAction,
 };
@@ -353,6 +353,12 @@ impl From<Approval> for wit::Approval {
         wit::Approval {
             reason: a.reason,
             approver_group: a.approver_group,
+            rule: a.rule,
+            mode: match a.mode {
+                ApprovalMode::Hold => wit::ApprovalMode::Hold,
+                ApprovalMode::Defer => wit::ApprovalMode::Defer,
+            },
+            quorum: a.quorum,
         }
     }
 }

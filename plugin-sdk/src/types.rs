@@ -486,6 +486,18 @@ impl Deny {
     }
 }
 
+/// How a statement that needs approval waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApprovalMode {
+    /// The client's statement waits until it is approved (or denied, or the gateway's hold
+    /// timeout passes), then runs; the client sees its normal result.
+    #[default]
+    Hold,
+    /// The client gets an error at once (SQLSTATE `PWA01`) naming the request; once approved,
+    /// the same identity re-running the same statement with the same parameters runs it once.
+    Defer,
+}
+
 /// A request that a person or controller approve the statement first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
@@ -493,6 +505,49 @@ pub struct Approval {
     pub reason: String,
     /// Group whose members may approve (never the requester).
     pub approver_group: String,
+    /// Name of the rule that asked, recorded with the request (may be empty).
+    pub rule: String,
+    /// Whether the client waits for the decision or is told to come back.
+    pub mode: ApprovalMode,
+    /// Distinct approvers needed (0 and 1 both mean one).
+    pub quorum: u32,
+}
+
+impl Approval {
+    /// A hold-mode request for one approver of `approver_group`.
+    pub fn new(reason: impl Into<String>, approver_group: impl Into<String>) -> Self {
+        Approval {
+            reason: reason.into(),
+            approver_group: approver_group.into(),
+            rule: String::new(),
+            mode: ApprovalMode::Hold,
+            quorum: 1,
+        }
+    }
+
+    /// Names the rule that asked.
+    pub fn rule(mut self, rule: impl Into<String>) -> Self {
+        self.rule = rule.into();
+        self
+    }
+
+    /// Sets how the client waits.
+    pub fn mode(mut self, mode: ApprovalMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Requires `quorum` distinct approvers.
+    pub fn quorum(mut self, quorum: u32) -> Self {
+        self.quorum = quorum;
+        self
+    }
+}
+
+impl From<Approval> for Verdict {
+    fn from(a: Approval) -> Self {
+        Verdict::RequireApproval(a)
+    }
 }
 
 /// A plugin's decision about a statement. Plugins run in order; the first deny or
@@ -522,11 +577,10 @@ impl Verdict {
     }
 
     /// Holds the statement until a member of `approver_group` approves it.
+    /// (Hold mode, one approver; build an [`Approval`] for the rule name, defer mode or a
+    /// quorum.)
     pub fn require_approval(reason: impl Into<String>, approver_group: impl Into<String>) -> Self {
-        Verdict::RequireApproval(Approval {
-            reason: reason.into(),
-            approver_group: approver_group.into(),
-        })
+        Verdict::RequireApproval(Approval::new(reason, approver_group))
     }
 
     /// Adds a HINT line to a deny; other verdicts are returned unchanged.

@@ -458,7 +458,7 @@ fn plugin_for_another_contract_version_is_refused_clearly() {
         .find(|l| l.contains("05-future.wasm"))
         .unwrap_or_else(|| panic!("the refused plugin is reported:\n{log}"));
     assert!(
-        line.contains("pgward:plugin@0.3.0") && line.contains("pgward:plugin@0.2.0"),
+        line.contains("pgward:plugin@0.4.0") && line.contains("pgward:plugin@0.3.0"),
         "the error names both versions: {line}"
     );
     // The compatible plugin still loads and runs.

@@ -215,6 +215,31 @@ pub enum WriteAction {
     Maintain,
 }
 
+impl WriteAction {
+    /// The name as serialized (`insert`, `copy_from`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteAction::Insert => "insert",
+            WriteAction::Update => "update",
+            WriteAction::Delete => "delete",
+            WriteAction::Merge => "merge",
+            WriteAction::CopyFrom => "copy_from",
+            WriteAction::SelectInto => "select_into",
+            WriteAction::Create => "create",
+            WriteAction::CreateIndex => "create_index",
+            WriteAction::Alter => "alter",
+            WriteAction::Drop => "drop",
+            WriteAction::Truncate => "truncate",
+            WriteAction::Comment => "comment",
+            WriteAction::Grant => "grant",
+            WriteAction::Revoke => "revoke",
+            WriteAction::Refresh => "refresh",
+            WriteAction::Lock => "lock",
+            WriteAction::Maintain => "maintain",
+        }
+    }
+}
+
 /// The kind of object a [`Write`] names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

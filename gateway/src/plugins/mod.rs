@@ -331,6 +331,34 @@ pub enum QueryDecision {
     /// Run this text instead (already analysed by each following plugin).
     Rewrite(String),
     Deny(Refusal),
+    /// Run it only once approved.
+    RequireApproval(ApprovalAsk),
+}
+
+/// A plugin's require-approval verdict, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalAsk {
+    pub plugin: String,
+    pub reason: String,
+    pub approver_group: String,
+    pub rule: String,
+    pub defer: bool,
+    pub quorum: u32,
+}
+
+impl ApprovalAsk {
+    /// What the client is told when no approvals workflow is configured.
+    pub fn unconfigured(&self) -> Refusal {
+        Refusal {
+            plugin: self.plugin.clone(),
+            sqlstate: "42501".into(),
+            message: format!("approval required: {}", self.reason),
+            hint: Some(format!(
+                "a member of \"{}\" must approve this statement",
+                self.approver_group
+            )),
+        }
+    }
 }
 
 /// What the client is told when the chain refuses something.
@@ -714,20 +742,26 @@ impl PluginHost {
                     rewritten = Some((text, query));
                 }
                 Ok(wit::Verdict::RequireApproval(a)) => {
-                    if a.reason.len() > self.settings.max_output || a.approver_group.len() > 256 {
+                    if a.reason.len() > self.settings.max_output
+                        || a.approver_group.len() > 256
+                        || a.rule.len() > 256
+                    {
                         let e = CallError::Invalid("approval request too large".into());
                         return QueryDecision::Deny(self.record_failure(p, "on-query", &e));
                     }
-                    // Until the approvals workflow exists, a statement that needs approval
-                    // does not run.
-                    return QueryDecision::Deny(Refusal {
+                    if a.reason.trim().is_empty() || a.approver_group.trim().is_empty() {
+                        let e = CallError::Invalid(
+                            "approval request without a reason or an approver group".into(),
+                        );
+                        return QueryDecision::Deny(self.record_failure(p, "on-query", &e));
+                    }
+                    return QueryDecision::RequireApproval(ApprovalAsk {
                         plugin: p.name.clone(),
-                        sqlstate: "42501".into(),
-                        message: format!("approval required: {}", a.reason),
-                        hint: Some(format!(
-                            "a member of \"{}\" must approve this statement",
-                            a.approver_group
-                        )),
+                        reason: a.reason,
+                        approver_group: a.approver_group,
+                        rule: a.rule,
+                        defer: a.mode == wit::ApprovalMode::Defer,
+                        quorum: a.quorum.clamp(1, 16),
                     });
                 }
                 Err(e) => return QueryDecision::Deny(self.record_failure(p, "on-query", &e)),

@@ -4,8 +4,9 @@
 //! objects (`on`) and which kinds of write (`actions`), and the group that approves
 //! (`approvers`). The first rule that covers a write of a statement answers with a
 //! require-approval verdict carrying the rule's name, what it covers, the rule's `reason` and
-//! the approver group. Until the approvals workflow exists, the gateway refuses such a statement
-//! with SQLSTATE 42501:
+//! the approver group, how the client waits (`mode`: `hold` or `defer`) and how many distinct
+//! approvers it needs (`quorum`). With the gateway's `[approvals]` configured the statement is
+//! held (or deferred) until approved; without it the gateway refuses it with SQLSTATE 42501:
 //!
 //! ```text
 //! ERROR:  approval required: rule "agents-billing-writes" covers UPDATE on billing.invoices: AI agents change billing data only with a person's approval
@@ -78,6 +79,26 @@ pub struct Rule {
     /// Why, for the requester and the approvers.
     #[serde(default)]
     pub reason: Option<String>,
+    /// `hold` (default: the client's statement waits for the decision) or `defer` (the client
+    /// is told at once and re-runs the statement once it is approved).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Distinct approvers needed (default 1).
+    #[serde(default = "one")]
+    pub quorum: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// How a held statement waits, as written in the configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(crate = "pgward_plugin_sdk::serde", rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    Hold,
+    Defer,
 }
 
 fn everything() -> Vec<NamePattern> {
@@ -315,7 +336,15 @@ impl ApprovalRules {
             Some(why) => format!("rule \"{}\" covers {what}: {why}", rule.name),
             None => format!("rule \"{}\" covers {what}", rule.name),
         };
-        Verdict::require_approval(reason, rule.approvers.clone())
+        let mode = match rule.mode {
+            Mode::Hold => ApprovalMode::Hold,
+            Mode::Defer => ApprovalMode::Defer,
+        };
+        Approval::new(reason, rule.approvers.clone())
+            .rule(rule.name.clone())
+            .mode(mode)
+            .quorum(rule.quorum.max(1))
+            .into()
     }
 }
 
