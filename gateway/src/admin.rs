@@ -98,7 +98,10 @@ async fn readyz(State(gw): State<Shared>) -> Response {
     if let Some(a) = &gw.approvals {
         if let Err(e) = a.ping().await {
             warn!(error = %e, "readiness: approvals store unavailable");
-            return (StatusCode::SERVICE_UNAVAILABLE, "approvals store unavailable\n")
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "approvals store unavailable\n",
+            )
                 .into_response();
         }
     }

@@ -40,7 +40,12 @@ impl ApiClient {
         }
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value, ApiCallError> {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ApiCallError> {
         let url = format!("{}{path}", self.base);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let response = match method {
@@ -138,7 +143,12 @@ pub fn print_list(requests: &[ApprovalRequest]) {
         "id", "status", "mode", "requester", "group", "created", "approved"
     );
     for r in requests {
-        let sql: String = r.statement.sql.split_whitespace().collect::<Vec<_>>().join(" ");
+        let sql: String = r
+            .statement
+            .sql
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         let sql = if sql.chars().count() > 60 {
             format!("{}…", sql.chars().take(59).collect::<String>())
         } else {

@@ -599,7 +599,11 @@ impl Config {
             }
         }
         if self.admin.cert.is_some() != self.admin.key.is_some() {
-            let key = if self.admin.cert.is_some() { "admin.key" } else { "admin.cert" };
+            let key = if self.admin.cert.is_some() {
+                "admin.key"
+            } else {
+                "admin.cert"
+            };
             return Err(invalid(key, "admin.cert and admin.key go together".into()));
         }
         if let Some(a) = &self.approvals {
@@ -627,7 +631,8 @@ impl Config {
         let ident = |s: &str| {
             !s.is_empty()
                 && s.len() < 64
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                 && !s.starts_with(|c: char| c.is_ascii_digit())
         };
         if !ident(&a.postgres_schema) {

@@ -87,7 +87,12 @@ enum PluginsCommand {
 #[derive(clap::Args)]
 struct ApiArgs {
     /// Base URL of the gateway's admin API.
-    #[arg(long, env = "PGWARD_ADMIN_URL", default_value = "http://127.0.0.1:6480", global = true)]
+    #[arg(
+        long,
+        env = "PGWARD_ADMIN_URL",
+        default_value = "http://127.0.0.1:6480",
+        global = true
+    )]
     url: String,
     /// Your approver token (from `pgward token new`).
     #[arg(long, env = "PGWARD_TOKEN", hide_env_values = true, global = true)]

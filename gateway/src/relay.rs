@@ -553,39 +553,40 @@ async fn client_to_server(
                 b'Q' | b'P' | b'F' => {
                     let frame = &buf[pos..pos + header.frame_len];
                     let full = tag == b'P' && prepared.approvals.len() >= MAX_PREPARED;
-                    let (analysis, needs) = match inspect_client_message(ctx, state, frame, &mut out)
-                    {
-                        Inspected::Sent(sent) => (sent, None),
-                        Inspected::Prepared(_, _) if full => {
-                            let refusal = too_many_held_statements();
-                            deny_prepared(ctx, state, &refusal, frame, &mut out);
-                            (Sent::default(), None)
-                        }
-                        Inspected::Prepared(sent, needs) => (sent, Some(needs)),
-                        Inspected::Held(needs) => {
-                            let frame = frame.to_vec();
-                            // What came before the held statement runs now.
-                            if !out.is_empty() {
-                                if let Err(e) = write_flush(server, &out).await {
-                                    return RelayEnd::ServerIo(e);
-                                }
-                                out.clear();
+                    let (analysis, needs) =
+                        match inspect_client_message(ctx, state, frame, &mut out) {
+                            Inspected::Sent(sent) => (sent, None),
+                            Inspected::Prepared(_, _) if full => {
+                                let refusal = too_many_held_statements();
+                                deny_prepared(ctx, state, &refusal, frame, &mut out);
+                                (Sent::default(), None)
                             }
-                            let end = pos + header.frame_len;
-                            match gate(ctx, state, &needs, Vec::new(), client, &mut buf, end).await
-                            {
-                                Gate::Run => {
-                                    out.extend_from_slice(&frame);
-                                    (Sent::new(Some(needs.analysis.clone()), &needs.sql), None)
+                            Inspected::Prepared(sent, needs) => (sent, Some(needs)),
+                            Inspected::Held(needs) => {
+                                let frame = frame.to_vec();
+                                // What came before the held statement runs now.
+                                if !out.is_empty() {
+                                    if let Err(e) = write_flush(server, &out).await {
+                                        return RelayEnd::ServerIo(e);
+                                    }
+                                    out.clear();
                                 }
-                                Gate::Refuse(r) => {
-                                    deny(ctx, state, &r, b'Q', None, &mut out);
-                                    (Sent::default(), None)
+                                let end = pos + header.frame_len;
+                                match gate(ctx, state, &needs, Vec::new(), client, &mut buf, end)
+                                    .await
+                                {
+                                    Gate::Run => {
+                                        out.extend_from_slice(&frame);
+                                        (Sent::new(Some(needs.analysis.clone()), &needs.sql), None)
+                                    }
+                                    Gate::Refuse(r) => {
+                                        deny(ctx, state, &r, b'Q', None, &mut out);
+                                        (Sent::default(), None)
+                                    }
+                                    Gate::ClientGone => return RelayEnd::ClientEof,
                                 }
-                                Gate::ClientGone => return RelayEnd::ClientEof,
                             }
-                        }
-                    };
+                        };
                     let frame = &buf[pos..pos + header.frame_len];
                     if tracking {
                         match tag {
@@ -632,7 +633,13 @@ async fn client_to_server(
                                 // The Bind fails on the server in its place; the pipeline is
                                 // then skipped up to Sync, exactly as after a failed Bind.
                                 let token = state.substitute(ctx.session_id, &r);
-                                put_statement(&mut out, b'P', Some(token.as_bytes()), &token, &[0, 0]);
+                                put_statement(
+                                    &mut out,
+                                    b'P',
+                                    Some(token.as_bytes()),
+                                    &token,
+                                    &[0, 0],
+                                );
                                 run = false;
                             }
                             Gate::ClientGone => return RelayEnd::ClientEof,
@@ -1013,7 +1020,10 @@ async fn gate(
         Some(o) => o,
         None => {
             info!(request = %id, "client cancelled its held statement; request withdrawn");
-            if let Err(e) = approvals.end(&id, Status::Withdrawn, "client cancelled").await {
+            if let Err(e) = approvals
+                .end(&id, Status::Withdrawn, "client cancelled")
+                .await
+            {
                 warn!(error = %e, request = %id, "cannot withdraw approval request");
             }
             return Gate::Refuse(Refusal {
@@ -1029,7 +1039,14 @@ async fn gate(
     let outcome = match outcome {
         WaitOutcome::TimedOut => {
             // It may have been decided at the last moment: what the store says wins.
-            match approvals.end(&id, Status::Expired, "not decided within approvals.hold_timeout").await {
+            match approvals
+                .end(
+                    &id,
+                    Status::Expired,
+                    "not decided within approvals.hold_timeout",
+                )
+                .await
+            {
                 Ok(Some(r)) if r.status == Status::Approved => WaitOutcome::Approved(r),
                 Ok(Some(r)) if r.status == Status::Denied => WaitOutcome::Denied(r),
                 Ok(_) => WaitOutcome::TimedOut,
@@ -1047,7 +1064,9 @@ async fn gate(
             Ok(false) => Gate::Refuse(Refusal {
                 plugin: ask.plugin.clone(),
                 sqlstate: "42501".into(),
-                message: format!("approval request {id} is no longer valid; the statement was not run"),
+                message: format!(
+                    "approval request {id} is no longer valid; the statement was not run"
+                ),
                 hint: None,
             }),
             Err(e) => store_failed(&e),
@@ -1134,7 +1153,11 @@ fn new_request(
     Ok(ApprovalRequest {
         id,
         status: Status::Pending,
-        mode: if needs.ask.defer { Mode::Defer } else { Mode::Hold },
+        mode: if needs.ask.defer {
+            Mode::Defer
+        } else {
+            Mode::Hold
+        },
         requester: approval::Requester {
             user: ctx.identity.user.clone(),
             groups: ctx.identity.groups.clone(),

@@ -122,12 +122,14 @@ impl Gateway {
                 source,
             })?;
         let admin = match config.admin_address() {
-            Some(addr) => Some(crate::admin::AdminServer::bind(&addr, &config.admin).await.map_err(
-                |source| StartError::Admin {
-                    addr: addr.clone(),
-                    source,
-                },
-            )?),
+            Some(addr) => Some(
+                crate::admin::AdminServer::bind(&addr, &config.admin)
+                    .await
+                    .map_err(|source| StartError::Admin {
+                        addr: addr.clone(),
+                        source,
+                    })?,
+            ),
             None => None,
         };
         let shared = GatewayShared {

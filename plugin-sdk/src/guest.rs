@@ -7,9 +7,9 @@
 use crate::plugin::Plugin;
 use crate::sqlstate;
 use crate::types::{
-    Approval, ApprovalMode, BatchResult, Column, ColumnLineage, ConnectVerdict, CopyDirection, CopyInfo, Deny,
-    Hooks, Identity, Level, ObjectKind, PluginInfo, Protocol, Query, Relation, SchemaInterest,
-    Session, Statement, StatementKind, Verdict, Write, WriteAction,
+    Approval, ApprovalMode, BatchResult, Column, ColumnLineage, ConnectVerdict, CopyDirection,
+    CopyInfo, Deny, Hooks, Identity, Level, ObjectKind, PluginInfo, Protocol, Query, Relation,
+    SchemaInterest, Session, Statement, StatementKind, Verdict, Write, WriteAction,
 };
 use std::any::Any;
 use std::cell::RefCell;

@@ -151,7 +151,11 @@ impl Approvals {
             webhooks.insert(g.name.clone(), (url.clone(), secret.into_bytes()));
         }
         let admin = config.admin_address().unwrap_or_default();
-        let scheme = if config.admin.cert.is_some() { "https" } else { "http" };
+        let scheme = if config.admin.cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let public_url = a
             .public_url
             .clone()

@@ -20,7 +20,10 @@ impl Timestamp {
     }
 
     pub fn plus(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(d.as_millis().min(i64::MAX as u128) as i64))
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
+        )
     }
 
     /// RFC 3339 with milliseconds, e.g. `2026-12-02T18:30:00.123Z`.
@@ -513,14 +516,20 @@ pub(crate) mod tests {
             match_key("agent", "UPDATE t SET x = $1", &[Some("2".into())])
         );
         assert_ne!(k, match_key("agent", "UPDATE t SET x = $1", &[None]));
-        assert_ne!(k, match_key("agent", "UPDATE t SET y = $1", &[Some("1".into())]));
+        assert_ne!(
+            k,
+            match_key("agent", "UPDATE t SET y = $1", &[Some("1".into())])
+        );
     }
 
     #[test]
     fn json_round_trip_with_rfc3339_times() {
         let r = sample(Mode::Hold, 1);
         let json = serde_json::to_string(&r).unwrap();
-        assert!(json.contains("\"created_at\":\"1970-01-01T00:16:40.000Z\""), "{json}");
+        assert!(
+            json.contains("\"created_at\":\"1970-01-01T00:16:40.000Z\""),
+            "{json}"
+        );
         let back: ApprovalRequest = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
     }

@@ -177,9 +177,8 @@ impl SqliteStore {
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Other(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut conn = rusqlite::Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -349,10 +348,7 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    pub async fn open(
-        config: tokio_postgres::Config,
-        schema: &str,
-    ) -> Result<PgStore, StoreError> {
+    pub async fn open(config: tokio_postgres::Config, schema: &str) -> Result<PgStore, StoreError> {
         let store = PgStore {
             config,
             schema: schema.to_owned(),
@@ -394,8 +390,11 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // Two gateways starting at once migrate one after the other.
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext('pgward approvals schema'))", &[])
-            .await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('pgward approvals schema'))",
+            &[],
+        )
+        .await?;
         tx.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {s};
              CREATE TABLE IF NOT EXISTS {s}.schema_version (version INTEGER NOT NULL);"
@@ -457,7 +456,10 @@ impl PgStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                &format!("SELECT doc::text FROM {}.requests WHERE id = $1", self.schema),
+                &format!(
+                    "SELECT doc::text FROM {}.requests WHERE id = $1",
+                    self.schema
+                ),
                 &[&id],
             )
             .await?;

@@ -65,7 +65,10 @@ pub fn verify(
         .ok_or(VerifyError::BadSignature)?;
     let tag = (0..hex.len())
         .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
         .collect::<Option<Vec<u8>>>()
         .ok_or(VerifyError::BadSignature)?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
@@ -195,9 +198,18 @@ mod tests {
         let body = r#"{"event":"approval.created"}"#;
         let sig = sign(b"s3cret", 1_700_000_000, body);
         assert!(sig.starts_with("v1=") && sig.len() == 67, "{sig}");
-        assert_eq!(verify(b"s3cret", "1700000000", &sig, body, 1_700_000_010), Ok(()));
         assert_eq!(
-            verify(b"s3cret", "1700000000", &sig, &body.replace("created", "decided"), 1_700_000_010),
+            verify(b"s3cret", "1700000000", &sig, body, 1_700_000_010),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                b"s3cret",
+                "1700000000",
+                &sig,
+                &body.replace("created", "decided"),
+                1_700_000_010
+            ),
             Err(VerifyError::BadSignature)
         );
         assert_eq!(
@@ -210,7 +222,13 @@ mod tests {
             Err(VerifyError::BadSignature)
         );
         assert_eq!(
-            verify(b"s3cret", "1700000000", &sig, body, 1_700_000_000 + MAX_AGE_SECS + 1),
+            verify(
+                b"s3cret",
+                "1700000000",
+                &sig,
+                body,
+                1_700_000_000 + MAX_AGE_SECS + 1
+            ),
             Err(VerifyError::Stale)
         );
         let mut tampered = sig.clone();

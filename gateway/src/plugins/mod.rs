@@ -52,7 +52,7 @@ pub mod bindings {
 use bindings::pgward::plugin::types as wit;
 
 /// The contract version this gateway speaks (`package pgward:plugin@...` in `wit/`).
-pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 2, 0);
+pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 3, 0);
 
 /// Length of one epoch tick: how often a running call's budget is checked.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
