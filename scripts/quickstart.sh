@@ -8,6 +8,9 @@ root=$PWD
 demo=$root/.pgward-demo
 pg_port=${PGWARD_DEMO_PG_PORT:-54329}
 gw_port=${PGWARD_DEMO_PORT:-6432}
+admin_port=${PGWARD_DEMO_ADMIN_PORT:-6480}
+# bob's approver token for the demo (a real one comes from `pgward token new`).
+bob_token=pgw-demo-bob-token
 
 scripts/prereqs.sh
 echo "== building pgward (release) and the plugins"
@@ -74,6 +77,21 @@ install_plugin guardrails plugins/guardrails/guardrails.toml
 # 2. mask-pii: masks personal data in results (plugins/mask-pii/mask_pii.toml); the group
 #    support-lead (bob) is exempt.
 install_plugin mask_pii plugins/mask-pii/mask_pii.toml
+# 3. approval-rules: developers' changes to orders wait until someone of support-lead (bob)
+#    approves them (see plugins/approval-rules/approval_rules.toml for every option).
+cat > "$demo/approval_rules.toml" <<'TOML'
+search_path = ["public"]
+
+[[rules]]
+name = "order-changes"
+groups = ["developers"]
+on = ["public.orders"]
+actions = ["update", "delete"]
+approvers = "support-lead"
+reason = "changes to orders are reviewed by support"
+mode = "hold"
+TOML
+install_plugin approval_rules "$demo/approval_rules.toml"
 
 hash() { printf '%s\n' "$1" | "$pgward" hash-password; }
 cat > "$demo/pgward.toml" <<TOML
@@ -89,7 +107,19 @@ password = "pgward-demo-upstream"
 
 [plugins]
 directory = "plugins"
-order = ["guardrails", "mask_pii"]
+order = ["guardrails", "approval_rules", "mask_pii"]
+
+[admin]
+address = "127.0.0.1:$admin_port"
+
+[approvals]
+sqlite_path = "approvals.db"
+hold_timeout = "5m"
+
+[[approvals.approvers]]
+name = "bob"
+groups = ["support-lead"]
+token_sha256 = "$(printf '%s\n' "$bob_token" | "$pgward" token hash)"
 
 [[auth.users]]
 name = "alice"
@@ -130,6 +160,19 @@ plugins/mask-pii/mask_pii.toml (bob's group support-lead sees cleartext); try:
   $pgward plugins list --config $demo/pgward.toml
 
 Edit .pgward-demo/plugins/guardrails.toml while the gateway runs: the change applies within a second.
+
+A statement held for approval: alice's change to an order waits (rule "order-changes")...
+
+  PGPASSWORD=alice psql "host=127.0.0.1 port=$gw_port user=alice dbname=demo" -c "UPDATE orders SET status = 'refunded' WHERE id = 2"
+
+...until bob (group support-lead) approves it, from another terminal, with the CLI or curl:
+
+  PGWARD_ADMIN_URL=http://127.0.0.1:$admin_port PGWARD_TOKEN=$bob_token $pgward approvals list
+  PGWARD_ADMIN_URL=http://127.0.0.1:$admin_port PGWARD_TOKEN=$bob_token $pgward approvals approve ID --comment "refund ok"
+  curl -s -H "Authorization: Bearer $bob_token" "http://127.0.0.1:$admin_port/v1/approvals?status=pending"
+  curl -s -X POST -H "Authorization: Bearer $bob_token" -d '{"comment": "refund ok"}' http://127.0.0.1:$admin_port/v1/approvals/ID/approve
+
+alice's psql then prints UPDATE 1. Denied, it prints the comment; Ctrl-C in psql withdraws it.
 
 See what the gateway knows about a statement:
 

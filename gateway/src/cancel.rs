@@ -14,12 +14,14 @@ pub struct CancelTarget {
     pub upstream_secret: i32,
 }
 
+/// Secret, upstream backend, and the waker of a statement the gateway itself holds (one
+/// waiting for approval), which a cancel withdraws.
+type CancelEntry = (i32, CancelTarget, Arc<Notify>);
+
 /// All live cancel keys. Touched at session start and end and on a cancel only.
 pub struct CancelRegistry {
     next_pid: AtomicI32,
-    /// Secret, upstream backend, and the waker of a statement the gateway itself holds (one
-    /// waiting for approval), which a cancel withdraws.
-    keys: Mutex<HashMap<i32, (i32, CancelTarget, Arc<Notify>)>>,
+    keys: Mutex<HashMap<i32, CancelEntry>>,
     rng: ring::rand::SystemRandom,
 }
 

@@ -759,6 +759,44 @@ name = "alice"
     }
 
     #[test]
+    fn approvals_errors_name_the_key() {
+        let hash = "a".repeat(64);
+        let ok = format!(
+            "{MINIMAL}\n[admin]\naddress = \"127.0.0.1:6480\"\n[approvals]\n[[approvals.approvers]]\nname = \"carol\"\ngroups = [\"dba\"]\ntoken_sha256 = \"{hash}\"\n"
+        );
+        let c = Config::parse(&ok, "t.toml").unwrap();
+        let a = c.approvals.as_ref().unwrap();
+        assert_eq!(a.hold_timeout, Duration::from_secs(300));
+        assert_eq!(a.store, ApprovalStoreKind::Sqlite);
+        assert_eq!(c.admin_address().as_deref(), Some("127.0.0.1:6480"));
+        let cases = [
+            (ok.replace(&hash, "abc"), "approvals.approvers[0].token_sha256"),
+            (ok.replace("groups = [\"dba\"]", "groups = []"), "approvals.approvers[0].groups"),
+            (ok.replace("[approvals]", "[approvals]\nstore = \"postgres\""), "approvals.postgres"),
+            (ok.replace("[approvals]", "[approvals]\nhold_timeout = \"0s\""), "approvals.hold_timeout"),
+            (ok.replace("127.0.0.1:6480", "localhost"), "admin.address"),
+            (
+                ok.replace(
+                    "[approvals]",
+                    "[approvals]\n[[approvals.groups]]\nname = \"dba\"\nwebhook = \"http://x/\"",
+                ),
+                "approvals.groups[0].webhook_secret",
+            ),
+            (
+                ok.replace(
+                    "[approvals]",
+                    "[approvals]\n[[approvals.groups]]\nname = \"dba\"\nwebhook = \"ftp://x/\"\nwebhook_secret = \"s\"",
+                ),
+                "approvals.groups[0].webhook",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(e.starts_with(&format!("t.toml: {key}:")), "{key}: {e}");
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));

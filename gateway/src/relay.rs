@@ -263,7 +263,7 @@ pub struct RelayContext<'a> {
     /// Result filtering; present when plugins are configured.
     pub results: Option<ResultsContext<'a>>,
     /// The approvals workflow, when configured.
-    pub approvals: Option<&'a Approvals>,
+    pub approvals: Option<&'a Arc<Approvals>>,
     /// Woken by a CancelRequest with this session's key.
     pub cancelled: Option<&'a tokio::sync::Notify>,
     /// How the identity was proven, for approval requests.
@@ -983,6 +983,8 @@ async fn gate(
         return Gate::Refuse(deferred_refusal(approvals, &request, false));
     }
     let id = request.id.clone();
+    // Should the session end while the statement waits, nobody waits for the answer.
+    let mut withdraw = approvals.withdraw_on_drop(&id);
     state.holding.store(true, Ordering::Release);
     let timeout = approvals.config().hold_timeout;
     let wait = approvals.wait(&id, timeout);
@@ -1005,6 +1007,7 @@ async fn gate(
                     Ok(_) => buf.get(frame_end) == Some(&b'X'),
                 };
                 if gone {
+                    withdraw.disarm();
                     state.holding.store(false, Ordering::Release);
                     info!(request = %id, "client disconnected while its statement was held; request withdrawn");
                     if let Err(e) = approvals.end(&id, Status::Withdrawn, "client disconnected").await {
@@ -1015,6 +1018,7 @@ async fn gate(
             }
         }
     };
+    withdraw.disarm();
     state.holding.store(false, Ordering::Release);
     let outcome = match outcome {
         Some(o) => o,
@@ -1818,4 +1822,124 @@ fn observe_server_message(state: &RelayState, frame: &[u8]) {
 async fn write_flush(w: &mut WriteHalf<'_>, bytes: &[u8]) -> std::io::Result<()> {
     w.write_all(bytes).await?;
     w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn bind(portal: &str, stmt: &str, formats: &[i16], params: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for s in [portal, stmt] {
+            b.extend_from_slice(s.as_bytes());
+            b.push(0);
+        }
+        b.extend_from_slice(&(formats.len() as i16).to_be_bytes());
+        for f in formats {
+            b.extend_from_slice(&f.to_be_bytes());
+        }
+        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+            }
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+        frame(b'B', &b)
+    }
+
+    #[test]
+    fn bind_parameters_are_text_hex_for_binary_and_none_for_null() {
+        let f = bind("", "s1", &[], &[Some(b"42"), None, Some(b"caf\xc3\xa9")]);
+        assert_eq!(
+            bind_parameters(&f),
+            vec![Some("42".into()), None, Some("café".into())]
+        );
+        let f = bind("p", "s1", &[1], &[Some(&[0, 0, 0, 2]), Some(&[1])]);
+        assert_eq!(
+            bind_parameters(&f),
+            vec![Some("\\x00000002".into()), Some("\\x01".into())]
+        );
+        let f = bind("p", "s1", &[0, 1], &[Some(b"7"), Some(&[0xff])]);
+        assert_eq!(
+            bind_parameters(&f),
+            vec![Some("7".into()), Some("\\xff".into())]
+        );
+        // A truncated Bind yields what could be read, never a panic.
+        let f = bind("p", "s1", &[], &[Some(b"1234")]);
+        for cut in 5..f.len() {
+            let _ = bind_parameters(&f[..cut]);
+        }
+    }
+
+    fn needs(sql: &str) -> Arc<NeedsApproval> {
+        Arc::new(NeedsApproval {
+            ask: ApprovalAsk {
+                plugin: "p".into(),
+                reason: "r".into(),
+                approver_group: "g".into(),
+                rule: "rule".into(),
+                defer: false,
+                quorum: 1,
+            },
+            sql: sql.into(),
+            analysis: crate::sql::SqlAnalyzer::new(10).analyze(sql, LexOptions::default()),
+            extended: true,
+        })
+    }
+
+    #[test]
+    fn a_prepared_statement_keeps_its_approval_mark_until_closed() {
+        let mut p = Prepared::default();
+        p.parsed(b"s1", Some(needs("UPDATE t SET x = $1")));
+        assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_some());
+        assert!(p.bind_needs(&bind("", "s2", &[], &[])).is_none());
+        // A second Parse of a name in use fails on the server: the mark stays.
+        p.parsed(b"s1", None);
+        assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_some());
+        // The unnamed statement is replaced by every Parse.
+        p.parsed(b"", Some(needs("DELETE FROM t")));
+        assert!(p.bind_needs(&bind("", "", &[], &[])).is_some());
+        p.parsed(b"", None);
+        assert!(p.bind_needs(&bind("", "", &[], &[])).is_none());
+        // Close (statement) removes the mark.
+        let mut out = BytesMut::new();
+        let mut close = vec![b'S'];
+        close.extend_from_slice(b"s1\0");
+        let close = frame(b'C', &close);
+        let state = RelayState::new(protocol::TXN_IDLE);
+        let identity = Identity {
+            user: "u".into(),
+            groups: vec![],
+        };
+        let session = crate::plugins::convert_session(1, &identity, "db", "127.0.0.1:1", "");
+        let analyzer = crate::sql::SqlAnalyzer::new(10);
+        let ctx = RelayContext {
+            analyzer: &analyzer,
+            max_message_size: 1 << 20,
+            idle_timeout: Duration::ZERO,
+            identity: &identity,
+            session_id: 1,
+            plugins: None,
+            plugin_session: &session,
+            results: None,
+            approvals: None,
+            cancelled: None,
+            auth_method: "trust",
+        };
+        p.client_message(&ctx, &state, &close, &mut out);
+        assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_none());
+        assert_eq!(&out[..], &close[..], "the Close itself goes upstream");
+    }
 }

@@ -175,7 +175,7 @@ pub async fn serve(
             batch_rows: gw.config.plugins.batch_rows,
             batch_bytes: gw.config.plugins.batch_bytes,
         }),
-        approvals: gw.approvals.as_deref(),
+        approvals: gw.approvals.as_ref(),
         cancelled: Some(&cancelled),
         auth_method: match gw.config.auth.method {
             AuthMethod::ScramSha256 => "scram-sha-256",

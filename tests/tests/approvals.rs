@@ -718,8 +718,11 @@ async fn deferred_statement_runs_once_after_approval_and_changes_need_a_new_one(
     assert_eq!(amounts, "101,201");
 }
 
+/// One webhook delivery: lower-cased headers and the raw body.
+type Delivery = (Vec<(String, String)>, String);
+
 /// A webhook receiver on loopback: each delivery's headers and body.
-fn webhook_receiver() -> (u16, mpsc::Receiver<(Vec<(String, String)>, String)>) {
+fn webhook_receiver() -> (u16, mpsc::Receiver<Delivery>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();

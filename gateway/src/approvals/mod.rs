@@ -74,6 +74,9 @@ pub struct Approvals {
     public_url: String,
     /// This gateway's listen address, recorded with the requests it creates.
     gateway: String,
+    /// The gateway's main runtime, where background work (withdrawing the request of a
+    /// session that ended while held) runs.
+    runtime: tokio::runtime::Handle,
 }
 
 /// SHA-256 of a bearer token, as `token_sha256` holds it.
@@ -170,6 +173,7 @@ impl Approvals {
             webhooks,
             public_url,
             gateway: config.listen.address.clone(),
+            runtime: tokio::runtime::Handle::current(),
             config: a,
         }))
     }
@@ -362,6 +366,15 @@ impl Approvals {
         }
     }
 
+    /// Withdraws `id` in the background unless disarmed: for a held statement whose session
+    /// ends without its wait ending (shutdown, the server went away).
+    pub fn withdraw_on_drop(self: &Arc<Self>, id: &str) -> WithdrawOnDrop {
+        WithdrawOnDrop {
+            approvals: self.clone(),
+            id: Some(id.to_owned()),
+        }
+    }
+
     fn changed(&self, id: &str) {
         let _ = self.changes.send(id.to_owned());
     }
@@ -408,6 +421,31 @@ impl Approvals {
                 body,
             }),
             Err(e) => warn!(error = %e, "cannot encode webhook payload"),
+        }
+    }
+}
+
+/// See [`Approvals::withdraw_on_drop`].
+pub struct WithdrawOnDrop {
+    approvals: Arc<Approvals>,
+    id: Option<String>,
+}
+
+impl WithdrawOnDrop {
+    pub fn disarm(&mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let a = self.approvals.clone();
+            self.approvals.runtime.spawn(async move {
+                if let Err(e) = a.end(&id, Status::Withdrawn, "session ended").await {
+                    warn!(request = %id, error = %e, "cannot withdraw approval request");
+                }
+            });
         }
     }
 }

@@ -136,6 +136,29 @@ fn ddl_in_prod_needs_dba_approval_from_anyone() {
 }
 
 #[test]
+fn the_verdict_carries_the_rule_its_mode_and_its_quorum() {
+    let mut f = fixture();
+    let a = held(&mut f.h, &f.dev, "DROP TABLE prod.orders");
+    assert_eq!(a.rule, "prod-ddl");
+    assert_eq!(a.mode, ApprovalMode::Defer);
+    assert_eq!(a.quorum, 2);
+    let a = held(
+        &mut f.h,
+        &f.agent,
+        "UPDATE billing.invoices SET paid = true WHERE id = 1",
+    );
+    assert_eq!(a.rule, "agents-billing-writes");
+    assert_eq!(a.mode, ApprovalMode::Hold, "hold is the default");
+    assert_eq!(a.quorum, 1, "one approver is the default");
+    let err = TestHarness::<ApprovalRules>::new(
+        "[[rules]]\nname = \"r\"\napprovers = \"g\"\nmode = \"later\"\n",
+    )
+    .err()
+    .expect("an unknown mode is refused");
+    assert!(err.contains("mode"), "{err}");
+}
+
+#[test]
 fn updates_and_deletes_of_listed_tables_need_finance() {
     let mut f = fixture();
     for sql in [
