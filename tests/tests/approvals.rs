@@ -334,9 +334,16 @@ async fn held_statement_runs_when_approved_from_the_cli_and_the_client_sees_its_
         .unwrap()
         .contains("AI agents change billing data only with a person's approval"));
     assert!(r["created_at"].as_str().unwrap().ends_with('Z'));
-    // Held, not run.
+    // Held, not run; other sessions go on meanwhile.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(invoice(&direct, 1).await, ("10".into(), false));
+    let dev = s.gw.connect("dev", &s.db).await.unwrap();
+    let started = Instant::now();
+    dev.simple_query("UPDATE billing.invoices SET amount = 15 WHERE id = 3")
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(invoice(&direct, 3).await, ("15".into(), true));
     let (ok, out) = s.cli("carol", &["list"]);
     assert!(
         ok && out.contains(&id) && out.contains("UPDATE billing.invoices"),
@@ -1011,4 +1018,65 @@ async fn two_gateways_share_the_postgres_store_and_a_hold_on_one_is_released_by_
         .superuser_sql(&control, "SELECT count(*) FROM pgward.requests")
         .unwrap();
     assert_eq!(n.trim(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_serves_https_when_given_a_certificate() {
+    let pg = Postgres::shared();
+    let dir = plugins_dir();
+    install(&dir);
+    let tls_dir = std::env::temp_dir().join(format!(
+        "pgward-admin-tls-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    std::fs::write(tls_dir.join("admin.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(tls_dir.join("admin.key"), cert.key_pair.serialize_pem()).unwrap();
+    let admin = free_port();
+    let toml = approvals_toml(admin, &Options::default()).replace(
+        "[admin]\n",
+        &format!(
+            "[admin]\ncert = \"{}\"\nkey = \"{}\"\n",
+            tls_dir.join("admin.crt").display(),
+            tls_dir.join("admin.key").display()
+        ),
+    );
+    let _gw = Gateway::start(
+        pg,
+        GatewayOptions {
+            plugins_dir: Some(dir),
+            extra_toml: toml,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let agent = ureq::Agent::new_with_config(
+        ureq::config::Config::builder()
+            .http_status_as_error(false)
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+                        ureq::tls::Certificate::from_der(cert.cert.der()).to_owned(),
+                    ])))
+                    .build(),
+            )
+            .build(),
+    );
+    let mut r = agent
+        .get(&format!("https://127.0.0.1:{admin}/v1/approvals"))
+        .header("Authorization", &format!("Bearer {}", token("carol")))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert!(v["requests"].as_array().unwrap().is_empty());
+    // Plain HTTP on the TLS port gets no API answer.
+    let plain = ureq::get(&format!("http://127.0.0.1:{admin}/healthz")).call();
+    assert!(
+        !matches!(&plain, Ok(r) if r.status().as_u16() == 200),
+        "{plain:?}"
+    );
+    let _ = std::fs::remove_dir_all(tls_dir);
 }
