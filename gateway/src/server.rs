@@ -33,6 +33,8 @@ pub enum StartError {
     Plugins(#[from] crate::plugins::StartError),
     #[error(transparent)]
     Approvals(#[from] crate::approvals::ApprovalsError),
+    #[error("the system random number generator failed; refusing to start")]
+    Random,
     #[error("cannot start the admin server on {addr}: {source}")]
     Admin {
         addr: String,
@@ -114,7 +116,10 @@ impl Gateway {
             None => None,
         };
         let mut decoy_secret = [0u8; 32];
-        let _ = ring::rand::SystemRandom::new().fill(&mut decoy_secret);
+        // A zero key would make every unknown user's decoy verifier predictable.
+        ring::rand::SystemRandom::new()
+            .fill(&mut decoy_secret)
+            .map_err(|_| StartError::Random)?;
         let listener = TcpListener::bind(&config.listen.address)
             .await
             .map_err(|source| StartError::Bind {

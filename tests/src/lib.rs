@@ -349,6 +349,8 @@ pub struct GatewayOptions {
     /// `plugins.directory`, plus extra keys for the `[plugins]` table.
     pub plugins_dir: Option<PathBuf>,
     pub plugins_extra: String,
+    /// The gateway's upstream role and password, instead of [`UPSTREAM_USER`]'s.
+    pub upstream_login: Option<(String, String)>,
 }
 
 impl Default for GatewayOptions {
@@ -363,6 +365,7 @@ impl Default for GatewayOptions {
             log_level: "info,pgward=debug".into(),
             plugins_dir: None,
             plugins_extra: String::new(),
+            upstream_login: None,
         }
     }
 }
@@ -456,10 +459,14 @@ impl Gateway {
             ),
             None => String::new(),
         };
+        let (up_user, up_password) = opts
+            .upstream_login
+            .clone()
+            .unwrap_or_else(|| (UPSTREAM_USER.into(), UPSTREAM_PASSWORD.into()));
         for _ in 0..5 {
             let port = free_port();
             let config = format!(
-                "[listen]\naddress = \"127.0.0.1:{port}\"\n{}\n{tls}\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{UPSTREAM_USER}\"\npassword = \"{UPSTREAM_PASSWORD}\"\n\n[log]\nlevel = \"{}\"\n\n{plugins}\n{users}\n{}\n",
+                "[listen]\naddress = \"127.0.0.1:{port}\"\n{}\n{tls}\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{up_user}\"\npassword = \"{up_password}\"\n\n[log]\nlevel = \"{}\"\n\n{plugins}\n{users}\n{}\n",
                 opts.listen_extra,
                 opts.upstream_port.unwrap_or(pg.port),
                 opts.log_level,

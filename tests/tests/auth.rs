@@ -238,3 +238,50 @@ fn startup_settings_that_change_the_role_are_refused() {
     );
     assert_eq!(stdout_ok(&out), "5s\n");
 }
+
+#[tokio::test]
+async fn non_ascii_passwords_work_upstream_and_for_clients_after_saslprep() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("auth").unwrap();
+    // SASLprep changes both passwords (U+2163 is "IV" under NFKC, U+00A0 becomes a space), so
+    // hashing the raw UTF-8 bytes, as the gateway once did, fails against PostgreSQL's verifier
+    // and against libpq's proof.
+    let upstream_password = "\u{2163}-gateway\u{00A0}s\u{00E9}cret";
+    pg.superuser_sql(
+        "postgres",
+        &format!("CREATE ROLE pgward_unicode LOGIN PASSWORD '{upstream_password}'"),
+    )
+    .unwrap();
+    let client_password = "\u{216B}-\u{00E4}lice\u{00A0}pw";
+    let gw = Gateway::start(
+        pg,
+        GatewayOptions {
+            users: vec![TestUser::new("alice", client_password, &["dev"])],
+            upstream_login: Some(("pgward_unicode".into(), upstream_password.into())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let out = gw.psql("alice", &db, &["-c", "SELECT current_user"], None);
+    assert_eq!(stdout_ok(&out).trim(), "pgward_unicode", "{}", gw.log());
+    // tokio-postgres applies SASLprep too (its connection-string parser would split at the
+    // no-break space, so the password is set directly).
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(gw.port)
+        .user("alice")
+        .password(client_password)
+        .dbname(&db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let who: String = client
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "pgward_unicode");
+    pg.superuser_sql("postgres", "DROP OWNED BY pgward_unicode")
+        .ok();
+}

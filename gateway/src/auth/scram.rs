@@ -103,6 +103,17 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The password as SCRAM hashes it: normalized with SASLprep (RFC 4013), as libpq and the
+/// PostgreSQL server do, so a non-ASCII password means the same on both sides. A password
+/// SASLprep refuses (prohibited or unassigned characters) is used as its raw bytes, which is
+/// again what PostgreSQL does.
+fn prepared(password: &str) -> std::borrow::Cow<'_, str> {
+    if password.is_ascii() {
+        return std::borrow::Cow::Borrowed(password);
+    }
+    stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password))
+}
+
 fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
     let mut out = [0u8; 32];
     let iterations = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
@@ -110,7 +121,7 @@ fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
         pbkdf2::PBKDF2_HMAC_SHA256,
         iterations,
         salt,
-        password.as_bytes(),
+        prepared(password).as_bytes(),
         &mut out,
     );
     out
@@ -125,8 +136,8 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], ScramError> {
 }
 
 impl Verifier {
-    /// Derives a verifier for `password` with a fresh random salt. The password is used as UTF-8
-    /// bytes without SASLprep, which matches PostgreSQL for ASCII passwords.
+    /// Derives a verifier for `password` with a fresh random salt (SASLprep applied, as
+    /// PostgreSQL does).
     pub fn generate(password: &str, iterations: u32) -> Result<Self, ScramError> {
         let salt = random_bytes::<16>()?.to_vec();
         Ok(Self::derive(password, salt, iterations))
@@ -371,9 +382,10 @@ pub fn md5_password(user: &str, password: &str, salt: &[u8; 4]) -> String {
     format!("md5{}", hex(&h.finalize()))
 }
 
-/// Compares without an early exit, so timing does not tell how much of a secret matched.
+/// Compares in constant time, so timing does not tell how much of a secret matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq as _;
+    bool::from(a.ct_eq(b))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -394,6 +406,26 @@ mod tests {
         assert!("SCRAM-SHA-256$0:AAAA$AAAA:AAAA"
             .parse::<Verifier>()
             .is_err());
+    }
+
+    #[test]
+    fn non_ascii_passwords_are_normalized_with_saslprep() {
+        // U+2163 (Roman numeral four) is "IV" under NFKC, U+00A0 maps to a space, U+00AD to
+        // nothing: PostgreSQL's verifier for the raw text equals ours for the normalized one.
+        let salt = b"0123456789abcdef".to_vec();
+        let raw = Verifier::derive("\u{2163}-pass\u{00A0}w\u{00AD}ord", salt.clone(), 4096);
+        let normalized = Verifier::derive("IV-pass word", salt.clone(), 4096);
+        assert_eq!(raw, normalized);
+        // Precomposed and decomposed forms of the same text are the same password.
+        assert_eq!(
+            Verifier::derive("p\u{00E4}ss", salt.clone(), 4096),
+            Verifier::derive("pa\u{0308}ss", salt.clone(), 4096)
+        );
+        // A password SASLprep refuses (a prohibited control character) is hashed as it is.
+        assert_ne!(
+            Verifier::derive("bad\u{0007}\u{00E4}", salt.clone(), 4096),
+            Verifier::derive("bad\u{00E4}", salt, 4096)
+        );
     }
 
     #[test]
