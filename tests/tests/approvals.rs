@@ -728,13 +728,14 @@ async fn deferred_statement_runs_once_after_approval_and_changes_need_a_new_one(
 /// One webhook delivery: lower-cased headers and the raw body.
 type Delivery = (Vec<(String, String)>, String);
 
-/// A webhook receiver on loopback: each delivery's headers and body.
-fn webhook_receiver() -> (u16, mpsc::Receiver<Delivery>) {
+/// A webhook receiver on loopback: each delivery's headers and body. It answers 503 to the
+/// first `fail_first` deliveries (which it still reports) and 200 to the rest.
+fn webhook_receiver(fail_first: usize) -> (u16, mpsc::Receiver<Delivery>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
+        for (n, stream) in listener.incoming().enumerate() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut headers = Vec::new();
@@ -758,8 +759,12 @@ fn webhook_receiver() -> (u16, mpsc::Receiver<Delivery>) {
                 .unwrap_or(0);
             let mut body = vec![0; len];
             reader.read_exact(&mut body).unwrap();
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let answer: &[u8] = if n < fail_first {
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            };
+            let _ = stream.write_all(answer);
             if tx
                 .send((headers, String::from_utf8(body).unwrap()))
                 .is_err()
@@ -781,7 +786,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_gets_a_signed_payload_at_once_and_a_tampered_one_fails_verification() {
-    let (port, deliveries) = webhook_receiver();
+    let (port, deliveries) = webhook_receiver(1);
     let s = setup(Options {
         webhook: Some(port),
         ..Default::default()
@@ -796,9 +801,18 @@ async fn webhook_gets_a_signed_payload_at_once_and_a_tampered_one_fails_verifica
         .recv_timeout(Duration::from_secs(5))
         .expect("a webhook delivery");
     assert!(
-        started.elapsed() < Duration::from_secs(1) + Duration::from_millis(500),
+        started.elapsed() < Duration::from_secs(1),
         "delivered after {:?}",
         started.elapsed()
+    );
+    // The receiver failed that one (503): the same payload comes again after a backoff.
+    let (_, retried) = deliveries
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a retried delivery");
+    assert_eq!(retried, body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "backed off"
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1002,7 +1016,7 @@ async fn two_gateways_share_the_postgres_store_and_a_hold_on_one_is_released_by_
     assert_eq!(code, 200, "{v}");
     let out = psql.join().unwrap();
     assert!(
-        decided.elapsed() < Duration::from_secs(2),
+        decided.elapsed() < Duration::from_secs(1),
         "A's client proceeded after {:?}",
         decided.elapsed()
     );
