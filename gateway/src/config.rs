@@ -48,6 +48,94 @@ pub struct Config {
     /// The admin HTTP server (approvals API, health, readiness).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The audit trail; absent: no audit records.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+}
+
+/// When the audit file is synced to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// After every batch the writer writes (at most a few milliseconds of events at risk).
+    #[default]
+    Batch,
+    /// At most once a second.
+    Interval,
+    /// Left to the operating system.
+    Never,
+}
+
+/// What happens to new statements while the audit trail cannot be written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFailure {
+    /// Refused with SQLSTATE 58030 until the writer catches up (fail closed).
+    #[default]
+    Refuse,
+    /// Run; events beyond the queue are dropped and counted.
+    Buffer,
+}
+
+/// Which statement text an audit record carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditText {
+    /// Literals replaced by `?` (the fingerprint): no values in the trail.
+    #[default]
+    Normalized,
+    /// The exact text.
+    Full,
+}
+
+/// `[audit]`: the hash-chained audit trail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Directory of `audit-NNNNNNNNNNNN.jsonl` files.
+    pub directory: PathBuf,
+    /// Also write every record to standard output.
+    pub stdout: bool,
+    /// Start a new file past this many bytes.
+    pub max_file_size: u64,
+    /// Start a new file after this long (`0s`: only by size).
+    #[serde(deserialize_with = "duration")]
+    pub rotate_every: Duration,
+    pub fsync: Fsync,
+    /// Events waiting for the writer.
+    pub queue: usize,
+    pub on_failure: AuditFailure,
+    pub statement_text: AuditText,
+    /// Record bound parameter values of the extended protocol.
+    pub parameters: bool,
+    /// Ed25519 PKCS#8 key (`pgward audit keygen`) that signs checkpoints.
+    pub signing_key: Option<PathBuf>,
+    /// A signed checkpoint after this many records (0: only by time and at shutdown).
+    pub checkpoint_every: u64,
+    #[serde(deserialize_with = "duration")]
+    pub checkpoint_interval: Duration,
+    /// Name in checkpoints (default: `listen.address`).
+    pub origin: Option<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            directory: PathBuf::from("pgward-data/audit"),
+            stdout: false,
+            max_file_size: 100 << 20,
+            rotate_every: Duration::from_secs(24 * 3600),
+            fsync: Fsync::Batch,
+            queue: 65536,
+            on_failure: AuditFailure::Refuse,
+            statement_text: AuditText::Normalized,
+            parameters: false,
+            signing_key: None,
+            checkpoint_every: 10_000,
+            checkpoint_interval: Duration::from_secs(60),
+            origin: None,
+        }
+    }
 }
 
 /// Where approval requests are kept.
@@ -451,6 +539,16 @@ impl Config {
                 a.sqlite_path = base.join(&a.sqlite_path);
             }
         }
+        if let Some(a) = &mut config.audit {
+            if a.directory.is_relative() {
+                a.directory = base.join(&a.directory);
+            }
+            if let Some(k) = &mut a.signing_key {
+                if k.is_relative() {
+                    *k = base.join(&*k);
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -608,6 +706,17 @@ impl Config {
         }
         if let Some(a) = &self.approvals {
             self.validate_approvals(a, &invalid)?;
+        }
+        if let Some(a) = &self.audit {
+            if a.queue == 0 {
+                return Err(invalid("audit.queue", "must be at least 1".into()));
+            }
+            if a.max_file_size < 4096 {
+                return Err(invalid(
+                    "audit.max_file_size",
+                    "must be at least 4096 bytes".into(),
+                ));
+            }
         }
         Ok(())
     }

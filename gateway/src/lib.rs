@@ -14,6 +14,7 @@
 //! - [`plugins`]: WebAssembly policy plugins: loading, chain, hot reload, sandboxed calls.
 //! - [`results`]: result rows through plugins as Arrow batches, with lineage from the catalog.
 //! - [`approvals`]: statements held for approval: requests, their store, notifications.
+//! - [`audit`]: the hash-chained audit trail, its writer thread and verifier.
 //! - [`admin`]: the admin HTTP server: approvals API, `/healthz`, `/readyz`.
 //! - [`cli`]: the command line's admin API client (`pgward approvals ...`).
 //! - [`tls`]: rustls configurations for both sides.
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod cli;

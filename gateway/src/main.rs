@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use pgward::config::Config;
 use std::io::BufRead as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -62,6 +63,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Verify the audit trail, or make its signing key.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Print the SQL analysis of a statement as JSON.
     Explain {
@@ -132,6 +138,97 @@ enum ApprovalsCommand {
         #[arg(long)]
         comment: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and the signed checkpoints of audit files (or directories of
+    /// them, in order); exits 1 at the first record that was edited, removed, inserted or
+    /// reordered.
+    Verify {
+        /// Audit files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The Ed25519 public key (64 hex digits, as `pgward audit keygen` prints it) that
+        /// must have signed every checkpoint.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Write a new Ed25519 signing key (PKCS#8) for audit.signing_key and print its public key.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
+    use pgward::audit::chain;
+    match command {
+        AuditCommand::Keygen { out } => {
+            anyhow::ensure!(!out.exists(), "{} exists already", out.display());
+            let (pkcs8, public) = pgward::audit::generate_key()?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            std::io::Write::write_all(&mut f, &pkcs8)?;
+            println!("public key: {}", chain::hex(&public));
+            Ok(())
+        }
+        AuditCommand::Verify { paths, public_key } => {
+            let key = match &public_key {
+                Some(hex) => {
+                    let bytes = (0..hex.len())
+                        .step_by(2)
+                        .map(|i| {
+                            hex.get(i..i + 2)
+                                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                        })
+                        .collect::<Option<Vec<u8>>>()
+                        .filter(|b| b.len() == 32)
+                        .context("--public-key must be 64 hex digits")?;
+                    Some(bytes)
+                }
+                None => None,
+            };
+            let mut files = Vec::new();
+            for p in &paths {
+                if p.is_dir() {
+                    files.extend(
+                        chain::files_in(p).with_context(|| format!("reading {}", p.display()))?,
+                    );
+                } else {
+                    files.push(p.clone());
+                }
+            }
+            let r = chain::verify(&files, key.as_deref());
+            for (file, line) in &r.unfinished {
+                println!("{file}:{line}: unfinished record (the gateway stopped while writing it); the chain ends before it");
+            }
+            match (&r.problem, &r.last_checkpoint) {
+                (Some(p), _) => {
+                    println!("FAILED: {p}");
+                    println!("{} records before it are intact", r.records);
+                    std::process::exit(1);
+                }
+                (None, Some((seq, root))) => println!(
+                    "ok: {} records up to seq {}, {} checkpoints verified; last checkpoint: seq {seq} root {root}; {} records after it are not sealed by a checkpoint",
+                    r.records, r.last_seq, r.checkpoints, r.unsealed
+                ),
+                (None, None) if key.is_none() => println!(
+                    "ok: {} records up to seq {}, chain intact; checkpoints not checked (no --public-key)",
+                    r.records, r.last_seq
+                ),
+                (None, None) => println!(
+                    "ok: {} records up to seq {}, chain intact; no signed checkpoint yet",
+                    r.records, r.last_seq
+                ),
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -309,6 +406,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Approvals { api, command } => approvals_command(api, command),
+        Command::Audit { command } => audit_command(command),
         Command::Token { command } => {
             match command {
                 TokenCommand::New => {

@@ -65,6 +65,8 @@ pub struct RelayState {
     postgres_intervals: AtomicBool,
     /// A statement of this session waits for approval in the gateway.
     holding: AtomicBool,
+    /// Query and Parse messages judged, for the session's audit record.
+    statements: AtomicU64,
 }
 
 /// A statement text as it went upstream.
@@ -149,6 +151,7 @@ impl RelayState {
             iso_dates: AtomicBool::new(true),
             postgres_intervals: AtomicBool::new(true),
             holding: AtomicBool::new(false),
+            statements: AtomicU64::new(0),
         }
     }
 
@@ -227,6 +230,11 @@ impl RelayState {
         }
     }
 
+    /// Statements (Query and Parse messages) the session sent.
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
     pub fn txn_status(&self) -> u8 {
         self.txn_status.load(Ordering::Relaxed)
     }
@@ -268,6 +276,8 @@ pub struct RelayContext<'a> {
     pub cancelled: Option<&'a tokio::sync::Notify>,
     /// How the identity was proven, for approval requests.
     pub auth_method: &'a str,
+    /// The audit trail, when configured.
+    pub audit: Option<&'a crate::audit::Audit>,
 }
 
 /// What filtering results through plugins needs.
@@ -294,6 +304,23 @@ pub enum RelayEnd {
     ServerIo(std::io::Error),
     ClientProtocol(FrameError),
     ServerProtocol(FrameError),
+}
+
+impl RelayEnd {
+    /// A short name for the audit record.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RelayEnd::ClientTerminated => "client terminated",
+            RelayEnd::ClientEof => "client closed the connection",
+            RelayEnd::ServerEof => "server closed the connection",
+            RelayEnd::IdleTimeout => "idle timeout",
+            RelayEnd::Shutdown => "gateway shutdown",
+            RelayEnd::ClientIo(_) => "client connection error",
+            RelayEnd::ServerIo(_) => "server connection error",
+            RelayEnd::ClientProtocol(_) => "client protocol violation",
+            RelayEnd::ServerProtocol(_) => "server protocol violation",
+        }
+    }
 }
 
 /// Relays until one side ends, the session idles out, or shutdown asks it to stop.
@@ -748,6 +775,20 @@ fn inspect_client_message(
         out.extend_from_slice(frame);
         return Inspected::Sent(Sent::default());
     };
+    state.statements.fetch_add(1, Ordering::Relaxed);
+    if ctx.audit.is_some_and(|a| !a.admits_statements()) {
+        // Fail closed: nothing runs that the trail cannot record.
+        let refusal = Refusal {
+            plugin: "pgward".into(),
+            sqlstate: "58030".into(),
+            message: "the audit trail cannot be written, so no statement may run".into(),
+            hint: Some(
+                "the gateway log has the details; statements run again once it recovers".into(),
+            ),
+        };
+        deny(ctx, state, &refusal, frame[0], name, out);
+        return Inspected::Sent(Sent::default());
+    }
     let lex = state.lex_options();
     let (text, analysis) = match std::str::from_utf8(sql) {
         Ok(text) => (text, Some(ctx.analyzer.analyze(text, lex))),
@@ -766,7 +807,20 @@ fn inspect_client_message(
             "statement analysed"
         );
     }
+    let protocol_name = if frame[0] == b'Q' {
+        "simple"
+    } else {
+        "extended"
+    };
     let (Some(host), Some(chain)) = (ctx.plugins, chain.as_ref().filter(|_| policing)) else {
+        audit_statement(
+            ctx,
+            text,
+            analysis.as_deref(),
+            protocol_name,
+            &Judged::Allow,
+            None,
+        );
         out.extend_from_slice(frame);
         return Inspected::Sent(Sent::new(analysis, text));
     };
@@ -778,6 +832,14 @@ fn inspect_client_message(
             message: "statement text is not valid UTF-8".into(),
             hint: None,
         };
+        audit_statement(
+            ctx,
+            text,
+            None,
+            protocol_name,
+            &Judged::Deny(&refusal),
+            None,
+        );
         deny(ctx, state, &refusal, frame[0], name, out);
         return Inspected::Sent(Sent::default());
     };
@@ -794,6 +856,16 @@ fn inspect_client_message(
         protocol_kind,
         |t| ctx.analyzer.analyze(t, lex),
     );
+    let judged = match &decision {
+        QueryDecision::Allow => Judged::Allow,
+        QueryDecision::Rewrite(_) => Judged::Rewrite,
+        QueryDecision::Deny(r) => Judged::Deny(r),
+        QueryDecision::RequireApproval(ask) => Judged::NeedsApproval(ask),
+    };
+    // Held statements are recorded with their outcome, once decided (see `gate`).
+    if frame[0] != b'Q' || !matches!(judged, Judged::NeedsApproval(_)) || ctx.approvals.is_none() {
+        audit_statement(ctx, text, Some(&analysis), protocol_name, &judged, None);
+    }
     match decision {
         QueryDecision::Allow => {
             out.extend_from_slice(frame);
@@ -830,6 +902,99 @@ fn inspect_client_message(
             Inspected::Prepared(Sent::new(Some(analysis), text), Arc::new(needs))
         }
     }
+}
+
+/// A statement's verdict as the audit record states it.
+enum Judged<'a> {
+    Allow,
+    Rewrite,
+    Deny(&'a Refusal),
+    NeedsApproval(&'a ApprovalAsk),
+    /// The outcome of an approval request: `approved` (it ran), or refused.
+    Approval {
+        request: Option<&'a str>,
+        refusal: Option<&'a Refusal>,
+        plugin: &'a str,
+    },
+}
+
+/// One `statement` audit record.
+fn audit_statement(
+    ctx: &RelayContext<'_>,
+    text: &str,
+    analysis: Option<&Analysis>,
+    protocol: &str,
+    judged: &Judged<'_>,
+    params: Option<&[Option<String>]>,
+) {
+    let Some(audit) = ctx.audit else { return };
+    let cfg = audit.config();
+    let shown = match (cfg.statement_text, analysis) {
+        (crate::config::AuditText::Full, _) => text.to_owned(),
+        (_, Some(a)) => a.fingerprint.clone(),
+        (_, None) => String::new(),
+    };
+    let (verdict, plugin, sqlstate, message, request) = match judged {
+        Judged::Allow => ("allow", None, None, None, None),
+        Judged::Rewrite => ("rewrite", None, None, None, None),
+        Judged::Deny(r) => (
+            "deny",
+            Some(r.plugin.as_str()),
+            Some(r.sqlstate.as_str()),
+            Some(r.message.as_str()),
+            None,
+        ),
+        Judged::NeedsApproval(a) if ctx.approvals.is_none() => (
+            "deny",
+            Some(a.plugin.as_str()),
+            Some("42501"),
+            Some(a.reason.as_str()),
+            None,
+        ),
+        Judged::NeedsApproval(a) => (
+            "require-approval",
+            Some(a.plugin.as_str()),
+            None,
+            Some(a.reason.as_str()),
+            None,
+        ),
+        Judged::Approval {
+            request,
+            refusal: None,
+            plugin,
+        } => ("approved", Some(*plugin), None, None, *request),
+        Judged::Approval {
+            request,
+            refusal: Some(r),
+            plugin,
+        } => (
+            "approval-refused",
+            Some(*plugin),
+            Some(r.sqlstate.as_str()),
+            Some(r.message.as_str()),
+            *request,
+        ),
+    };
+    let mut fields = serde_json::json!({
+        "session": ctx.session_id,
+        "user": ctx.identity.user,
+        "groups": ctx.identity.groups,
+        "protocol": protocol,
+        "text": shown,
+        "fingerprint_id": analysis.map(|a| a.fingerprint_id.as_str()),
+        "commands": analysis.map(|a| a.statements.iter().map(|s| s.command.as_str()).collect::<Vec<_>>()),
+        "reads": analysis.map(|a| a.statements.iter().flat_map(|s| s.reads.iter().map(|r| r.to_string())).collect::<Vec<_>>()),
+        "writes": analysis.map(|a| a.statements.iter().flat_map(|s| s.writes.iter().map(|w| format!("{} {}", w.action.as_str(), w.relation))).collect::<Vec<_>>()),
+        "verdict": verdict,
+        "plugin": plugin,
+        "sqlstate": sqlstate,
+        "message": message,
+        "approval_request": request,
+    });
+    if let (true, Some(p), Some(m)) = (cfg.parameters, params, fields.as_object_mut()) {
+        m.insert("parameters".into(), serde_json::json!(p));
+    }
+    audit.emit("statement", fields);
 }
 
 fn too_many_held_statements() -> Refusal {
@@ -938,6 +1103,55 @@ async fn gate(
     buf: &mut BytesMut,
     frame_end: usize,
 ) -> Gate {
+    let mut request = None;
+    let audited_params = params.clone();
+    let gate = decide_held(
+        ctx,
+        state,
+        needs,
+        params,
+        client,
+        buf,
+        frame_end,
+        &mut request,
+    )
+    .await;
+    let refusal = match &gate {
+        Gate::Refuse(r) => Some(r.clone()),
+        Gate::ClientGone => Some(Refusal {
+            plugin: needs.ask.plugin.clone(),
+            sqlstate: "08006".into(),
+            message: "the client disconnected while the statement was held".into(),
+            hint: None,
+        }),
+        Gate::Run => None,
+    };
+    audit_statement(
+        ctx,
+        &needs.sql,
+        Some(&needs.analysis),
+        if needs.extended { "extended" } else { "simple" },
+        &Judged::Approval {
+            request: request.as_deref(),
+            refusal: refusal.as_ref(),
+            plugin: &needs.ask.plugin,
+        },
+        Some(&audited_params),
+    );
+    gate
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn decide_held(
+    ctx: &RelayContext<'_>,
+    state: &RelayState,
+    needs: &NeedsApproval,
+    params: Vec<Option<String>>,
+    client: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+    frame_end: usize,
+    request_id: &mut Option<String>,
+) -> Gate {
     let Some(approvals) = ctx.approvals else {
         return Gate::Refuse(needs.ask.unconfigured());
     };
@@ -958,9 +1172,13 @@ async fn gate(
         match approvals.deferred(user, &key).await {
             Ok(Deferred::Run(r)) => {
                 info!(request = %r.id, "approved deferred statement runs");
+                *request_id = Some(r.id);
                 return Gate::Run;
             }
-            Ok(Deferred::Pending(r)) => return Gate::Refuse(deferred_refusal(approvals, &r, true)),
+            Ok(Deferred::Pending(r)) => {
+                *request_id = Some(r.id.clone());
+                return Gate::Refuse(deferred_refusal(approvals, &r, true));
+            }
             Ok(Deferred::New) => {}
             Err(e) => return store_failed(&e),
         }
@@ -979,6 +1197,7 @@ async fn gate(
         Ok(r) => r,
         Err(e) => return store_failed(&e),
     };
+    *request_id = Some(request.id.clone());
     if ask.defer {
         return Gate::Refuse(deferred_refusal(approvals, &request, false));
     }
@@ -1937,6 +2156,7 @@ mod tests {
             approvals: None,
             cancelled: None,
             auth_method: "trust",
+            audit: None,
         };
         p.client_message(&ctx, &state, &close, &mut out);
         assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_none());

@@ -35,6 +35,8 @@ pub enum StartError {
     Approvals(#[from] crate::approvals::ApprovalsError),
     #[error("the system random number generator failed; refusing to start")]
     Random,
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     #[error("cannot start the admin server on {addr}: {source}")]
     Admin {
         addr: String,
@@ -59,6 +61,8 @@ pub struct GatewayShared {
     pub catalog: crate::results::catalog::Catalog,
     /// The approvals workflow, when `[approvals]` is configured.
     pub approvals: Option<Arc<crate::approvals::Approvals>>,
+    /// The audit trail, when `[audit]` is configured.
+    pub audit: Option<Arc<crate::audit::Audit>>,
     next_session: AtomicU64,
 }
 
@@ -111,8 +115,12 @@ impl Gateway {
                 Some(started)
             }
         };
+        let audit = match &config.audit {
+            Some(a) => Some(crate::audit::Audit::start(a, &config.listen.address)?),
+            None => None,
+        };
         let approvals = match &config.approvals {
-            Some(_) => Some(crate::approvals::Approvals::start(&config).await?),
+            Some(_) => Some(crate::approvals::Approvals::start(&config, audit.clone()).await?),
             None => None,
         };
         let mut decoy_secret = [0u8; 32];
@@ -148,6 +156,7 @@ impl Gateway {
             decoy_secret,
             catalog: Default::default(),
             approvals,
+            audit,
             next_session: AtomicU64::new(1),
         };
         Ok(Gateway {
@@ -209,6 +218,23 @@ impl Gateway {
             tokio::spawn(admin.serve(shared));
         }
         info!(address = ?addr, workers = senders.len(), "pgward listening");
+        if let Some(a) = &self.shared.audit {
+            a.emit(
+                "gateway.start",
+                serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "listen": self.shared.config.listen.address,
+                    "plugins": self.shared.plugins.as_ref().map(|p| {
+                        p.chain()
+                            .plugins
+                            .iter()
+                            .map(|l| format!("{}@{}", l.name, l.version))
+                            .collect::<Vec<_>>()
+                    }),
+                    "approvals": self.shared.approvals.is_some(),
+                }),
+            );
+        }
         tokio::pin!(shutdown);
         let mut next = 0usize;
         loop {
@@ -267,6 +293,13 @@ impl Gateway {
             cache_hits = self.shared.analyzer.cache_hits(),
             "sql analysis totals"
         );
+        if let Some(a) = &self.shared.audit {
+            a.emit("gateway.stop", serde_json::json!({ "reason": "signal" }));
+            // Everything queued is written, synced and sealed with a checkpoint.
+            if !a.flush(Duration::from_secs(10)) {
+                error!("the audit trail could not be flushed at shutdown");
+            }
+        }
         info!("shutdown complete");
     }
 }

@@ -55,6 +55,17 @@ pub async fn serve(
         Ok(Ok(None)) => return,
         Ok(Err(SessionError::Refused(e))) => {
             info!(code = e.code, reason = %e.message, "connection refused");
+            if let Some(a) = &gw.audit {
+                a.emit(
+                    "session.refused",
+                    serde_json::json!({
+                        "session": id,
+                        "client_addr": peer.to_string(),
+                        "sqlstate": e.code,
+                        "message": e.message,
+                    }),
+                );
+            }
             let _ = e.send_and_close(&mut stream).await;
             return;
         }
@@ -68,6 +79,11 @@ pub async fn serve(
             let _ = e.send_and_close(&mut stream).await;
             return;
         }
+    };
+    let session_started = std::time::Instant::now();
+    let auth_method = match gw.config.auth.method {
+        AuthMethod::ScramSha256 => "scram-sha-256",
+        AuthMethod::Trust => "trust",
     };
     tracing::Span::current().record("user", identity.user.as_str());
     let database = params
@@ -177,15 +193,40 @@ pub async fn serve(
         }),
         approvals: gw.approvals.as_ref(),
         cancelled: Some(&cancelled),
-        auth_method: match gw.config.auth.method {
-            AuthMethod::ScramSha256 => "scram-sha-256",
-            AuthMethod::Trust => "trust",
-        },
+        auth_method,
+        audit: gw.audit.as_deref(),
     };
+    if let Some(a) = &gw.audit {
+        a.emit(
+            "session.start",
+            serde_json::json!({
+                "session": id,
+                "user": identity.user,
+                "groups": identity.groups,
+                "auth_method": auth_method,
+                "client_addr": peer.to_string(),
+                "tls": stream.is_tls(),
+                "application_name": application_name,
+                "database": database,
+            }),
+        );
+    }
     let end = relay::run(&ctx, &mut stream, &mut upstream.stream, &state, shutdown).await;
     match &end {
         RelayEnd::ClientTerminated | RelayEnd::ClientEof => debug!("client closed the session"),
         other => info!(end = ?other, "session ended"),
+    }
+    if let Some(a) = &gw.audit {
+        a.emit(
+            "session.end",
+            serde_json::json!({
+                "session": id,
+                "user": identity.user,
+                "duration_ms": session_started.elapsed().as_millis() as u64,
+                "statements": state.statements(),
+                "reason": end.reason(),
+            }),
+        );
     }
     relay::finish(end, &mut stream, &mut upstream.stream, &state).await;
 }

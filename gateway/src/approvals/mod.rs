@@ -77,6 +77,7 @@ pub struct Approvals {
     /// The gateway's main runtime, where background work (withdrawing the request of a
     /// session that ended while held) runs.
     runtime: tokio::runtime::Handle,
+    audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// SHA-256 of a bearer token, as `token_sha256` holds it.
@@ -101,7 +102,10 @@ fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
 impl Approvals {
     /// Opens the store (migrating it), starts the webhook thread and, for PostgreSQL, the
     /// listener for other gateways' decisions. Runs on the gateway's main runtime.
-    pub async fn start(config: &Config) -> Result<Arc<Approvals>, ApprovalsError> {
+    pub async fn start(
+        config: &Config,
+        audit: Option<Arc<crate::audit::Audit>>,
+    ) -> Result<Arc<Approvals>, ApprovalsError> {
         let Some(a) = config.approvals.clone() else {
             return Err(ApprovalsError::Config("not configured".into()));
         };
@@ -174,6 +178,7 @@ impl Approvals {
             public_url,
             gateway: config.listen.address.clone(),
             runtime: tokio::runtime::Handle::current(),
+            audit,
             config: a,
         }))
     }
@@ -395,6 +400,27 @@ impl Approvals {
             fingerprint = %r.statement.fingerprint_id,
             "approval"
         );
+        if let Some(audit) = &self.audit {
+            audit.emit(
+                event,
+                serde_json::json!({
+                    "request": r.id,
+                    "status": r.status.as_str(),
+                    "mode": r.mode,
+                    "session": r.requester.session_id,
+                    "user": r.requester.user,
+                    "groups": r.requester.groups,
+                    "plugin": r.plugin,
+                    "rule": r.rule,
+                    "reason": r.reason,
+                    "approver_group": r.approver_group,
+                    "quorum": r.quorum,
+                    "fingerprint_id": r.statement.fingerprint_id,
+                    "decision": decision,
+                    "end_reason": r.end_reason,
+                }),
+            );
+        }
         if matches!(event, "approval.created" | "approval.decided") {
             self.notify(event, r);
         }
