@@ -390,6 +390,11 @@ async fn kill_9_during_pgbench_leaves_a_trail_that_verifies_up_to_its_last_flush
     });
     // Let records pile up, then kill the gateway without warning.
     std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        gw.wait_exit(Duration::ZERO).is_none(),
+        "the gateway is still running before the kill:\n{}",
+        gw.log()
+    );
     gw.signal(libc::SIGKILL);
     assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
     let _ = bench.join();
@@ -401,7 +406,11 @@ async fn kill_9_during_pgbench_leaves_a_trail_that_verifies_up_to_its_last_flush
         .and_then(|s| s.split(' ').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{out}"));
-    assert!(n > 100, "records were written before the kill: {out}");
+    assert!(n > 500, "records were written before the kill: {out}");
+    assert!(
+        out.contains("last checkpoint: seq"),
+        "checkpoints were signed: {out}"
+    );
     // A restarted gateway continues the same chain.
     let (mut gw2, db2, _) = gateway(&trail, &key, "").await;
     let c = gw2.connect("agent", &db2).await.unwrap();

@@ -260,7 +260,7 @@ impl Writer {
             let mut taken = 0;
             while let Some(m) = next {
                 match m {
-                    Msg::Event(e) => self.append(e),
+                    Msg::Event(e) => self.append_event(e),
                     Msg::Flush(reply) => flushes.push(reply),
                 }
                 taken += 1;
@@ -317,6 +317,11 @@ impl Writer {
         }
         self.pending.extend_from_slice(line.as_bytes());
         self.last_hash = hash;
+    }
+
+    /// Appends an event, and a checkpoint when `checkpoint_every` records have passed.
+    fn append_event(&mut self, event: Map<String, Value>) {
+        self.append(event);
         self.since_checkpoint += 1;
         if self.config.checkpoint_every > 0 && self.since_checkpoint >= self.config.checkpoint_every
         {
