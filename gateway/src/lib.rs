@@ -17,6 +17,7 @@
 //! - [`audit`]: the hash-chained audit trail, its writer thread and verifier.
 //! - [`admin`]: the admin HTTP server: approvals API, `/healthz`, `/readyz`.
 //! - [`cli`]: the command line's admin API client (`pgward approvals ...`).
+//! - [`metrics`]: the Prometheus metrics the admin server exports.
 //! - [`tls`]: rustls configurations for both sides.
 //! - [`error`]: what a client is told when the gateway refuses something.
 //! - [`stream`]: plain or TLS connections and their halves.
@@ -30,6 +31,7 @@ pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod plugins;
 pub mod protocol;
 pub mod relay;

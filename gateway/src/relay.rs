@@ -11,6 +11,7 @@ use crate::approvals::request::{self as approval, ApprovalRequest, Mode, Status,
 use crate::approvals::{Approvals, Deferred, WaitOutcome};
 use crate::auth::Identity;
 use crate::error::ClientError;
+use crate::metrics::METRICS;
 use crate::plugins::bindings::pgward::plugin::types as wit;
 use crate::plugins::{ApprovalAsk, PluginHost, QueryDecision, Refusal};
 use crate::protocol::{self, FrameError};
@@ -593,7 +594,9 @@ async fn client_to_server(
                                 let frame = frame.to_vec();
                                 // What came before the held statement runs now.
                                 if !out.is_empty() {
-                                    if let Err(e) = write_flush(server, &out).await {
+                                    if let Err(e) =
+                                        write_flush(server, &out, &METRICS.to_server_bytes).await
+                                    {
                                         return RelayEnd::ServerIo(e);
                                     }
                                     out.clear();
@@ -648,7 +651,9 @@ async fn client_to_server(
                     if let Some(needs) = needs {
                         let params = bind_parameters(&buf[pos..pos + header.frame_len]);
                         if !out.is_empty() {
-                            if let Err(e) = write_flush(server, &out).await {
+                            if let Err(e) =
+                                write_flush(server, &out, &METRICS.to_server_bytes).await
+                            {
                                 return RelayEnd::ServerIo(e);
                             }
                             out.clear();
@@ -702,7 +707,7 @@ async fn client_to_server(
             .client_mid_frame
             .store(pass > 0 || !buf.is_empty(), Ordering::Release);
         if !out.is_empty() {
-            if let Err(e) = write_flush(server, &out).await {
+            if let Err(e) = write_flush(server, &out, &METRICS.to_server_bytes).await {
                 return RelayEnd::ServerIo(e);
             }
             out.clear();
@@ -927,6 +932,20 @@ fn audit_statement(
     judged: &Judged<'_>,
     params: Option<&[Option<String>]>,
 ) {
+    let verdict_name = match judged {
+        Judged::Allow => "allow",
+        Judged::Rewrite => "rewrite",
+        Judged::Deny(_) => "deny",
+        Judged::NeedsApproval(_) if ctx.approvals.is_none() => "deny",
+        Judged::NeedsApproval(_) => "require-approval",
+        Judged::Approval { refusal: None, .. } => "approved",
+        Judged::Approval { .. } => "approval-refused",
+    };
+    let kind = analysis
+        .and_then(|a| a.statements.first())
+        .map(|s| s.kind.as_str())
+        .unwrap_or("unknown");
+    METRICS.statement(kind, verdict_name);
     let Some(audit) = ctx.audit else { return };
     let cfg = audit.config();
     let shown = match (cfg.statement_text, analysis) {
@@ -1767,10 +1786,10 @@ async fn server_to_client(
         if pos > written || !out.is_empty() {
             state.client_at_boundary.store(false, Ordering::Release);
             let result = if out.is_empty() {
-                write_flush(client, &buf[written..pos]).await
+                write_flush(client, &buf[written..pos], &METRICS.to_client_bytes).await
             } else {
                 out.extend_from_slice(&buf[written..pos]);
-                let r = write_flush(client, &out).await;
+                let r = write_flush(client, &out, &METRICS.to_client_bytes).await;
                 out.clear();
                 r
             };
@@ -1797,7 +1816,7 @@ async fn server_to_client(
             results.flush_held(host(ctx), ctx.plugin_session, &mut out);
             if !out.is_empty() {
                 state.client_at_boundary.store(false, Ordering::Release);
-                let r = write_flush(client, &out).await;
+                let r = write_flush(client, &out, &METRICS.to_client_bytes).await;
                 out.clear();
                 if let Err(e) = r {
                     return RelayEnd::ClientIo(e);
@@ -2038,7 +2057,12 @@ fn observe_server_message(state: &RelayState, frame: &[u8]) {
     }
 }
 
-async fn write_flush(w: &mut WriteHalf<'_>, bytes: &[u8]) -> std::io::Result<()> {
+async fn write_flush(
+    w: &mut WriteHalf<'_>,
+    bytes: &[u8],
+    counter: &prometheus_client::metrics::counter::Counter,
+) -> std::io::Result<()> {
+    counter.inc_by(bytes.len() as u64);
     w.write_all(bytes).await?;
     w.flush().await
 }

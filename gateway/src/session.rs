@@ -55,6 +55,7 @@ pub async fn serve(
         Ok(Ok(None)) => return,
         Ok(Err(SessionError::Refused(e))) => {
             info!(code = e.code, reason = %e.message, "connection refused");
+            crate::metrics::METRICS.session(configured_method(&gw), "refused");
             if let Some(a) = &gw.audit {
                 a.emit(
                     "session.refused",
@@ -81,10 +82,11 @@ pub async fn serve(
         }
     };
     let session_started = std::time::Instant::now();
-    let auth_method = match gw.config.auth.method {
-        AuthMethod::ScramSha256 => "scram-sha-256",
-        AuthMethod::Trust => "trust",
-    };
+    let auth_method = configured_method(&gw);
+    let metrics = &crate::metrics::METRICS;
+    metrics.session(auth_method, "accepted");
+    metrics.sessions_current.inc();
+    let _open = OpenSession;
     tracing::Span::current().record("user", identity.user.as_str());
     let database = params
         .iter()
@@ -145,9 +147,15 @@ pub async fn serve(
             .filter(|(k, _)| k != "user" && k != "database")
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
-    let mut upstream = match gw.upstream.connect(&forward).await {
+    let connecting = std::time::Instant::now();
+    let connected = gw.upstream.connect(&forward).await;
+    metrics
+        .upstream_connect_seconds
+        .observe(connecting.elapsed().as_secs_f64());
+    let mut upstream = match connected {
         Ok(u) => u,
         Err(e) => {
+            metrics.upstream_connect_errors.inc();
             warn!(error = %e, "upstream connection failed");
             let ce = ClientError::from_upstream(&e);
             let _ = ce.send_and_close(&mut stream).await;
@@ -229,6 +237,22 @@ pub async fn serve(
         );
     }
     relay::finish(end, &mut stream, &mut upstream.stream, &state).await;
+}
+
+fn configured_method(gw: &GatewayShared) -> &'static str {
+    match gw.config.auth.method {
+        AuthMethod::ScramSha256 => "scram-sha-256",
+        AuthMethod::Trust => "trust",
+    }
+}
+
+/// Counts the session in `pgward_sessions_current` while it lives.
+struct OpenSession;
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        crate::metrics::METRICS.sessions_current.dec();
+    }
 }
 
 struct CancelGuard<'a> {

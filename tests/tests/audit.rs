@@ -190,6 +190,79 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
         .send(b"{}".as_slice())
         .unwrap();
     held.await.unwrap().unwrap();
+
+    // The metrics endpoint parses as Prometheus text, and its counters are what happened.
+    // (Once the held statement's own session has closed.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let mut r = ureq::get(&format!("{api}/metrics")).call().unwrap();
+        let text = r.body_mut().read_to_string().unwrap();
+        if text.contains("\npgward_sessions_current 1\n") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    let statement = |kind, verdict| {
+        value(
+            "pgward_statements_total",
+            &[("kind", kind), ("verdict", verdict)],
+        )
+    };
+    assert_eq!(statement("select", "allow"), 1.0, "{text}");
+    assert_eq!(statement("ddl", "deny"), 1.0, "{text}");
+    assert_eq!(statement("update", "approved"), 1.0, "{text}");
+    assert_eq!(
+        value(
+            "pgward_sessions_total",
+            &[("auth_method", "scram-sha-256"), ("outcome", "accepted")]
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(value("pgward_sessions_current", &[]), 1.0, "{text}");
+    for event in ["created", "decided", "executed"] {
+        assert_eq!(
+            value("pgward_approvals_total", &[("event", event)]),
+            1.0,
+            "{text}"
+        );
+    }
+    assert_eq!(
+        value(
+            "pgward_plugin_calls_total",
+            &[("plugin", "guardrails"), ("hook", "on-query")]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert!(value("pgward_audit_records_total", &[]) >= 8.0, "{text}");
+    assert_eq!(value("pgward_audit_dropped_total", &[]), 0.0, "{text}");
+    assert!(
+        value(
+            "pgward_relayed_bytes_total",
+            &[("direction", "server_to_client")]
+        ) > 0.0
+    );
+    assert!(
+        text.contains("pgward_plugin_call_duration_seconds_bucket"),
+        "{text}"
+    );
     drop(agent);
     std::thread::sleep(Duration::from_millis(200));
     gw.signal(libc::SIGTERM);

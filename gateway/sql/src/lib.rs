@@ -156,6 +156,33 @@ pub enum StatementKind {
     Unknown,
 }
 
+impl StatementKind {
+    /// The name as serialized (`select`, `ddl`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementKind::Select => "select",
+            StatementKind::Insert => "insert",
+            StatementKind::Update => "update",
+            StatementKind::Delete => "delete",
+            StatementKind::Merge => "merge",
+            StatementKind::Copy => "copy",
+            StatementKind::Ddl => "ddl",
+            StatementKind::Transaction => "transaction",
+            StatementKind::Set => "set",
+            StatementKind::Show => "show",
+            StatementKind::Explain => "explain",
+            StatementKind::Prepare => "prepare",
+            StatementKind::Execute => "execute",
+            StatementKind::Deallocate => "deallocate",
+            StatementKind::Call => "call",
+            StatementKind::Grant => "grant",
+            StatementKind::Revoke => "revoke",
+            StatementKind::Utility => "utility",
+            StatementKind::Unknown => "unknown",
+        }
+    }
+}
+
 /// A relation (or other object) name with PostgreSQL case folding applied.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct RelationName {

@@ -400,6 +400,12 @@ impl Approvals {
             fingerprint = %r.statement.fingerprint_id,
             "approval"
         );
+        crate::metrics::METRICS
+            .approvals
+            .get_or_create(&crate::metrics::EventLabels {
+                event: event.trim_start_matches("approval.").to_owned(),
+            })
+            .inc();
         if let Some(audit) = &self.audit {
             audit.emit(
                 event,

@@ -95,7 +95,12 @@ impl Audit {
         event.insert("kind".into(), Value::String(kind.into()));
         event.insert("time".into(), Value::String(now_rfc3339()));
         event.insert("gateway".into(), Value::String(self.gateway.clone()));
-        if self.tx.try_send(Msg::Event(event)).is_err() {
+        let m = &crate::metrics::METRICS;
+        m.audit_records.inc();
+        if self.tx.try_send(Msg::Event(event)).is_ok() {
+            m.audit_queue_depth.inc();
+        } else {
+            m.audit_dropped.inc();
             self.healthy.store(false, Ordering::Release);
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
@@ -260,7 +265,10 @@ impl Writer {
             let mut taken = 0;
             while let Some(m) = next {
                 match m {
-                    Msg::Event(e) => self.append_event(e),
+                    Msg::Event(e) => {
+                        crate::metrics::METRICS.audit_queue_depth.dec();
+                        self.append_event(e)
+                    }
                     Msg::Flush(reply) => flushes.push(reply),
                 }
                 taken += 1;
@@ -293,6 +301,7 @@ impl Writer {
                     }
                 }
                 Err(e) => {
+                    crate::metrics::METRICS.audit_write_errors.inc();
                     if healthy.swap(false, Ordering::AcqRel) {
                         error!(error = %e, "cannot write the audit trail; retrying");
                     }

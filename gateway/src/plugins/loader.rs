@@ -170,6 +170,7 @@ fn load(
         config,
         pre,
         failures: Default::default(),
+        metrics: Default::default(),
     };
     // Probe: instantiate, ask for the plugin's info and run init with its config, under a
     // deadline like any call (the epoch ticks while it runs).

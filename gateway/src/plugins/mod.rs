@@ -102,6 +102,39 @@ pub struct LoadedPlugin {
     config: String,
     pre: bindings::PluginPre<HostState>,
     failures: AtomicU64,
+    /// Metric handles per hook (on-connect, on-query, on-result-schema, on-batch), made on
+    /// first use, so a call costs no label lookup.
+    metrics: [std::sync::OnceLock<HookMetrics>; 4],
+}
+
+/// One plugin hook's metrics.
+struct HookMetrics {
+    calls: prometheus_client::metrics::counter::Counter,
+    failures: prometheus_client::metrics::counter::Counter,
+    seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl LoadedPlugin {
+    fn hook_metrics(&self, hook: &'static str) -> &HookMetrics {
+        let i = match hook {
+            "on-connect" => 0,
+            "on-query" => 1,
+            "on-result-schema" => 2,
+            _ => 3,
+        };
+        self.metrics[i].get_or_init(|| {
+            let m = &crate::metrics::METRICS;
+            let labels = crate::metrics::PluginLabels {
+                plugin: self.name.clone(),
+                hook: hook.to_owned(),
+            };
+            HookMetrics {
+                calls: m.plugin_calls.get_or_create(&labels).clone(),
+                failures: m.plugin_failures.get_or_create(&labels).clone(),
+                seconds: m.plugin_call_seconds.get_or_create(&labels).clone(),
+            }
+        })
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -549,7 +582,27 @@ impl PluginHost {
     /// Runs `f` on this thread's instance of `plugin` under `deadline`, after introducing
     /// `session` to the instance if it has not met it yet (`open-session`, under the same
     /// deadline). A trap discards the instance.
+    /// One hook call, counted and timed in the plugin's metrics.
     fn call<R>(
+        &self,
+        plugin: &LoadedPlugin,
+        hook: &'static str,
+        session: &wit::Session,
+        deadline: Duration,
+        f: impl FnOnce(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let started = std::time::Instant::now();
+        let result = self.call_untimed(plugin, session, deadline, f);
+        let m = plugin.hook_metrics(hook);
+        m.calls.inc();
+        m.seconds.observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            m.failures.inc();
+        }
+        result
+    }
+
+    fn call_untimed<R>(
         &self,
         plugin: &LoadedPlugin,
         session: &wit::Session,
@@ -651,9 +704,13 @@ impl PluginHost {
             return None;
         }
         for p in chain.plugins.iter().filter(|p| p.hooks.on_connect) {
-            let verdict = self.call(p, session, self.settings.query_deadline, |store, inst| {
-                poll_once(inst.call_on_connect(store, session.id))
-            });
+            let verdict = self.call(
+                p,
+                "on-connect",
+                session,
+                self.settings.query_deadline,
+                |store, inst| poll_once(inst.call_on_connect(store, session.id)),
+            );
             match verdict {
                 Ok(wit::ConnectVerdict::Allow) => {}
                 Ok(wit::ConnectVerdict::Deny(d)) => {
@@ -710,7 +767,7 @@ impl PluginHost {
         let mut rewritten: Option<(String, wit::Query)> = None;
         for p in chain.plugins.iter().filter(|p| p.hooks.on_query) {
             let ask = |query: &wit::Query| {
-                self.call(p, session, deadline, |store, inst| {
+                self.call(p, "on-query", session, deadline, |store, inst| {
                     poll_once(inst.call_on_query(store, session.id, query))
                 })
             };
@@ -783,6 +840,7 @@ impl PluginHost {
     ) -> Result<wit::BatchResult, CallError> {
         let result = self.call(
             plugin,
+            "on-batch",
             session,
             self.settings.batch_deadline,
             |store, inst| poll_once(inst.call_on_batch(store, session.id, ipc)),
@@ -809,6 +867,7 @@ impl PluginHost {
     ) -> Result<wit::SchemaInterest, Refusal> {
         self.call(
             plugin,
+            "on-result-schema",
             session,
             self.settings.batch_deadline,
             |store, inst| poll_once(inst.call_on_result_schema(store, session.id, columns)),
