@@ -92,8 +92,14 @@ pub enum AuditText {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
+    /// Write the JSON-lines files (`directory`).
+    pub file: bool,
     /// Directory of `audit-NNNNNNNNNNNN.jsonl` files.
     pub directory: PathBuf,
+    /// Also insert every record into `{postgres_schema}.audit_events` of this control database
+    /// (libpq-style connection string; password may come from PGWARD_AUDIT_PASSWORD).
+    pub postgres: Option<String>,
+    pub postgres_schema: String,
     /// Also write every record to standard output.
     pub stdout: bool,
     /// Start a new file past this many bytes.
@@ -121,7 +127,10 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
+            file: true,
             directory: PathBuf::from("pgward-data/audit"),
+            postgres: None,
+            postgres_schema: "pgward".into(),
             stdout: false,
             max_file_size: 100 << 20,
             rotate_every: Duration::from_secs(24 * 3600),
@@ -708,6 +717,30 @@ impl Config {
             self.validate_approvals(a, &invalid)?;
         }
         if let Some(a) = &self.audit {
+            if let Some(conn) = &a.postgres {
+                if let Err(e) = conn.parse::<tokio_postgres::Config>() {
+                    return Err(invalid("audit.postgres", format!("{e}")));
+                }
+            }
+            let schema_ok = !a.postgres_schema.is_empty()
+                && a.postgres_schema.len() < 64
+                && a.postgres_schema
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !a.postgres_schema.starts_with(|c: char| c.is_ascii_digit());
+            if !schema_ok {
+                return Err(invalid(
+                    "audit.postgres_schema",
+                    "must be a lower-case SQL identifier (letters, digits, _)".into(),
+                ));
+            }
+            if !a.file && a.postgres.is_none() && !a.stdout {
+                return Err(invalid(
+                    "audit.file",
+                    "with file = false, set audit.postgres or audit.stdout: the trail needs a sink"
+                        .into(),
+                ));
+            }
             if a.queue == 0 {
                 return Err(invalid("audit.queue", "must be at least 1".into()));
             }

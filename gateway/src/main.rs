@@ -147,8 +147,18 @@ enum AuditCommand {
     /// reordered.
     Verify {
         /// Audit files or directories.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "postgres")]
         paths: Vec<PathBuf>,
+        /// Verify the records of the PostgreSQL sink instead (connection string of the control
+        /// database; password may come from PGWARD_AUDIT_PASSWORD).
+        #[arg(long, requires = "origin")]
+        postgres: Option<String>,
+        #[arg(long, default_value = "pgward")]
+        postgres_schema: String,
+        /// Whose chain to verify in the table: the gateway's audit.origin (default its
+        /// listen.address).
+        #[arg(long)]
+        origin: Option<String>,
         /// The Ed25519 public key (64 hex digits, as `pgward audit keygen` prints it) that
         /// must have signed every checkpoint.
         #[arg(long)]
@@ -177,7 +187,13 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
             println!("public key: {}", chain::hex(&public));
             Ok(())
         }
-        AuditCommand::Verify { paths, public_key } => {
+        AuditCommand::Verify {
+            paths,
+            public_key,
+            postgres,
+            postgres_schema,
+            origin,
+        } => {
             let key = match &public_key {
                 Some(hex) => {
                     let bytes = (0..hex.len())
@@ -203,7 +219,14 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
                     files.push(p.clone());
                 }
             }
-            let r = chain::verify(&files, key.as_deref());
+            let r = match (&postgres, &origin) {
+                (Some(conn), Some(origin)) => {
+                    let text = pgward::audit::postgres::read_all(conn, &postgres_schema, origin)?;
+                    let name = format!("{postgres_schema}.audit_events[{origin}]");
+                    chain::verify_sources(&[(name, text)], key.as_deref())
+                }
+                _ => chain::verify(&files, key.as_deref()),
+            };
             for (file, line) in &r.unfinished {
                 println!("{file}:{line}: unfinished record (the gateway stopped while writing it); the chain ends before it");
             }

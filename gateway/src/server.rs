@@ -116,7 +116,15 @@ impl Gateway {
             }
         };
         let audit = match &config.audit {
-            Some(a) => Some(crate::audit::Audit::start(a, &config.listen.address)?),
+            Some(a) => {
+                // Opening reads the last file and may connect to the control database.
+                let (a, origin) = (a.clone(), config.listen.address.clone());
+                let started =
+                    tokio::task::spawn_blocking(move || crate::audit::Audit::start(&a, &origin))
+                        .await
+                        .map_err(|e| crate::audit::AuditError::Other(e.to_string()))?;
+                Some(started?)
+            }
             None => None,
         };
         let approvals = match &config.approvals {

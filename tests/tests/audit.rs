@@ -147,7 +147,20 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
     let base = temp("session");
     let (key, public) = keygen(&base);
     let trail = base.join("trail");
-    let (mut gw, db, admin) = gateway(&trail, &key, "checkpoint_every = 1000").await;
+    let pg = Postgres::shared();
+    let control = pg.create_database("auditctl").unwrap();
+    let sink = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={control}",
+        pg.port,
+        pgward_e2e::UPSTREAM_USER,
+        pgward_e2e::UPSTREAM_PASSWORD
+    );
+    let (mut gw, db, admin) = gateway(
+        &trail,
+        &key,
+        &format!("checkpoint_every = 1000\norigin = \"gw-a\"\npostgres = \"{sink}\""),
+    )
+    .await;
     let agent = gw.connect("agent", &db).await.unwrap();
     agent
         .simple_query("SELECT count(*) FROM billing.invoices WHERE id = 1")
@@ -329,6 +342,70 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
     let (ok, out) = verify(&[&trail], &public);
     assert!(ok, "{out}");
     assert!(out.contains(&format!("{} records", all.len())), "{out}");
+
+    // The PostgreSQL sink got every record, chained the same, and verifies on its own.
+    let rows = pg
+        .superuser_sql(
+            &control,
+            "SELECT string_agg(seq || ' ' || kind || ' ' || (record->>'hash'), E'\\n' ORDER BY seq) FROM pgward.audit_events WHERE origin = 'gw-a'",
+        )
+        .unwrap();
+    let expected: Vec<String> = all
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["seq"],
+                r["kind"].as_str().unwrap(),
+                r["hash"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(rows.trim(), expected.join("\n"));
+    let out = Command::new(pgward_bin())
+        .args([
+            "audit",
+            "verify",
+            "--public-key",
+            &public,
+            "--origin",
+            "gw-a",
+            "--postgres",
+            &sink,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("{} records", all.len())), "{text}");
+    // Edited in the table: found there too.
+    pg.superuser_sql(
+        &control,
+        "UPDATE pgward.audit_events SET record = jsonb_set(record, '{verdict}', '\"allow\"') WHERE origin = 'gw-a' AND record->>'verdict' = 'deny'",
+    )
+    .unwrap();
+    let out = Command::new(pgward_bin())
+        .args([
+            "audit",
+            "verify",
+            "--public-key",
+            &public,
+            "--origin",
+            "gw-a",
+            "--postgres",
+            &sink,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("was edited"),
+        "{text}"
+    );
 
     // Each kind of tampering fails at the record it touched.
     let file = std::fs::read_dir(&trail)

@@ -113,25 +113,35 @@ pub struct Report {
 /// Verifies `files` in order as one chain. With `public_key` (raw 32-byte Ed25519), every
 /// checkpoint's signature is checked against it; without, checkpoints are not trusted.
 pub fn verify(files: &[PathBuf], public_key: Option<&[u8]>) -> Report {
+    let mut sources = Vec::new();
+    for path in files {
+        match std::fs::read(path) {
+            Ok(t) => sources.push((path.display().to_string(), t)),
+            Err(e) => {
+                return Report {
+                    problem: Some(Problem {
+                        file: path.display().to_string(),
+                        line: 0,
+                        message: format!("cannot read: {e}"),
+                    }),
+                    ..Report::default()
+                }
+            }
+        }
+    }
+    verify_sources(&sources, public_key)
+}
+
+/// [`verify`] over named texts of JSON lines (files, or rows read from the PostgreSQL sink).
+pub fn verify_sources(sources: &[(String, Vec<u8>)], public_key: Option<&[u8]>) -> Report {
     let mut report = Report {
         last_hash: GENESIS.to_owned(),
         ..Report::default()
     };
     let key = public_key
         .map(|k| ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k.to_vec()));
-    for path in files {
-        let shown = path.display().to_string();
-        let text = match std::fs::read(path) {
-            Ok(t) => t,
-            Err(e) => {
-                report.problem = Some(Problem {
-                    file: shown,
-                    line: 0,
-                    message: format!("cannot read: {e}"),
-                });
-                return report;
-            }
-        };
+    for (shown, text) in sources {
+        let shown = shown.clone();
         let complete = text.ends_with(b"\n");
         let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
         // split leaves an empty last piece after a final newline.

@@ -14,6 +14,7 @@
 //! writer has caught up again.
 
 pub mod chain;
+pub mod postgres;
 
 use crate::config::{AuditConfig, AuditFailure, Fsync};
 use serde_json::{Map, Value};
@@ -178,6 +179,7 @@ struct Writer {
     pending: Vec<u8>,
     pending_since_sync: bool,
     last_sync: Instant,
+    pg: Option<postgres::PgSink>,
 }
 
 impl Writer {
@@ -191,8 +193,20 @@ impl Writer {
             path: dir.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        if config.file {
+            std::fs::create_dir_all(&dir).map_err(io)?;
+        }
+        let origin = config.origin.clone().unwrap_or_else(|| gateway.to_owned());
+        let pg = match &config.postgres {
+            Some(conn) => Some(postgres::PgSink::open(
+                conn,
+                &config.postgres_schema,
+                &origin,
+            )?),
+            None => None,
+        };
         let mut w = Writer {
+            pg,
             dir: dir.clone(),
             file: None,
             size: 0,
@@ -202,12 +216,25 @@ impl Writer {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             key,
-            origin: config.origin.clone().unwrap_or_else(|| gateway.to_owned()),
+            origin,
             config: config.clone(),
             pending: Vec::new(),
             pending_since_sync: false,
             last_sync: Instant::now(),
         };
+        if !config.file {
+            // The table is the trail: continue its chain.
+            if let Some((seq, hash)) = w.pg.as_mut().map(|p| p.last()).transpose()?.flatten() {
+                w.seq = seq;
+                w.last_hash = hash;
+            }
+            info!(
+                next_seq = w.seq + 1,
+                signed = w.key.is_some(),
+                "audit trail open (PostgreSQL only)"
+            );
+            return Ok(w);
+        }
         let files = chain::files_in(&dir).map_err(io)?;
         if let Some(last) = files.last() {
             // Continue the chain from the last complete record.
@@ -324,6 +351,21 @@ impl Writer {
         if self.config.stdout {
             let _ = std::io::stdout().lock().write_all(line.as_bytes());
         }
+        if let Some(pg) = &mut self.pg {
+            if pg.pending.len() < postgres::MAX_PENDING {
+                let record = match serde_json::from_str::<Value>(&line) {
+                    Ok(Value::Object(m)) => m,
+                    _ => Map::new(),
+                };
+                pg.pending.push(postgres::Row::of(&record, line.trim_end()));
+            } else {
+                crate::metrics::METRICS.audit_dropped.inc();
+            }
+        }
+        if !self.config.file {
+            self.last_hash = hash;
+            return;
+        }
         self.pending.extend_from_slice(line.as_bytes());
         self.last_hash = hash;
     }
@@ -366,6 +408,14 @@ impl Writer {
     }
 
     fn write_out(&mut self, sync: bool) -> std::io::Result<()> {
+        self.write_file(sync)?;
+        if let Some(pg) = &mut self.pg {
+            pg.flush().map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    fn write_file(&mut self, sync: bool) -> std::io::Result<()> {
         if self.pending.is_empty() {
             if sync && self.pending_since_sync {
                 if let Some((f, _)) = &self.file {
