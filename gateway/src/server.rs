@@ -102,19 +102,6 @@ impl Gateway {
                 )
             })
             .collect();
-        let plugins = match &config.plugins.directory {
-            None => None,
-            Some(_) => {
-                // Compiling plugins is CPU work: keep it off the async runtime.
-                let settings = config.plugins.clone();
-                let started = tokio::task::spawn_blocking(move || {
-                    crate::plugins::PluginHost::start(settings)
-                })
-                .await
-                .map_err(crate::plugins::StartError::from_join)??;
-                Some(started)
-            }
-        };
         let audit = match &config.audit {
             Some(a) => {
                 // Opening reads the last file and may connect to the control database.
@@ -123,9 +110,36 @@ impl Gateway {
                     tokio::task::spawn_blocking(move || crate::audit::Audit::start(&a, &origin))
                         .await
                         .map_err(|e| crate::audit::AuditError::Other(e.to_string()))?;
-                Some(started?)
+                let audit = started?;
+                // First in every run; the plugin.loaded records of the initial chain follow.
+                audit.emit(
+                    "gateway.start",
+                    serde_json::json!({
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "listen": config.listen.address,
+                        "plugins_directory": config.plugins.directory,
+                        "approvals": config.approvals.is_some(),
+                    }),
+                );
+                Some(audit)
             }
             None => None,
+        };
+        let plugins = match &config.plugins.directory {
+            None => None,
+            Some(_) => {
+                // Compiling plugins is CPU work: keep it off the async runtime.
+                let settings = config.plugins.clone();
+                let events = audit.clone().map(|a| -> crate::plugins::EventSink {
+                    Arc::new(move |kind, fields| a.emit(kind, fields))
+                });
+                let started = tokio::task::spawn_blocking(move || {
+                    crate::plugins::PluginHost::start_observed(settings, events)
+                })
+                .await
+                .map_err(crate::plugins::StartError::from_join)??;
+                Some(started)
+            }
         };
         let approvals = match &config.approvals {
             Some(_) => Some(crate::approvals::Approvals::start(&config, audit.clone()).await?),
@@ -226,23 +240,7 @@ impl Gateway {
             tokio::spawn(admin.serve(shared));
         }
         info!(address = ?addr, workers = senders.len(), "pgward listening");
-        if let Some(a) = &self.shared.audit {
-            a.emit(
-                "gateway.start",
-                serde_json::json!({
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "listen": self.shared.config.listen.address,
-                    "plugins": self.shared.plugins.as_ref().map(|p| {
-                        p.chain()
-                            .plugins
-                            .iter()
-                            .map(|l| format!("{}@{}", l.name, l.version))
-                            .collect::<Vec<_>>()
-                    }),
-                    "approvals": self.shared.approvals.is_some(),
-                }),
-            );
-        }
+
         tokio::pin!(shutdown);
         let mut next = 0usize;
         loop {

@@ -111,7 +111,7 @@ fn audit_toml(trail: &Path, key: &Path, admin: u16, extra: &str) -> String {
     )
 }
 
-async fn gateway(trail: &Path, key: &Path, extra: &str) -> (Gateway, String, u16) {
+async fn gateway(trail: &Path, key: &Path, extra: &str) -> (Gateway, String, u16, PathBuf) {
     let pg = Postgres::shared();
     let db = pg.create_database("audit").unwrap();
     connect_direct(pg, &db)
@@ -132,14 +132,14 @@ async fn gateway(trail: &Path, key: &Path, extra: &str) -> (Gateway, String, u16
         pg,
         GatewayOptions {
             users: vec![TestUser::new("agent", "agent-pw", &["ai-agents"])],
-            plugins_dir: Some(dir),
+            plugins_dir: Some(dir.clone()),
             plugins_extra: "order = [\"guardrails\", \"approval_rules\"]".into(),
             extra_toml: audit_toml(trail, key, admin, extra),
             ..Default::default()
         },
     )
     .unwrap();
-    (gw, db, admin)
+    (gw, db, admin, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +155,7 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
         pgward_e2e::UPSTREAM_USER,
         pgward_e2e::UPSTREAM_PASSWORD
     );
-    let (mut gw, db, admin) = gateway(
+    let (mut gw, db, admin, plugins) = gateway(
         &trail,
         &key,
         &format!("checkpoint_every = 1000\norigin = \"gw-a\"\npostgres = \"{sink}\""),
@@ -277,6 +277,24 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
         "{text}"
     );
     drop(agent);
+    // A configuration change while running is a record of its own.
+    std::fs::write(
+        plugins.join("guardrails.toml"),
+        GUARDRAILS.replace(
+            "writable = [\"billing.*\"]",
+            "writable = [\"billing.*\", \"public.*\"]",
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !gw
+        .log()
+        .contains("plugin chain updated chain=[\"guardrails@0.1.0\", \"approval-rules@0.1.0\"]")
+        || gw.log().matches("plugin chain updated").count() < 2
+    {
+        assert!(Instant::now() < deadline, "no reload:\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(Duration::from_millis(200));
     gw.signal(libc::SIGTERM);
     assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
@@ -288,7 +306,18 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
         .iter()
         .filter(|r| r["kind"] == "statement" && r["user"] == "agent")
         .collect();
-    assert_eq!(kinds.first(), Some(&"gateway.start"), "{kinds:?}");
+    assert_eq!(
+        &kinds[..3],
+        ["gateway.start", "plugin.loaded", "plugin.loaded"],
+        "{kinds:?}"
+    );
+    let reloaded: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["kind"] == "plugin.loaded" && r["config_changed"] == true)
+        .collect();
+    assert_eq!(reloaded.len(), 1, "{kinds:?}");
+    assert_eq!(reloaded[0]["plugin"], "guardrails");
+    assert!(reloaded[0]["replaces"]["config_hash"].is_string());
     assert_eq!(
         kinds.last(),
         Some(&"checkpoint"),
@@ -513,7 +542,7 @@ async fn kill_9_during_pgbench_leaves_a_trail_that_verifies_up_to_its_last_flush
     let base = temp("kill9");
     let (key, public) = keygen(&base);
     let trail = base.join("trail");
-    let (mut gw, db, _) = gateway(&trail, &key, "checkpoint_every = 500").await;
+    let (mut gw, db, _, _) = gateway(&trail, &key, "checkpoint_every = 500").await;
     let bench = std::thread::spawn({
         let port = gw.port;
         let db = db.clone();
@@ -562,7 +591,7 @@ async fn kill_9_during_pgbench_leaves_a_trail_that_verifies_up_to_its_last_flush
         "checkpoints were signed: {out}"
     );
     // A restarted gateway continues the same chain.
-    let (mut gw2, db2, _) = gateway(&trail, &key, "").await;
+    let (mut gw2, db2, _, _) = gateway(&trail, &key, "").await;
     let c = gw2.connect("agent", &db2).await.unwrap();
     c.simple_query("SELECT 1").await.unwrap();
     drop(c);

@@ -368,6 +368,58 @@ pub enum QueryDecision {
     RequireApproval(ApprovalAsk),
 }
 
+/// Receives plugin lifecycle events: a kind and its fields.
+pub type EventSink = Arc<dyn Fn(&'static str, serde_json::Value) + Send + Sync>;
+
+/// Tells `events` what a reload changed.
+fn report_changes(
+    events: &EventSink,
+    before: &[Arc<LoadedPlugin>],
+    after: &[Arc<LoadedPlugin>],
+    status: &[PluginStatus],
+) {
+    for p in after
+        .iter()
+        .filter(|p| !before.iter().any(|b| b.id == p.id))
+    {
+        let previous = before.iter().find(|b| b.file == p.file);
+        events(
+            "plugin.loaded",
+            serde_json::json!({
+                "file": p.file,
+                "plugin": p.name,
+                "version": p.version,
+                "hash": p.hash,
+                "config_hash": p.config_hash,
+                "hooks": p.hooks.names(),
+                "replaces": previous.map(|b| serde_json::json!({
+                    "version": b.version, "hash": b.hash, "config_hash": b.config_hash,
+                })),
+                "config_changed": previous.is_some_and(|b| b.hash == p.hash && b.config_hash != p.config_hash),
+            }),
+        );
+    }
+    for b in before
+        .iter()
+        .filter(|b| !after.iter().any(|p| p.file == b.file))
+    {
+        events(
+            "plugin.removed",
+            serde_json::json!({ "file": b.file, "plugin": b.name, "version": b.version, "hash": b.hash }),
+        );
+    }
+    for st in status.iter().filter(|s| s.last_error.is_some()) {
+        events(
+            "plugin.failed",
+            serde_json::json!({
+                "file": st.file,
+                "error": st.last_error,
+                "running": st.name.as_ref().map(|n| format!("{n}@{}", st.version.as_deref().unwrap_or(""))),
+            }),
+        );
+    }
+}
+
 /// A plugin's require-approval verdict, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalAsk {
@@ -432,6 +484,8 @@ pub fn instance_epoch() -> u64 {
 
 /// The plugin runtime: engine, linker, the current chain and the status of every file.
 pub struct PluginHost {
+    /// Told of plugin loads, failures and removals.
+    events: Option<EventSink>,
     /// Unique in the process (instances on a thread are cached for every host together).
     id: u64,
     engine: Engine,
@@ -462,6 +516,15 @@ impl PluginHost {
     /// Builds the engine and linker and loads every plugin in the directory. Plugins that fail
     /// to load are reported in the log and in `status()`; the rest run.
     pub fn start(settings: PluginsConfig) -> Result<Arc<PluginHost>, StartError> {
+        Self::start_observed(settings, None)
+    }
+
+    /// [`Self::start`], telling `events` of every plugin loaded, replaced, failed or removed
+    /// (`plugin.loaded`, `plugin.failed`, `plugin.removed`; the audit trail listens).
+    pub fn start_observed(
+        settings: PluginsConfig,
+        events: Option<EventSink>,
+    ) -> Result<Arc<PluginHost>, StartError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -483,6 +546,7 @@ impl PluginHost {
         let ticker = EpochTicker::start(engine.clone(), EPOCH_TICK)
             .map_err(|e| StartError(format!("cannot start the epoch ticker: {e}")))?;
         let host = Arc::new(PluginHost {
+            events,
             id: NEXT_HOST.fetch_add(1, Ordering::Relaxed),
             engine: engine.clone(),
             ticker,
@@ -946,6 +1010,9 @@ impl PluginHost {
                 .iter()
                 .zip(&current.plugins)
                 .any(|(a, b)| a.id != b.id);
+        if let Some(events) = &self.events {
+            report_changes(events, &current.plugins, &plugins, &status);
+        }
         if changed {
             let names: Vec<String> = plugins
                 .iter()
