@@ -317,6 +317,14 @@ fn start_pgbouncer(pg: &Postgres, db: &str, dir: &Path) -> Result<(Child, u16)> 
 
 /// A gateway as benchmarked: logging at info, `BENCH_WORKERS` workers, optional plugins.
 fn bench_gateway(pg: &Postgres, plugins_dir: Option<std::path::PathBuf>) -> Result<Gateway> {
+    bench_gateway_with(pg, plugins_dir, String::new())
+}
+
+fn bench_gateway_with(
+    pg: &Postgres,
+    plugins_dir: Option<std::path::PathBuf>,
+    extra_toml: String,
+) -> Result<Gateway> {
     Gateway::start(
         pg,
         GatewayOptions {
@@ -326,6 +334,7 @@ fn bench_gateway(pg: &Postgres, plugins_dir: Option<std::path::PathBuf>) -> Resu
             ),
             log_level: "info".into(),
             plugins_dir,
+            extra_toml,
             ..Default::default()
         },
     )
@@ -496,6 +505,22 @@ async fn main() -> Result<()> {
     };
     if let Some(g) = policy_gw.as_ref().filter(|_| suite("pgbench")) {
         targets.push(target_of("pgward+guardrails+mask-pii", g));
+    }
+    // The bare gateway again with the audit trail on: a record per session and statement,
+    // file sink, synced after every written batch.
+    let audit_gw = if suite("pgbench") {
+        let dir = std::env::temp_dir().join(format!("pgward-bench-audit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let toml = format!(
+            "[audit]\ndirectory = \"{}\"\nfsync = \"batch\"\n",
+            dir.display()
+        );
+        Some(bench_gateway_with(&pg, None, toml)?)
+    } else {
+        None
+    };
+    if let Some(g) = &audit_gw {
+        targets.push(target_of("pgward+audit", g));
     }
     if !skip_bouncer {
         let (child, port) = start_pgbouncer(&pg, &db, &gw.dir.join("pgbouncer"))?;
