@@ -193,13 +193,31 @@ impl Metrics {
         out
     }
 
-    pub fn statement(&self, kind: &str, verdict: &str) {
-        self.statements
-            .get_or_create(&StatementLabels {
-                kind: kind.to_owned(),
-                verdict: verdict.to_owned(),
-            })
-            .inc();
+    /// Counts a statement. The counter handles are cached per thread (a few dozen label
+    /// pairs at most), so the hot path takes no lock and allocates nothing.
+    pub fn statement(&self, kind: &'static str, verdict: &'static str) {
+        thread_local! {
+            static CACHE: std::cell::RefCell<Vec<(&'static str, &'static str, Counter)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        CACHE.with_borrow_mut(|cache| {
+            if let Some((_, _, c)) = cache
+                .iter()
+                .find(|(k, v, _)| std::ptr::eq(*k, kind) && std::ptr::eq(*v, verdict))
+            {
+                c.inc();
+                return;
+            }
+            let c = self
+                .statements
+                .get_or_create(&StatementLabels {
+                    kind: kind.to_owned(),
+                    verdict: verdict.to_owned(),
+                })
+                .clone();
+            c.inc();
+            cache.push((kind, verdict, c));
+        });
     }
 
     pub fn plugin_call(&self, plugin: &str, hook: &str, seconds: f64, failed: bool) {

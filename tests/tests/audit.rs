@@ -602,3 +602,75 @@ async fn kill_9_during_pgbench_leaves_a_trail_that_verifies_up_to_its_last_flush
     assert!(out.contains("0 records after it are not sealed"), "{out}");
     let _ = std::fs::remove_dir_all(base);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_refused_while_the_trail_cannot_be_written_and_run_again_after() {
+    let base = temp("failclosed");
+    let (key, public) = keygen(&base);
+    let trail = base.join("trail");
+    let pg = Postgres::shared();
+    let control = pg.create_database("auditctl").unwrap();
+    let sink = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={control}",
+        pg.port,
+        pgward_e2e::UPSTREAM_USER,
+        pgward_e2e::UPSTREAM_PASSWORD
+    );
+    let (mut gw, db, _, _) = gateway(
+        &trail,
+        &key,
+        &format!("origin = \"gw-f\"\npostgres = \"{sink}\"\non_failure = \"refuse\""),
+    )
+    .await;
+    let agent = gw.connect("agent", &db).await.unwrap();
+    agent.simple_query("SELECT 1").await.unwrap();
+    // The table goes away under the sink.
+    pg.superuser_sql(
+        &control,
+        "ALTER TABLE pgward.audit_events RENAME TO audit_events_moved",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        match agent.simple_query("SELECT 2").await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "never refused:\n{}", gw.log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    let db_err = refused.as_db_error().unwrap();
+    assert_eq!(db_err.code().code(), "58030", "{}", db_err.message());
+    assert!(db_err.message().contains("audit trail"), "{}", db_err.message());
+    assert!(gw.log().contains("cannot write the audit trail"), "{}", gw.log());
+    // Back: statements run again, and the records held meanwhile reach the table.
+    pg.superuser_sql(
+        &control,
+        "ALTER TABLE pgward.audit_events_moved RENAME TO audit_events",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent.simple_query("SELECT 3").await.is_err() {
+        assert!(Instant::now() < deadline, "never recovered:\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(agent);
+    std::thread::sleep(Duration::from_millis(200));
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
+    let (ok, out) = verify(&[&trail], &public);
+    assert!(ok, "{out}");
+    let out = Command::new(pgward_bin())
+        .args(["audit", "verify", "--public-key", &public, "--origin", "gw-f", "--postgres", &sink])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let file_records = records(&trail).len();
+    assert!(
+        text.contains(&format!("ok: {file_records} records")),
+        "the table caught up with the file ({file_records} records): {text}"
+    );
+    let _ = std::fs::remove_dir_all(base);
+}

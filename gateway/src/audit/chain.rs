@@ -59,10 +59,24 @@ pub fn canonical(v: &Value, out: &mut String) {
 /// SHA-256 hex of `record`'s canonical form without its `hash` field.
 pub fn record_hash(record: &serde_json::Map<String, Value>) -> String {
     let mut text = String::with_capacity(512);
-    let mut without = record.clone();
-    without.remove("hash");
-    canonical(&Value::Object(without), &mut text);
+    canonical_without_hash(record, &mut text);
     hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+/// The canonical form of `record` leaving out its top-level `hash`.
+pub fn canonical_without_hash(record: &serde_json::Map<String, Value>, out: &mut String) {
+    let mut keys: Vec<&String> = record.keys().filter(|k| *k != "hash").collect();
+    keys.sort();
+    out.push('{');
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(k.clone()).to_string());
+        out.push(':');
+        canonical(&record[k], out);
+    }
+    out.push('}');
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -343,21 +343,26 @@ impl Writer {
         event.insert("schema".into(), Value::String(chain::SCHEMA.into()));
         event.insert("seq".into(), Value::from(self.seq));
         event.insert("prev".into(), Value::String(self.last_hash.clone()));
-        let hash = chain::record_hash(&event);
-        event.insert("hash".into(), Value::String(hash.clone()));
-        let mut line = String::with_capacity(512);
-        chain::canonical(&Value::Object(event), &mut line);
-        line.push('\n');
+        // One canonical serialization: it is hashed, and the hash appended to it is the line
+        // (key order in a line does not matter to the verifier, which re-canonicalizes).
+        let mut line = String::with_capacity(768);
+        chain::canonical_without_hash(&event, &mut line);
+        let hash = chain::hex(
+            ring::digest::digest(&ring::digest::SHA256, line.as_bytes()).as_ref(),
+        );
+        line.pop();
+        if line.len() > 1 {
+            line.push(',');
+        }
+        line.push_str("\"hash\":\"");
+        line.push_str(&hash);
+        line.push_str("\"}\n");
         if self.config.stdout {
             let _ = std::io::stdout().lock().write_all(line.as_bytes());
         }
         if let Some(pg) = &mut self.pg {
             if pg.pending.len() < postgres::MAX_PENDING {
-                let record = match serde_json::from_str::<Value>(&line) {
-                    Ok(Value::Object(m)) => m,
-                    _ => Map::new(),
-                };
-                pg.pending.push(postgres::Row::of(&record, line.trim_end()));
+                pg.pending.push(postgres::Row::of(&event, line.trim_end()));
             } else {
                 crate::metrics::METRICS.audit_dropped.inc();
             }
