@@ -642,8 +642,16 @@ async fn statements_are_refused_while_the_trail_cannot_be_written_and_run_again_
     };
     let db_err = refused.as_db_error().unwrap();
     assert_eq!(db_err.code().code(), "58030", "{}", db_err.message());
-    assert!(db_err.message().contains("audit trail"), "{}", db_err.message());
-    assert!(gw.log().contains("cannot write the audit trail"), "{}", gw.log());
+    assert!(
+        db_err.message().contains("audit trail"),
+        "{}",
+        db_err.message()
+    );
+    assert!(
+        gw.log().contains("cannot write the audit trail"),
+        "{}",
+        gw.log()
+    );
     // Back: statements run again, and the records held meanwhile reach the table.
     pg.superuser_sql(
         &control,
@@ -662,7 +670,16 @@ async fn statements_are_refused_while_the_trail_cannot_be_written_and_run_again_
     let (ok, out) = verify(&[&trail], &public);
     assert!(ok, "{out}");
     let out = Command::new(pgward_bin())
-        .args(["audit", "verify", "--public-key", &public, "--origin", "gw-f", "--postgres", &sink])
+        .args([
+            "audit",
+            "verify",
+            "--public-key",
+            &public,
+            "--origin",
+            "gw-f",
+            "--postgres",
+            &sink,
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

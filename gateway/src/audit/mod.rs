@@ -347,9 +347,8 @@ impl Writer {
         // (key order in a line does not matter to the verifier, which re-canonicalizes).
         let mut line = String::with_capacity(768);
         chain::canonical_without_hash(&event, &mut line);
-        let hash = chain::hex(
-            ring::digest::digest(&ring::digest::SHA256, line.as_bytes()).as_ref(),
-        );
+        let hash =
+            chain::hex(ring::digest::digest(&ring::digest::SHA256, line.as_bytes()).as_ref());
         line.pop();
         if line.len() > 1 {
             line.push(',');
