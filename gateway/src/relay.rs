@@ -593,13 +593,8 @@ async fn client_to_server(
                             Inspected::Held(needs) => {
                                 let frame = frame.to_vec();
                                 // What came before the held statement runs now.
-                                if !out.is_empty() {
-                                    if let Err(e) =
-                                        write_flush(server, &out, &METRICS.to_server_bytes).await
-                                    {
-                                        return RelayEnd::ServerIo(e);
-                                    }
-                                    out.clear();
+                                if let Err(e) = flush_to_server(server, &mut out).await {
+                                    return RelayEnd::ServerIo(e);
                                 }
                                 let end = pos + header.frame_len;
                                 match gate(ctx, state, &needs, Vec::new(), client, &mut buf, end)
@@ -650,13 +645,8 @@ async fn client_to_server(
                     let mut run = true;
                     if let Some(needs) = needs {
                         let params = bind_parameters(&buf[pos..pos + header.frame_len]);
-                        if !out.is_empty() {
-                            if let Err(e) =
-                                write_flush(server, &out, &METRICS.to_server_bytes).await
-                            {
-                                return RelayEnd::ServerIo(e);
-                            }
-                            out.clear();
+                        if let Err(e) = flush_to_server(server, &mut out).await {
+                            return RelayEnd::ServerIo(e);
                         }
                         let end = pos + header.frame_len;
                         match gate(ctx, state, &needs, params, client, &mut buf, end).await {
@@ -2055,6 +2045,15 @@ fn observe_server_message(state: &RelayState, frame: &[u8]) {
         }
         _ => {}
     }
+}
+
+/// Sends what is queued for the server now (before a statement is held).
+async fn flush_to_server(server: &mut WriteHalf<'_>, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        write_flush(server, out, &METRICS.to_server_bytes).await?;
+        out.clear();
+    }
+    Ok(())
 }
 
 async fn write_flush(

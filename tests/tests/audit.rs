@@ -148,13 +148,7 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
     let (key, public) = keygen(&base);
     let trail = base.join("trail");
     let pg = Postgres::shared();
-    let control = pg.create_database("auditctl").unwrap();
-    let sink = format!(
-        "host=127.0.0.1 port={} user={} password={} dbname={control}",
-        pg.port,
-        pgward_e2e::UPSTREAM_USER,
-        pgward_e2e::UPSTREAM_PASSWORD
-    );
+    let (control, sink) = control_database(pg);
     let (mut gw, db, admin, plugins) = gateway(
         &trail,
         &key,
@@ -391,25 +385,8 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
         })
         .collect();
     assert_eq!(rows.trim(), expected.join("\n"));
-    let out = Command::new(pgward_bin())
-        .args([
-            "audit",
-            "verify",
-            "--public-key",
-            &public,
-            "--origin",
-            "gw-a",
-            "--postgres",
-            &sink,
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (verified, text) = verify_table(&public, "gw-a", &sink);
+    assert!(verified, "{text}");
     assert!(text.contains(&format!("{} records", all.len())), "{text}");
     // Edited in the table: found there too.
     pg.superuser_sql(
@@ -417,24 +394,8 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
         "UPDATE pgward.audit_events SET record = jsonb_set(record, '{verdict}', '\"allow\"') WHERE origin = 'gw-a' AND record->>'verdict' = 'deny'",
     )
     .unwrap();
-    let out = Command::new(pgward_bin())
-        .args([
-            "audit",
-            "verify",
-            "--public-key",
-            &public,
-            "--origin",
-            "gw-a",
-            "--postgres",
-            &sink,
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !out.status.success() && text.contains("was edited"),
-        "{text}"
-    );
+    let (verified, text) = verify_table(&public, "gw-a", &sink);
+    assert!(!verified && text.contains("was edited"), "{text}");
 
     // Each kind of tampering fails at the record it touched.
     let file = std::fs::read_dir(&trail)
@@ -508,6 +469,43 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
         "{out}"
     );
     let _ = std::fs::remove_dir_all(base);
+}
+
+/// `pgward audit verify --postgres` of `origin`'s chain: (success, output).
+fn verify_table(public: &str, origin: &str, sink: &str) -> (bool, String) {
+    let out = Command::new(pgward_bin())
+        .args([
+            "audit",
+            "verify",
+            "--public-key",
+            public,
+            "--origin",
+            origin,
+            "--postgres",
+            sink,
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A fresh control database for the PostgreSQL sink: (name, connection string).
+fn control_database(pg: &Postgres) -> (String, String) {
+    let control = pg.create_database("auditctl").unwrap();
+    let sink = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={control}",
+        pg.port,
+        pgward_e2e::UPSTREAM_USER,
+        pgward_e2e::UPSTREAM_PASSWORD
+    );
+    (control, sink)
 }
 
 /// The records without line `skip`, re-chained (as an attacker without the key would).
@@ -609,13 +607,7 @@ async fn statements_are_refused_while_the_trail_cannot_be_written_and_run_again_
     let (key, public) = keygen(&base);
     let trail = base.join("trail");
     let pg = Postgres::shared();
-    let control = pg.create_database("auditctl").unwrap();
-    let sink = format!(
-        "host=127.0.0.1 port={} user={} password={} dbname={control}",
-        pg.port,
-        pgward_e2e::UPSTREAM_USER,
-        pgward_e2e::UPSTREAM_PASSWORD
-    );
+    let (control, sink) = control_database(pg);
     let (mut gw, db, _, _) = gateway(
         &trail,
         &key,
@@ -669,21 +661,8 @@ async fn statements_are_refused_while_the_trail_cannot_be_written_and_run_again_
     assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
     let (ok, out) = verify(&[&trail], &public);
     assert!(ok, "{out}");
-    let out = Command::new(pgward_bin())
-        .args([
-            "audit",
-            "verify",
-            "--public-key",
-            &public,
-            "--origin",
-            "gw-f",
-            "--postgres",
-            &sink,
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let (verified, text) = verify_table(&public, "gw-f", &sink);
+    assert!(verified, "{text}");
     let file_records = records(&trail).len();
     assert!(
         text.contains(&format!("ok: {file_records} records")),

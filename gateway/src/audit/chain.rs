@@ -28,20 +28,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// Canonical serialization: object keys sorted at every level, no whitespace.
 pub fn canonical(v: &Value, out: &mut String) {
     match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                canonical(&map[k], out);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => canonical_object(map, None, out),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -65,7 +52,12 @@ pub fn record_hash(record: &serde_json::Map<String, Value>) -> String {
 
 /// The canonical form of `record` leaving out its top-level `hash`.
 pub fn canonical_without_hash(record: &serde_json::Map<String, Value>, out: &mut String) {
-    let mut keys: Vec<&String> = record.keys().filter(|k| *k != "hash").collect();
+    canonical_object(record, Some("hash"), out);
+}
+
+/// An object with its keys sorted, leaving out `skip`.
+fn canonical_object(map: &serde_json::Map<String, Value>, skip: Option<&str>, out: &mut String) {
+    let mut keys: Vec<&String> = map.keys().filter(|k| Some(k.as_str()) != skip).collect();
     keys.sort();
     out.push('{');
     for (i, k) in keys.into_iter().enumerate() {
@@ -74,7 +66,7 @@ pub fn canonical_without_hash(record: &serde_json::Map<String, Value>, out: &mut
         }
         out.push_str(&Value::String(k.clone()).to_string());
         out.push(':');
-        canonical(&record[k], out);
+        canonical(&map[k], out);
     }
     out.push('}');
 }
