@@ -1113,7 +1113,11 @@ async fn gate(
     frame_end: usize,
 ) -> Gate {
     let mut request = None;
-    let audited_params = params.clone();
+    // Kept for the audit record only when it records parameters.
+    let audited_params = ctx
+        .audit
+        .filter(|a| a.config().parameters)
+        .map(|_| params.clone());
     let gate = decide_held(
         ctx,
         state,
@@ -1145,7 +1149,7 @@ async fn gate(
             refusal: refusal.as_ref(),
             plugin: &needs.ask.plugin,
         },
-        Some(&audited_params),
+        audited_params.as_deref(),
     );
     gate
 }

@@ -63,6 +63,15 @@ fn keygen(dir: &Path) -> (PathBuf, String) {
     (key, public)
 }
 
+/// A scratch directory with a signing key and a trail directory in it:
+/// (directory, key file, public key hex, trail).
+fn trail_setup(name: &str) -> (PathBuf, PathBuf, String, PathBuf) {
+    let base = temp(name);
+    let (key, public) = keygen(&base);
+    let trail = base.join("trail");
+    (base, key, public, trail)
+}
+
 /// `pgward audit verify`: (success, output).
 fn verify(paths: &[&Path], public: &str) -> (bool, String) {
     let out = Command::new(pgward_bin())
@@ -144,9 +153,7 @@ async fn gateway(trail: &Path, key: &Path, extra: &str) -> (Gateway, String, u16
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is_found() {
-    let base = temp("session");
-    let (key, public) = keygen(&base);
-    let trail = base.join("trail");
+    let (base, key, public, trail) = trail_setup("session");
     let pg = Postgres::shared();
     let (control, sink) = control_database(pg);
     let (mut gw, db, admin, plugins) = gateway(
@@ -537,9 +544,7 @@ fn reseal_without(lines: &[&str], skip: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_pgbench_leaves_a_trail_that_verifies_up_to_its_last_flushed_record() {
-    let base = temp("kill9");
-    let (key, public) = keygen(&base);
-    let trail = base.join("trail");
+    let (base, key, public, trail) = trail_setup("kill9");
     let (mut gw, db, _, _) = gateway(&trail, &key, "checkpoint_every = 500").await;
     let bench = std::thread::spawn({
         let port = gw.port;
@@ -603,9 +608,7 @@ async fn kill_9_during_pgbench_leaves_a_trail_that_verifies_up_to_its_last_flush
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_are_refused_while_the_trail_cannot_be_written_and_run_again_after() {
-    let base = temp("failclosed");
-    let (key, public) = keygen(&base);
-    let trail = base.join("trail");
+    let (base, key, public, trail) = trail_setup("failclosed");
     let pg = Postgres::shared();
     let (control, sink) = control_database(pg);
     let (mut gw, db, _, _) = gateway(
