@@ -16,6 +16,8 @@ done
 (( have_server )) || missing+=(postgresql)
 command -v psql >/dev/null || missing+=(postgresql-client)
 command -v pgbench >/dev/null || missing+=(postgresql-contrib)
+# psycopg (3) for the driver tests of the identity methods, in Debian's own Python.
+/usr/bin/python3 -c 'import psycopg' 2>/dev/null || missing+=(python3-psycopg)
 if (( want_pgbouncer )); then
   command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
 fi

@@ -98,6 +98,7 @@ fn bench(c: &mut Criterion) {
     let identity = Identity {
         user: "alice".into(),
         groups: vec!["dev".into()],
+        ..Default::default()
     };
     let session = convert_session(1, &identity, "bench", "127.0.0.1:5555", "criterion");
     let analyzer = SqlAnalyzer::new(1000);

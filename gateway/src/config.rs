@@ -371,6 +371,22 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key of `cert`.
     pub key: Option<PathBuf>,
+    /// PEM CA bundles that sign client certificates; set, clients may present one (mTLS).
+    pub client_ca: Vec<PathBuf>,
+    /// PEM or DER certificate revocation lists of those CAs.
+    pub client_crl: Vec<PathBuf>,
+    /// Whether the TLS handshake requires a client certificate.
+    pub client_certificates: ClientCertificates,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificates {
+    /// A client may present a certificate; one it presents must verify.
+    #[default]
+    Optional,
+    /// A TLS client without a valid certificate is refused in the handshake.
+    Required,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -433,6 +449,12 @@ pub enum AuthMethod {
 pub struct AuthConfig {
     pub method: AuthMethod,
     pub users: Vec<UserConfig>,
+    /// Rules mapping a verified client certificate to an identity, tried in order.
+    pub certificates: Vec<CertRuleConfig>,
+    /// Issuers whose signed JWTs are accepted as the password.
+    pub tokens: Vec<TokenIssuerConfig>,
+    /// Upstream roles by group, for identities whose own entry names none; first match wins.
+    pub roles: Vec<GroupRoleConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -444,6 +466,139 @@ pub struct UserConfig {
     pub password: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The password alone is not enough: a client certificate must map to this user as well.
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// Role the gateway `SET ROLE`s the upstream session to for this user.
+    #[serde(default)]
+    pub upstream_role: Option<String>,
+}
+
+/// Which field of a client certificate names the identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertField {
+    /// A URI subject alternative name, such as a SPIFFE ID.
+    #[default]
+    UriSan,
+    /// A DNS subject alternative name.
+    DnsSan,
+    /// The subject's common name.
+    Cn,
+}
+
+/// What a certificate mapped by a rule proves on its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum CertMethod {
+    /// The certificate alone authenticates the identity.
+    #[default]
+    #[serde(rename = "cert")]
+    Cert,
+    /// The certificate names the identity; its password or token must prove it as well.
+    #[serde(rename = "cert+password")]
+    CertAndPassword,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertRuleConfig {
+    #[serde(default)]
+    pub field: CertField,
+    /// The field's exact value.
+    #[serde(default, rename = "match")]
+    pub exact: Option<String>,
+    /// A pattern for the value: `*` stands for any run of characters without `/`.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// The identity; `{1}`, `{2}`… are what the pattern's stars matched, `{value}` the whole
+    /// value. Default: the value itself.
+    #[serde(default)]
+    pub identity: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub method: CertMethod,
+    #[serde(default)]
+    pub upstream_role: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIssuerConfig {
+    /// The `iss` claim tokens of this issuer carry (required, compared exactly).
+    pub issuer: String,
+    /// Accepted `aud` values: a token must name one of them.
+    #[serde(deserialize_with = "one_or_many")]
+    pub audience: Vec<String>,
+    /// Signature algorithms accepted, e.g. `["RS256"]`; `none` is never accepted.
+    pub algorithms: Vec<String>,
+    /// Shared secret for HS256/HS384/HS512 (or `secret_env`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Environment variable holding the shared secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// JWKS file with the issuer's public keys; reloaded when it changes.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL, fetched at start and cached for `jwks_refresh`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh", deserialize_with = "duration")]
+    pub jwks_refresh: Duration,
+    /// Clock skew allowed for `exp` and `nbf`.
+    #[serde(default = "default_leeway", deserialize_with = "duration")]
+    pub leeway: Duration,
+    /// Claim holding the identity (`sub`, `email`, …).
+    #[serde(default = "default_identity_claim")]
+    pub identity_claim: String,
+    /// Claim holding a list (or one) of group names.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Groups every identity of this issuer is in.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// A token alone is not enough: a client certificate must map to the same identity.
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// Accept tokens on connections that are neither TLS nor loopback (the token travels in
+    /// clear text).
+    #[serde(default)]
+    pub allow_insecure: bool,
+    #[serde(default)]
+    pub upstream_role: Option<String>,
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_identity_claim() -> String {
+    "sub".into()
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(s) => vec![s],
+        Raw::Many(v) => v,
+    })
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRoleConfig {
+    pub group: String,
+    pub role: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -538,7 +693,15 @@ impl Config {
         ]
         .into_iter()
         .flatten()
-        {
+        .chain(config.tls.client_ca.iter_mut())
+        .chain(config.tls.client_crl.iter_mut())
+        .chain(
+            config
+                .auth
+                .tokens
+                .iter_mut()
+                .filter_map(|t| t.jwks_file.as_mut()),
+        ) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -625,10 +788,14 @@ impl Config {
                 "required when upstream.tls is \"verify-full\"".into(),
             ));
         }
-        if self.auth.users.is_empty() {
+        if self.auth.users.is_empty()
+            && self.auth.certificates.is_empty()
+            && self.auth.tokens.is_empty()
+        {
             return Err(invalid(
                 "auth.users",
-                "no users: add at least one [[auth.users]] entry (see `pgward hash-password`)"
+                "no users: add at least one [[auth.users]] entry (see `pgward hash-password`), \
+                 [[auth.certificates]] rule or [[auth.tokens]] issuer"
                     .into(),
             ));
         }
@@ -664,6 +831,7 @@ impl Config {
                 (None, AuthMethod::Trust) => {}
             }
         }
+        self.validate_identity(&invalid)?;
         if self.plugins.query_deadline.is_zero() || self.plugins.batch_deadline.is_zero() {
             return Err(invalid(
                 "plugins.query_deadline",
@@ -750,6 +918,176 @@ impl Config {
                     "must be at least 4096 bytes".into(),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_identity(
+        &self,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let role_ok = |key: &str, role: &Option<String>| match role {
+            Some(r) if r.is_empty() || r.len() > 63 || r.contains('\0') => {
+                Err(invalid(key, "must be a role name of 1 to 63 bytes".into()))
+            }
+            _ => Ok(()),
+        };
+        for (i, u) in self.auth.users.iter().enumerate() {
+            role_ok(&format!("auth.users[{i}].upstream_role"), &u.upstream_role)?;
+            if u.require_certificate && self.tls.client_ca.is_empty() {
+                return Err(invalid(
+                    &format!("auth.users[{i}].require_certificate"),
+                    "needs tls.client_ca: no client certificate can be verified without it".into(),
+                ));
+            }
+        }
+        if !self.tls.client_ca.is_empty() && self.tls.mode == TlsMode::Disabled {
+            return Err(invalid(
+                "tls.client_ca",
+                "client certificates need TLS: set tls.mode to \"optional\" or \"required\"".into(),
+            ));
+        }
+        if !self.tls.client_crl.is_empty() && self.tls.client_ca.is_empty() {
+            return Err(invalid("tls.client_crl", "needs tls.client_ca".into()));
+        }
+        if !self.auth.certificates.is_empty() && self.tls.client_ca.is_empty() {
+            return Err(invalid(
+                "auth.certificates",
+                "needs tls.client_ca, the CA bundles that sign client certificates".into(),
+            ));
+        }
+        for (i, r) in self.auth.certificates.iter().enumerate() {
+            let key = |k: &str| format!("auth.certificates[{i}].{k}");
+            match (&r.exact, &r.pattern) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        &key("pattern"),
+                        "give either match or pattern, not both".into(),
+                    ))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        &key("match"),
+                        "give match (an exact value) or pattern".into(),
+                    ))
+                }
+                (Some(v), None) | (None, Some(v)) if v.is_empty() => {
+                    return Err(invalid(&key("match"), "must not be empty".into()))
+                }
+                _ => {}
+            }
+            if let Err(e) = crate::auth::cert::Rule::new(r) {
+                return Err(invalid(&key("identity"), e));
+            }
+            role_ok(&key("upstream_role"), &r.upstream_role)?;
+        }
+        let mut issuers = std::collections::HashSet::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let key = |k: &str| format!("auth.tokens[{i}].{k}");
+            if t.issuer.is_empty() {
+                return Err(invalid(&key("issuer"), "must not be empty".into()));
+            }
+            if !issuers.insert(t.issuer.as_str()) {
+                return Err(invalid(
+                    &key("issuer"),
+                    format!("issuer {:?} is listed twice", t.issuer),
+                ));
+            }
+            if t.audience.is_empty() || t.audience.iter().any(String::is_empty) {
+                return Err(invalid(
+                    &key("audience"),
+                    "name at least one non-empty audience".into(),
+                ));
+            }
+            if t.algorithms.is_empty() {
+                return Err(invalid(
+                    &key("algorithms"),
+                    "list at least one algorithm, e.g. [\"RS256\"]".into(),
+                ));
+            }
+            let mut symmetric = false;
+            let mut asymmetric = false;
+            for a in &t.algorithms {
+                match crate::auth::jwt::parse_algorithm(a) {
+                    Ok(alg) if crate::auth::jwt::is_hmac(alg) => symmetric = true,
+                    Ok(_) => asymmetric = true,
+                    Err(e) => return Err(invalid(&key("algorithms"), e)),
+                }
+            }
+            if t.secret.is_some() && t.secret_env.is_some() {
+                return Err(invalid(
+                    &key("secret_env"),
+                    "give secret or secret_env, not both".into(),
+                ));
+            }
+            let has_secret = t.secret.is_some() || t.secret_env.is_some();
+            if symmetric && !has_secret {
+                return Err(invalid(
+                    &key("secret"),
+                    "an HS* algorithm is allowed: set secret or secret_env".into(),
+                ));
+            }
+            if has_secret && !symmetric {
+                return Err(invalid(
+                    &key("secret"),
+                    "a secret is set but no HS* algorithm is allowed".into(),
+                ));
+            }
+            if let Some(s) = &t.secret {
+                if s.len() < 32 {
+                    return Err(invalid(&key("secret"), "must be at least 32 bytes".into()));
+                }
+            }
+            let has_jwks = t.jwks_file.is_some() || t.jwks_url.is_some();
+            if asymmetric && !has_jwks {
+                return Err(invalid(
+                    &key("jwks_file"),
+                    "an RS/ES/PS/EdDSA algorithm is allowed: set jwks_file or jwks_url".into(),
+                ));
+            }
+            if has_jwks && !asymmetric {
+                return Err(invalid(
+                    &key("algorithms"),
+                    "a JWKS is set but no public-key algorithm is allowed".into(),
+                ));
+            }
+            if t.jwks_file.is_some() && t.jwks_url.is_some() {
+                return Err(invalid(
+                    &key("jwks_url"),
+                    "give jwks_file or jwks_url, not both".into(),
+                ));
+            }
+            if let Some(u) = &t.jwks_url {
+                if !(u.starts_with("https://")
+                    || u.starts_with("http://127.0.0.1")
+                    || u.starts_with("http://localhost")
+                    || u.starts_with("http://[::1]"))
+                {
+                    return Err(invalid(
+                        &key("jwks_url"),
+                        "must be an https:// URL (plain http only to loopback)".into(),
+                    ));
+                }
+            }
+            if t.identity_claim.is_empty() {
+                return Err(invalid(&key("identity_claim"), "must not be empty".into()));
+            }
+            if t.require_certificate && self.tls.client_ca.is_empty() {
+                return Err(invalid(
+                    &key("require_certificate"),
+                    "needs tls.client_ca".into(),
+                ));
+            }
+            role_ok(&key("upstream_role"), &t.upstream_role)?;
+        }
+        for (i, r) in self.auth.roles.iter().enumerate() {
+            if r.group.is_empty() {
+                return Err(invalid(
+                    &format!("auth.roles[{i}].group"),
+                    "must not be empty".into(),
+                ));
+            }
+            role_ok(&format!("auth.roles[{i}].role"), &Some(r.role.clone()))?;
         }
         Ok(())
     }

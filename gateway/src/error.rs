@@ -65,6 +65,11 @@ impl ClientError {
                     "pgward could not log in to the upstream server; see the gateway log",
                 )
             }
+            // The role mapping is the operator's: name no role to the client.
+            UpstreamError::Role { .. } => ClientError::fatal(
+                "42501",
+                "pgward could not set the upstream role mapped to this identity; see the gateway log",
+            ),
             UpstreamError::UnsupportedAuth(_) => ClientError::fatal(
                 "08004",
                 "upstream authentication method not supported by pgward; see the gateway log",

@@ -366,9 +366,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig(args) => {
             let config = load(&args)?;
-            if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
-                pgward::tls::server_config(cert, key)?;
+            if config.tls.cert.is_some() && config.tls.key.is_some() {
+                // Also reads the client CA bundles and CRLs.
+                pgward::tls::client_facing_config(&config.tls)?;
             }
+            pgward::auth::cert::CertRules::new(&config.auth.certificates).map_err(|e| {
+                anyhow::anyhow!("{}: auth.certificates: {e}", args.config.display())
+            })?;
+            // Reads every JWKS file and fetches every JWKS URL, checking each key.
+            pgward::auth::jwt::TokenVerifier::new(&config.auth.tokens)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
             if let Some(ca) = &config.upstream.ca_cert {
                 pgward::tls::client_config(ca)?;
             }

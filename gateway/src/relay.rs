@@ -789,6 +789,32 @@ fn inspect_client_message(
         Ok(text) => (text, Some(ctx.analyzer.analyze(text, lex))),
         Err(_) => ("", None),
     };
+    if ctx.identity.upstream_role.is_some() {
+        if let Some(what) = crate::auth::role_change(text, analysis.as_deref()) {
+            let refusal = Refusal {
+                plugin: "pgward".into(),
+                sqlstate: "42501".into(),
+                message: format!(
+                    "this session's role is set by pgward for its identity and cannot be changed: {what}"
+                ),
+                hint: None,
+            };
+            audit_statement(
+                ctx,
+                text,
+                analysis.as_deref(),
+                if frame[0] == b'Q' {
+                    "simple"
+                } else {
+                    "extended"
+                },
+                &Judged::Deny(&refusal),
+                None,
+            );
+            deny(ctx, state, &refusal, frame[0], name, out);
+            return Inspected::Sent(Sent::default());
+        }
+    }
     if let (Some(a), Some(r)) = (&analysis, &ctx.results) {
         if a.statements.iter().any(|s| s.kind == StatementKind::Ddl) {
             r.catalog.invalidate(r.database);
@@ -2167,7 +2193,7 @@ mod tests {
         let state = RelayState::new(protocol::TXN_IDLE);
         let identity = Identity {
             user: "u".into(),
-            groups: vec![],
+            ..Default::default()
         };
         let session = crate::plugins::convert_session(1, &identity, "db", "127.0.0.1:1", "");
         let analyzer = crate::sql::SqlAnalyzer::new(10);

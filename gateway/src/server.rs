@@ -35,6 +35,8 @@ pub enum StartError {
     Approvals(#[from] crate::approvals::ApprovalsError),
     #[error("the system random number generator failed; refusing to start")]
     Random,
+    #[error("{0}")]
+    Identity(String),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
     #[error("cannot start the admin server on {addr}: {source}")]
@@ -51,6 +53,10 @@ pub struct GatewayShared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub upstream: UpstreamTarget,
     pub users: HashMap<String, UserEntry>,
+    /// Rules mapping client certificates to identities.
+    pub cert_rules: crate::auth::cert::CertRules,
+    /// Verifiers of JWTs presented as the password.
+    pub tokens: Arc<crate::auth::jwt::TokenVerifier>,
     pub analyzer: SqlAnalyzer,
     pub cancels: CancelRegistry,
     /// The plugin runtime, when a plugins directory is configured.
@@ -76,13 +82,22 @@ pub struct Gateway {
 impl Gateway {
     /// Loads TLS material, builds the user directory and binds the listener.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
-        let tls = match (config.tls.mode, &config.tls.cert, &config.tls.key) {
-            (TlsMode::Disabled, _, _) => None,
-            (_, Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
-                crate::tls::server_config(cert, key)?,
+        let tls = match config.tls.mode {
+            TlsMode::Disabled => None,
+            _ => Some(tokio_rustls::TlsAcceptor::from(
+                crate::tls::client_facing_config(&config.tls)?,
             )),
-            _ => None,
         };
+        let cert_rules = crate::auth::cert::CertRules::new(&config.auth.certificates)
+            .map_err(StartError::Identity)?;
+        // Reads the JWKS files and fetches the JWKS URLs: blocking I/O.
+        let token_configs = config.auth.tokens.clone();
+        let tokens = tokio::task::spawn_blocking(move || {
+            crate::auth::jwt::TokenVerifier::new(&token_configs)
+        })
+        .await
+        .map_err(|e| StartError::Identity(e.to_string()))?
+        .map_err(StartError::Identity)?;
         let password = std::env::var("PGWARD_UPSTREAM_PASSWORD")
             .ok()
             .or_else(|| config.upstream.password.clone());
@@ -98,6 +113,8 @@ impl Gateway {
                         // Validated when the config was loaded.
                         verifier: u.password.as_deref().and_then(|p| p.parse().ok()),
                         groups: u.groups.clone(),
+                        require_certificate: u.require_certificate,
+                        upstream_role: u.upstream_role.clone(),
                     },
                 )
             })
@@ -173,6 +190,8 @@ impl Gateway {
             tls,
             upstream,
             users,
+            cert_rules,
+            tokens: Arc::new(tokens),
             cancels: CancelRegistry::new(),
             plugins,
             decoy_secret,

@@ -1,10 +1,11 @@
 //! One client session: TLS negotiation, startup, authentication, the upstream login, then the
 //! relay of the protocol in both directions until either side ends.
 
+use crate::auth::cert::CertFields;
 use crate::auth::scram::{self, ServerExchange, Verifier};
-use crate::auth::Identity;
+use crate::auth::{Identity, Proofs};
 use crate::cancel::CancelTarget;
-use crate::config::{AuthMethod, TlsMode};
+use crate::config::{AuthMethod, ClientCertificates, TlsMode};
 use crate::error::ClientError;
 use crate::protocol::{self, StartupPacket};
 use crate::relay::{self, RelayEnd, RelayState};
@@ -17,7 +18,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 /// Largest SASL message a client may send during authentication.
-const MAX_AUTH_MESSAGE: usize = 8 * 1024;
+const MAX_AUTH_MESSAGE: usize = 16 * 1024;
 
 /// What ended a session before the relay started, for the log.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +49,17 @@ pub async fn serve(
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
     let auth_timeout = gw.config.listen.auth_timeout;
-    let started =
-        tokio::time::timeout(auth_timeout, startup_and_auth(&gw, &mut stream, over_limit)).await;
+    let started = tokio::time::timeout(
+        auth_timeout,
+        startup_and_auth(&gw, &mut stream, over_limit, peer),
+    )
+    .await;
     let (identity, params) = match started {
         Ok(Ok(Some(s))) => s,
         Ok(Ok(None)) => return,
         Ok(Err(SessionError::Refused(e))) => {
             info!(code = e.code, reason = %e.message, "connection refused");
-            crate::metrics::METRICS.session(configured_method(&gw), "refused");
+            crate::metrics::METRICS.session("unknown", "refused");
             if let Some(a) = &gw.audit {
                 a.emit(
                     "session.refused",
@@ -82,7 +86,7 @@ pub async fn serve(
         }
     };
     let session_started = std::time::Instant::now();
-    let auth_method = configured_method(&gw);
+    let auth_method = identity.method();
     let metrics = &crate::metrics::METRICS;
     metrics.session(auth_method, "accepted");
     metrics.sessions_current.inc();
@@ -94,7 +98,7 @@ pub async fn serve(
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| identity.user.clone());
     tracing::Span::current().record("database", database.as_str());
-    info!(groups = ?identity.groups, "authenticated");
+    info!(groups = ?identity.groups, method = identity.method(), role = ?identity.upstream_role, "authenticated");
 
     let application_name = params
         .iter()
@@ -148,7 +152,10 @@ pub async fn serve(
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
     let connecting = std::time::Instant::now();
-    let connected = gw.upstream.connect(&forward).await;
+    let connected = gw
+        .upstream
+        .connect(&forward, identity.upstream_role.as_deref())
+        .await;
     metrics
         .upstream_connect_seconds
         .observe(connecting.elapsed().as_secs_f64());
@@ -212,6 +219,9 @@ pub async fn serve(
                 "user": identity.user,
                 "groups": identity.groups,
                 "auth_method": auth_method,
+                "token_issuer": identity.token_issuer,
+                "certificate_subject": identity.certificate_subject,
+                "upstream_role": identity.upstream_role,
                 "client_addr": peer.to_string(),
                 "tls": stream.is_tls(),
                 "application_name": application_name,
@@ -237,13 +247,6 @@ pub async fn serve(
         );
     }
     relay::finish(end, &mut stream, &mut upstream.stream, &state).await;
-}
-
-fn configured_method(gw: &GatewayShared) -> &'static str {
-    match gw.config.auth.method {
-        AuthMethod::ScramSha256 => "scram-sha-256",
-        AuthMethod::Trust => "trust",
-    }
 }
 
 /// Counts the session in `pgward_sessions_current` while it lives.
@@ -272,6 +275,7 @@ async fn startup_and_auth(
     gw: &GatewayShared,
     stream: &mut Stream,
     over_limit: bool,
+    peer: std::net::SocketAddr,
 ) -> Result<Option<(Identity, Vec<(String, String)>)>, SessionError> {
     let mut buf = BytesMut::with_capacity(1024);
     let params = loop {
@@ -352,7 +356,7 @@ async fn startup_and_auth(
         }
     }
     check_startup_params(&params)?;
-    let identity = authenticate(gw, stream, &mut buf, &user).await?;
+    let identity = authenticate(gw, stream, &mut buf, &user, peer).await?;
     Ok(Some((identity, params)))
 }
 
@@ -554,6 +558,196 @@ async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Identity, SessionError> {
+    let entry = gw.users.get(user);
+    if gw.config.auth.method == AuthMethod::Trust {
+        let entry = entry.ok_or_else(|| {
+            ClientError::fatal("28000", format!("role \"{user}\" is not known to pgward"))
+        })?;
+        return Ok(with_group_role(
+            gw,
+            Identity {
+                user: user.to_owned(),
+                groups: entry.groups.clone(),
+                upstream_role: entry.upstream_role.clone(),
+                ..Default::default()
+            },
+        ));
+    }
+    if gw.config.tls.client_certificates == ClientCertificates::Required
+        && !gw.config.tls.client_ca.is_empty()
+        && !stream.is_tls()
+    {
+        return Err(ClientError::fatal_hint(
+            "28000",
+            "pgward requires TLS with a client certificate",
+            "connect with sslmode=require and sslcert/sslkey",
+        )
+        .into());
+    }
+    let cert_failed = || {
+        ClientError::fatal(
+            "28000",
+            format!("certificate authentication failed for user \"{user}\""),
+        )
+    };
+    // What the client certificate, verified in the handshake, proves.
+    let cert = match stream.peer_certificate() {
+        Some(der) if !gw.cert_rules.is_empty() => match CertFields::parse(der) {
+            Ok(fields) => {
+                // A certificate from a trusted CA that no rule maps proves nothing pgward
+                // knows: refused rather than ignored, so a wrong certificate never falls back.
+                let Some(mapped) = gw.cert_rules.map(&fields) else {
+                    info!(user, uri_sans = ?fields.uri_sans, dns_sans = ?fields.dns_sans, cn = ?fields.common_name, "client certificate refused: it matches no auth.certificates rule");
+                    return Err(cert_failed().into());
+                };
+                Some(mapped)
+            }
+            Err(e) => {
+                info!(user, error = %e, "client certificate refused");
+                return Err(cert_failed().into());
+            }
+        },
+        _ => None,
+    };
+    if let Some(c) = &cert {
+        if c.identity != user {
+            info!(user, certificate = %c.subject, identity = %c.identity, "the client certificate proves another identity than the user asked for");
+            return Err(cert_failed().into());
+        }
+    }
+    let mut identity = match &cert {
+        Some(c) if c.alone => Identity {
+            user: user.to_owned(),
+            groups: Vec::new(),
+            upstream_role: None,
+            ..Default::default()
+        },
+        _ if entry.is_some_and(|e| e.verifier.is_some()) || gw.tokens.is_empty() => {
+            let identity = scram_exchange(gw, stream, buf, user).await?;
+            if entry.is_some_and(|e| e.require_certificate) && cert.is_none() {
+                info!(user, "password verified, but the user requires a client certificate and none maps to it");
+                return Err(cert_failed().into());
+            }
+            identity
+        }
+        _ => {
+            let identity = token_exchange(gw, stream, buf, user, peer).await?;
+            if identity.1 && cert.is_none() {
+                info!(user, "token verified, but its issuer requires a client certificate and none maps to the identity");
+                return Err(cert_failed().into());
+            }
+            identity.0
+        }
+    };
+    if let Some(c) = cert {
+        identity.proofs.certificate = true;
+        identity.certificate_subject = Some(c.subject);
+        identity.add_groups(&c.groups);
+        if identity.upstream_role.is_none() {
+            identity.upstream_role = c.upstream_role;
+        }
+    }
+    if let Some(e) = entry {
+        identity.add_groups(&e.groups);
+        if identity.upstream_role.is_none() {
+            identity.upstream_role = e.upstream_role.clone();
+        }
+    }
+    Ok(with_group_role(gw, identity))
+}
+
+/// Gives an identity without a role of its own the role of its first group in `auth.roles`.
+fn with_group_role(gw: &GatewayShared, mut identity: Identity) -> Identity {
+    if identity.upstream_role.is_none() {
+        identity.upstream_role = gw
+            .config
+            .auth
+            .roles
+            .iter()
+            .find(|r| identity.groups.contains(&r.group))
+            .map(|r| r.role.clone());
+    }
+    identity
+}
+
+/// Asks for the password in clear text and verifies it as a JWT of a configured issuer. The
+/// second value says whether the issuer requires a client certificate as well.
+async fn token_exchange(
+    gw: &GatewayShared,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    user: &str,
+    peer: std::net::SocketAddr,
+) -> Result<(Identity, bool), SessionError> {
+    let (tls, loopback) = (stream.is_tls(), peer.ip().is_loopback());
+    if !gw.tokens.accepts_transport(tls, loopback) {
+        return Err(ClientError::fatal_hint(
+            "28000",
+            "token authentication requires TLS",
+            "connect with sslmode=require",
+        )
+        .into());
+    }
+    let mut out = BytesMut::with_capacity(16);
+    protocol::put_auth(&mut out, 3, &[]);
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    let msg = read_auth_message(stream, buf).await?;
+    let mut b = &msg[..];
+    let token = protocol::take_cstr(&mut b)
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .ok_or_else(|| ClientError::fatal("08P01", "malformed password message"))?
+        .to_owned();
+    let verifier = gw.tokens.clone();
+    // JWKS files may be re-read and URLs fetched: off the async threads.
+    let verified =
+        tokio::task::spawn_blocking(move || verifier.verify(&token, tls, loopback)).await;
+    let failed = || {
+        ClientError::fatal(
+            "28P01",
+            format!("token authentication failed for user \"{user}\""),
+        )
+    };
+    let t = match verified {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            info!(user, reason = %e, "token refused");
+            return Err(failed().into());
+        }
+        Err(e) => {
+            warn!(error = %e, "token verification did not finish");
+            return Err(failed().into());
+        }
+    };
+    if t.identity != user {
+        info!(user, identity = %t.identity, issuer = %t.issuer, "token refused: it proves another identity than the user asked for");
+        return Err(failed().into());
+    }
+    Ok((
+        Identity {
+            user: user.to_owned(),
+            groups: t.groups,
+            proofs: Proofs {
+                token: true,
+                ..Default::default()
+            },
+            token_issuer: Some(t.issuer),
+            certificate_subject: None,
+            upstream_role: t.upstream_role,
+        },
+        t.require_certificate,
+    ))
+}
+
+/// SCRAM-SHA-256 against the user's verifier (a decoy for unknown users, so the exchange looks
+/// the same either way).
+async fn scram_exchange(
+    gw: &GatewayShared,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    user: &str,
 ) -> Result<Identity, SessionError> {
     let entry = gw.users.get(user);
     let failed = || {
@@ -562,19 +756,9 @@ async fn authenticate(
             format!("password authentication failed for user \"{user}\""),
         )
     };
-    if gw.config.auth.method == AuthMethod::Trust {
-        let entry = entry.ok_or_else(|| {
-            ClientError::fatal("28000", format!("role \"{user}\" is not known to pgward"))
-        })?;
-        return Ok(Identity {
-            user: user.to_owned(),
-            groups: entry.groups.clone(),
-        });
-    }
     let verifier = entry
         .and_then(|e| e.verifier.clone())
         .unwrap_or_else(|| Verifier::decoy(user, &gw.decoy_secret));
-
     let mut out = BytesMut::with_capacity(128);
     let mut mechs = Vec::from(scram::MECHANISM.as_bytes());
     mechs.extend_from_slice(b"\0\0");
@@ -618,7 +802,11 @@ async fn authenticate(
             // AuthenticationOk follows once the upstream session is open.
             Ok(Identity {
                 user: user.to_owned(),
-                groups: entry.map(|e| e.groups.clone()).unwrap_or_default(),
+                proofs: Proofs {
+                    password: true,
+                    ..Default::default()
+                },
+                ..Default::default()
             })
         }
         Ok(_) | Err(scram::ScramError::WrongProof) => {

@@ -27,6 +27,22 @@ impl Stream {
         Ok(())
     }
 
+    /// The client's end-entity certificate, verified in the TLS handshake, if it sent one.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        match self {
+            Stream::Tls(s) => match s.as_ref() {
+                tokio_rustls::TlsStream::Server(s) => s
+                    .get_ref()
+                    .1
+                    .peer_certificates()?
+                    .first()
+                    .map(|c| c.as_ref()),
+                tokio_rustls::TlsStream::Client(_) => None,
+            },
+            _ => None,
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }

@@ -34,6 +34,8 @@ pub enum UpstreamError {
     Scram(#[from] scram::ScramError),
     #[error("upstream protocol violation: {0}")]
     Protocol(&'static str),
+    #[error("upstream refused SET ROLE {role}: {error}")]
+    Role { role: String, error: ServerError },
     #[error("upstream connection: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -109,12 +111,23 @@ impl UpstreamTarget {
         Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
     }
 
-    /// Connects and logs in; `params` are the client's startup parameters to forward.
-    pub async fn connect(&self, params: &[(&str, &str)]) -> Result<UpstreamSession, UpstreamError> {
+    /// Connects and logs in; `params` are the client's startup parameters to forward. With a
+    /// `role`, the session is `SET ROLE`d to it before anything of the client's runs.
+    pub async fn connect(
+        &self,
+        params: &[(&str, &str)],
+        role: Option<&str>,
+    ) -> Result<UpstreamSession, UpstreamError> {
         let timeout = self.config.connect_timeout;
-        tokio::time::timeout(timeout, self.connect_inner(params))
-            .await
-            .map_err(|_| UpstreamError::Timeout(self.addr()))?
+        tokio::time::timeout(timeout, async {
+            let mut session = self.connect_inner(params).await?;
+            if let Some(role) = role {
+                session.set_role(role).await?;
+            }
+            Ok(session)
+        })
+        .await
+        .map_err(|_| UpstreamError::Timeout(self.addr()))?
     }
 
     async fn connect_inner(
@@ -282,6 +295,60 @@ pub struct UpstreamSession {
     pub parameters: Vec<(String, String)>,
     pub backend_key: Option<(i32, i32)>,
     pub txn_status: u8,
+}
+
+impl UpstreamSession {
+    /// Runs `SET ROLE` for the identity's mapped role; ParameterStatus changes it causes (such
+    /// as `is_superuser`) are passed on to the client with the others.
+    async fn set_role(&mut self, role: &str) -> Result<(), UpstreamError> {
+        let mut out = BytesMut::with_capacity(64);
+        let sql = format!("SET ROLE {}", quote_ident(role));
+        protocol::put_message(&mut out, b'Q', |o| protocol::put_cstr(o, &sql));
+        self.stream.write_all(&out).await?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut failed = None;
+        loop {
+            let (tag, body) = read_message(&mut self.stream, &mut buf).await?;
+            match tag {
+                b'E' => failed = Some(protocol::parse_error_body(&body)),
+                b'S' => {
+                    let mut b = &body[..];
+                    if let (Some(k), Some(v)) =
+                        (protocol::take_cstr(&mut b), protocol::take_cstr(&mut b))
+                    {
+                        let (k, v) = (
+                            String::from_utf8_lossy(k).into_owned(),
+                            String::from_utf8_lossy(v).into_owned(),
+                        );
+                        match self.parameters.iter_mut().find(|(n, _)| *n == k) {
+                            Some(p) => p.1 = v,
+                            None => self.parameters.push((k, v)),
+                        }
+                    }
+                    protocol::put_message(&mut self.relay_to_client, b'S', |o| {
+                        o.extend_from_slice(&body)
+                    });
+                }
+                b'N' | b'C' => {}
+                b'Z' => {
+                    self.txn_status = body.first().copied().unwrap_or(protocol::TXN_IDLE);
+                    return match failed {
+                        Some(e) => Err(UpstreamError::Role {
+                            role: role.to_owned(),
+                            error: e,
+                        }),
+                        None => Ok(()),
+                    };
+                }
+                _ => return Err(UpstreamError::Protocol("unexpected reply to SET ROLE")),
+            }
+        }
+    }
+}
+
+/// Quotes an SQL identifier: always in double quotes, inner quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Reads one typed message during startup (messages here are small; 1 MiB is plenty).

@@ -8,8 +8,8 @@ use crate::plugin::Plugin;
 use crate::sqlstate;
 use crate::types::{
     Approval, ApprovalMode, BatchResult, Column, ColumnLineage, ConnectVerdict, CopyDirection,
-    CopyInfo, Deny, Hooks, Identity, Level, ObjectKind, PluginInfo, Protocol, Query, Relation,
-    SchemaInterest, Session, Statement, StatementKind, Verdict, Write, WriteAction,
+    CopyInfo, Deny, Hooks, Identity, Level, ObjectKind, PluginInfo, Proofs, Protocol, Query,
+    Relation, SchemaInterest, Session, Statement, StatementKind, Verdict, Write, WriteAction,
 };
 use std::any::Any;
 use std::cell::RefCell;
@@ -164,6 +164,14 @@ impl From<wit::Session> for Session {
             identity: Identity {
                 user: s.identity.user,
                 groups: s.identity.groups,
+                proven_by: Proofs {
+                    password: s.identity.proven_by.contains(wit::Proofs::PASSWORD),
+                    certificate: s.identity.proven_by.contains(wit::Proofs::CERTIFICATE),
+                    token: s.identity.proven_by.contains(wit::Proofs::TOKEN),
+                },
+                token_issuer: s.identity.token_issuer,
+                certificate_subject: s.identity.certificate_subject,
+                upstream_role: s.identity.upstream_role,
             },
             database: s.database,
             client_addr: s.client_addr,

@@ -113,6 +113,11 @@ impl<P: Plugin> TestHarness<P> {
             identity: Identity {
                 user: user.to_owned(),
                 groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                proven_by: crate::types::Proofs {
+                    password: true,
+                    ..Default::default()
+                },
+                ..Default::default()
             },
             database: "postgres".to_owned(),
             client_addr: format!("127.0.0.1:{}", 40000 + id % 20000),

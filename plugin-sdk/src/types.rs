@@ -2,13 +2,35 @@
 
 use std::fmt;
 
+/// What proved an identity (several when a client certificate was required as well as a
+/// password or token; none only when the gateway runs with `auth.method = "trust"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Proofs {
+    /// A SCRAM-SHA-256 password of a user in the gateway's `auth.users`.
+    pub password: bool,
+    /// A client certificate from a configured CA, mapped by an `auth.certificates` rule.
+    pub certificate: bool,
+    /// A signed JWT of an `auth.tokens` issuer, presented as the password.
+    pub token: bool,
+}
+
 /// Who a session is, as the gateway verified it (never a claim the client made).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Identity {
     /// The authenticated user name.
     pub user: String,
-    /// Groups the gateway configuration gives this user.
+    /// Groups from the gateway configuration (the user's entry, the certificate rule or the
+    /// token issuer) and, for tokens, the token's groups claim.
     pub groups: Vec<String>,
+    /// How the identity was proven.
+    pub proven_by: Proofs,
+    /// The `iss` claim of the token that proved it.
+    pub token_issuer: Option<String>,
+    /// The certificate field the identity was mapped from: a URI SAN such as a SPIFFE ID, a DNS
+    /// SAN, or the subject CN.
+    pub certificate_subject: Option<String>,
+    /// The upstream role the gateway set for the session, if one is mapped to the identity.
+    pub upstream_role: Option<String>,
 }
 
 /// The client session a hook is called for.

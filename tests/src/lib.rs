@@ -338,6 +338,8 @@ pub struct GatewayOptions {
     pub listen_extra: String,
     /// Enable TLS with a generated self-signed certificate in this mode.
     pub tls_mode: Option<&'static str>,
+    /// Extra keys for the `[tls]` table (e.g. `client_ca = [...]`).
+    pub tls_extra: String,
     /// Point the upstream somewhere else (e.g. a dead port).
     pub upstream_port: Option<u16>,
     /// Extra top-level TOML tables.
@@ -359,6 +361,7 @@ impl Default for GatewayOptions {
             users: vec![TestUser::new("alice", "alice-pw", &["dev"])],
             listen_extra: String::new(),
             tls_mode: None,
+            tls_extra: String::new(),
             upstream_port: None,
             extra_toml: String::new(),
             trust: false,
@@ -437,8 +440,10 @@ impl Gateway {
             std::fs::write(dir.join("server.crt"), cert.cert.pem())?;
             std::fs::write(dir.join("server.key"), cert.key_pair.serialize_pem())?;
             cert_path = Some(dir.join("server.crt"));
-            tls =
-                format!("[tls]\nmode = \"{mode}\"\ncert = \"server.crt\"\nkey = \"server.key\"\n");
+            tls = format!(
+                "[tls]\nmode = \"{mode}\"\ncert = \"server.crt\"\nkey = \"server.key\"\n{}\n",
+                opts.tls_extra
+            );
         }
         let mut users = String::new();
         if opts.trust {

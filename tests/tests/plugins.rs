@@ -458,7 +458,7 @@ fn plugin_for_another_contract_version_is_refused_clearly() {
         .find(|l| l.contains("05-future.wasm"))
         .unwrap_or_else(|| panic!("the refused plugin is reported:\n{log}"));
     assert!(
-        line.contains("pgward:plugin@0.4.0") && line.contains("pgward:plugin@0.3.0"),
+        line.contains("pgward:plugin@0.5.0") && line.contains("pgward:plugin@0.4.0"),
         "the error names both versions: {line}"
     );
     // The compatible plugin still loads and runs.
@@ -542,6 +542,7 @@ fn two_plugin_hosts_in_one_process_keep_their_plugins_apart() {
     let identity = Identity {
         user: "alice".into(),
         groups: vec![],
+        ..Default::default()
     };
     let session = convert_session(1, &identity, "db", "127.0.0.1:5555", "test");
     let analyzer = SqlAnalyzer::new(100);

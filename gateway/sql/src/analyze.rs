@@ -364,6 +364,10 @@ fn classify(s: &Statement, sql: &str, opts: LexOptions) -> Option<(StatementKind
         Statement::LISTEN { .. } => (K::Utility, "LISTEN"),
         Statement::UNLISTEN { .. } => (K::Utility, "UNLISTEN"),
         Statement::NOTIFY { .. } => (K::Utility, "NOTIFY"),
+        // DISCARD ALL also resets the role and session authorization.
+        Statement::Discard {
+            object_type: sqlparser::ast::DiscardObject::ALL,
+        } => (K::Utility, "DISCARD ALL"),
         Statement::Discard { .. } => (K::Utility, "DISCARD"),
         Statement::Lock(_) => (K::Utility, "LOCK TABLE"),
         Statement::Analyze(_) => (K::Utility, "ANALYZE"),

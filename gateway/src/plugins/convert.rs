@@ -192,6 +192,22 @@ pub fn session(
         identity: wit::Identity {
             user: identity.user.clone(),
             groups: identity.groups.clone(),
+            proven_by: {
+                let mut p = wit::Proofs::empty();
+                for (on, flag) in [
+                    (identity.proofs.password, wit::Proofs::PASSWORD),
+                    (identity.proofs.certificate, wit::Proofs::CERTIFICATE),
+                    (identity.proofs.token, wit::Proofs::TOKEN),
+                ] {
+                    if on {
+                        p |= flag;
+                    }
+                }
+                p
+            },
+            token_issuer: identity.token_issuer.clone(),
+            certificate_subject: identity.certificate_subject.clone(),
+            upstream_role: identity.upstream_role.clone(),
         },
         database: database.to_owned(),
         client_addr: client_addr.to_owned(),

@@ -1,6 +1,6 @@
 //! Finding, compiling and watching plugin files.
 
-use super::{bindings, Chain, Hooks, LoadedPlugin, PluginHost, CONTRACT_VERSION};
+use super::{Chain, Hooks, LoadedPlugin, PluginHost, CONTRACT_VERSION};
 use notify::{RecursiveMode, Watcher};
 use ring::digest;
 use std::path::{Path, PathBuf};
@@ -147,14 +147,14 @@ fn load(
         }
     }
     let component = compile(host, &bytes, &hash)?;
-    check_contract(host, &component)?;
+    let contract = check_contract(host, &component)?;
     let instance_pre = host
         .linker
         .instantiate_pre(&component)
         .map_err(|e| format!("does not fit this gateway's plugin contract: {e:#}"))?;
-    let pre = bindings::PluginPre::new(instance_pre).map_err(|e| {
+    let pre = super::exports::PluginPre::new(instance_pre, contract).map_err(|e| {
         format!(
-            "does not export the plugin world of pgward:plugin@{}.{}.{}: {e:#}",
+            "does not export the plugin world of pgward:plugin@{}.{}.{}: {e}",
             CONTRACT_VERSION.0, CONTRACT_VERSION.1, CONTRACT_VERSION.2
         )
     })?;
@@ -207,7 +207,7 @@ fn load(
         }
         Err(e) => return Err(format!("init trapped: {e:#}")),
     }
-    info!(plugin = %plugin.name, version = %plugin.version, hash = %&plugin.hash[..12], hooks = ?plugin.hooks.names(), "plugin loaded");
+    info!(plugin = %plugin.name, version = %plugin.version, contract = ?plugin.pre.contract(), hash = %&plugin.hash[..12], hooks = ?plugin.hooks.names(), "plugin loaded");
     Ok(Arc::new(plugin))
 }
 
@@ -265,8 +265,10 @@ fn load_artifact(host: &PluginHost, path: &Path) -> Result<Component, String> {
     unsafe { Component::deserialize_file(&host.engine, path) }.map_err(|e| format!("{e:#}"))
 }
 
-/// Refuses components built for another major (0.x: minor) version of `pgward:plugin`.
-fn check_contract(host: &PluginHost, component: &Component) -> Result<(), String> {
+/// Refuses components built for another major (0.x: minor) version of `pgward:plugin` than
+/// the ones this gateway loads, and says which one a component speaks.
+fn check_contract(host: &PluginHost, component: &Component) -> Result<super::Contract, String> {
+    let mut found = None;
     let ty = component.component_type();
     for (name, _) in ty.imports(&host.engine).chain(ty.exports(&host.engine)) {
         let Some(rest) = name.strip_prefix("pgward:plugin/") else {
@@ -284,19 +286,16 @@ fn check_contract(host: &PluginHost, component: &Component) -> Result<(), String
             parts.first().copied().unwrap_or(0),
             parts.get(1).copied().unwrap_or(0),
         );
-        let compatible = if CONTRACT_VERSION.0 == 0 {
-            major == 0 && minor == CONTRACT_VERSION.1
-        } else {
-            major == CONTRACT_VERSION.0
-        };
-        if !compatible {
+        let contract = super::Contract::of(major, minor);
+        if contract.is_none() || found.is_some_and(|f| Some(f) != contract) {
             return Err(format!(
                 "built for contract pgward:plugin@{version}, but this gateway speaks pgward:plugin@{}.{}.{}: rebuild it against a matching pgward-plugin-sdk",
                 CONTRACT_VERSION.0, CONTRACT_VERSION.1, CONTRACT_VERSION.2
             ));
         }
+        found = contract;
     }
-    Ok(())
+    Ok(found.unwrap_or(super::Contract::V0_4))
 }
 
 /// Writes the status of every plugin file for `pgward plugins list`.

@@ -35,7 +35,10 @@ use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+mod exports;
+
 pub use convert::session as convert_session;
+pub use exports::Contract;
 pub use loader::{status_path, PluginStatus};
 
 /// Bindings generated from `wit/plugin.wit`.
@@ -52,7 +55,7 @@ pub mod bindings {
 use bindings::pgward::plugin::types as wit;
 
 /// The contract version this gateway speaks (`package pgward:plugin@...` in `wit/`).
-pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 3, 0);
+pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 4, 0);
 
 /// Length of one epoch tick: how often a running call's budget is checked.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -100,7 +103,7 @@ pub struct LoadedPlugin {
     pub hooks: Hooks,
     pub loaded_at: SystemTime,
     config: String,
-    pre: bindings::PluginPre<HostState>,
+    pre: exports::PluginPre,
     failures: AtomicU64,
     /// Metric handles per hook (on-connect, on-query, on-result-schema, on-batch), made on
     /// first use, so a call costs no label lookup.
@@ -459,7 +462,7 @@ struct Instance {
     /// The [`PluginHost::id`] of the host it belongs to.
     host: u64,
     store: Store<HostState>,
-    plugin: bindings::Plugin,
+    plugin: exports::Exports,
     /// Sessions introduced to this instance (`open-session`) and not yet closed.
     /// A set, not a list: a worker thread may serve hundreds of sessions, and every call asks.
     sessions: std::collections::HashSet<u64>,
@@ -542,6 +545,20 @@ impl PluginHost {
             |s| s,
         )
         .map_err(|e| StartError(e.to_string()))?;
+        // Contract 0.3 components import the same host interface under its old version.
+        linker
+            .instance("pgward:plugin/host@0.3.0")
+            .and_then(|mut host| {
+                host.func_wrap(
+                    "log",
+                    |mut store: wasmtime::StoreContextMut<'_, HostState>,
+                     (level, message): (wit::Level, String)| {
+                        bindings::pgward::plugin::host::Host::log(store.data_mut(), level, message);
+                        Ok(())
+                    },
+                )
+            })
+            .map_err(|e| StartError(e.to_string()))?;
         static NEXT_HOST: AtomicU64 = AtomicU64::new(1);
         let ticker = EpochTicker::start(engine.clone(), EPOCH_TICK)
             .map_err(|e| StartError(format!("cannot start the epoch ticker: {e}")))?;
@@ -653,7 +670,7 @@ impl PluginHost {
         hook: &'static str,
         session: &wit::Session,
         deadline: Duration,
-        f: impl FnOnce(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<HostState>, &exports::Exports) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         let started = std::time::Instant::now();
         let result = self.call_untimed(plugin, session, deadline, f);
@@ -671,7 +688,7 @@ impl PluginHost {
         plugin: &LoadedPlugin,
         session: &wit::Session,
         deadline: Duration,
-        f: impl FnOnce(&mut Store<HostState>, &bindings::Plugin) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<HostState>, &exports::Exports) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         let _running = self.ticker.running();
         INSTANCES.with(|cell| {

@@ -250,10 +250,13 @@ async fn exchange(
     let mut slot = conn.lock().await;
     if slot.is_none() {
         let session = upstream
-            .connect(&[
-                ("database", database),
-                ("application_name", "pgward catalog"),
-            ])
+            .connect(
+                &[
+                    ("database", database),
+                    ("application_name", "pgward catalog"),
+                ],
+                None,
+            )
             .await
             .map_err(|e| format!("cannot connect for catalog lookups: {e}"))?;
         debug!(database, "catalog connection opened");

@@ -484,6 +484,7 @@ strategy = "partial"
             identity: Identity {
                 user: user.into(),
                 groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                ..Default::default()
             },
             ..Default::default()
         };

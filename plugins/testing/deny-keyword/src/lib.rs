@@ -5,6 +5,7 @@
 //! word = "forbidden_table"
 //! sqlstate = "42501"            # default
 //! message = "forbidden word"    # default: "query mentions a forbidden word"
+//! show_identity = true          # default false: append the session's identity to the message
 //! ```
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ use pgward_plugin_sdk::prelude::*;
 pub struct DenyKeyword {
     word: String,
     deny: Deny,
+    show_identity: bool,
 }
 
 /// `deny_keyword.toml`.
@@ -28,6 +30,9 @@ pub struct Config {
     /// The message of the refusal.
     #[serde(default = "default_message")]
     pub message: String,
+    /// Append who the session is and how it was proven to the message (for tests of identity).
+    #[serde(default)]
+    pub show_identity: bool,
 }
 
 fn default_sqlstate() -> String {
@@ -53,13 +58,38 @@ impl Plugin for DenyKeyword {
         Ok(DenyKeyword {
             word: c.word.to_ascii_lowercase(),
             deny,
+            show_identity: c.show_identity,
         })
     }
 
-    fn on_query(&mut self, _session: &Session, query: &Query) -> Verdict {
+    fn on_query(&mut self, session: &Session, query: &Query) -> Verdict {
         if query.sql.to_ascii_lowercase().contains(&self.word) {
             log(Level::Info, "deny-keyword: denied a query");
-            return Verdict::Deny(self.deny.clone());
+            let mut deny = self.deny.clone();
+            if self.show_identity {
+                let id = &session.identity;
+                let p = id.proven_by;
+                let proofs: Vec<&str> = [
+                    (p.password, "password"),
+                    (p.certificate, "certificate"),
+                    (p.token, "token"),
+                ]
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, n)| *n)
+                .collect();
+                deny.message = format!(
+                    "{} [user={} groups={} proven_by={} issuer={} subject={} role={}]",
+                    deny.message,
+                    id.user,
+                    id.groups.join(","),
+                    proofs.join("+"),
+                    id.token_issuer.as_deref().unwrap_or("-"),
+                    id.certificate_subject.as_deref().unwrap_or("-"),
+                    id.upstream_role.as_deref().unwrap_or("-"),
+                );
+            }
+            return Verdict::Deny(deny);
         }
         Verdict::Allow
     }
