@@ -864,3 +864,176 @@ async fn plugins_built_for_contract_0_3_keep_working() {
     );
     assert!(gw.log().contains("contract=V0_3"), "{}", gw.log());
 }
+
+/// `pgward check-config` reads the CA bundles, CRLs and JWKS files and checks the mapping
+/// rules, naming the file and key of each problem.
+#[test]
+fn check_config_validates_ca_bundles_crls_jwks_files_and_mapping_rules() {
+    let dir = plugins_dir();
+    let ca = Ca::new("check CA");
+    std::fs::write(dir.join("ca.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(dir.join("crl.pem"), ca.crl(&[])).unwrap();
+    let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("server.crt"), server.cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server.key_pair.serialize_pem()).unwrap();
+    let rsa = RsaKey::generate("k1");
+    write_jwks(&dir.join("jwks.json"), &[&rsa]);
+    std::fs::write(dir.join("garbage.pem"), "not a certificate").unwrap();
+    std::fs::write(dir.join("garbage.json"), "{ not json").unwrap();
+    std::fs::write(
+        dir.join("badkey.json"),
+        r#"{"keys":[{"kty":"RSA","kid":"x","n":"AQAB","e":""}]}"#,
+    )
+    .unwrap();
+    let config = |ca: &str, crl: &str, jwks: &str, algorithms: &str, identity: &str| {
+        format!(
+            r#"
+[listen]
+address = "127.0.0.1:6543"
+[upstream]
+host = "127.0.0.1"
+user = "gw"
+[tls]
+mode = "optional"
+cert = "server.crt"
+key = "server.key"
+client_ca = ["{ca}"]
+client_crl = ["{crl}"]
+[[auth.tokens]]
+issuer = "https://idp.example"
+audience = "pgward"
+algorithms = {algorithms}
+jwks_file = "{jwks}"
+[[auth.certificates]]
+pattern = "spiffe://example.org/agent/*"
+identity = "{identity}"
+"#
+        )
+    };
+    let check = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(pgward_e2e::pgward_bin())
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let good = || {
+        config(
+            "ca.pem",
+            "crl.pem",
+            "jwks.json",
+            r#"["RS256"]"#,
+            "agent-{1}",
+        )
+    };
+    let (ok, err) = check("good.toml", good());
+    assert!(ok, "{err}");
+    for (name, text, expect) in [
+        (
+            "ca.toml",
+            config("garbage.pem", "crl.pem", "jwks.json", r#"["RS256"]"#, "a"),
+            "garbage.pem: no PEM certificate found",
+        ),
+        (
+            "crl.toml",
+            config("ca.pem", "garbage.pem", "jwks.json", r#"["RS256"]"#, "a"),
+            "garbage.pem",
+        ),
+        (
+            "jwks.toml",
+            config("ca.pem", "crl.pem", "garbage.json", r#"["RS256"]"#, "a"),
+            "auth.tokens[0].jwks_file: not a JWKS",
+        ),
+        (
+            "key.toml",
+            config("ca.pem", "crl.pem", "badkey.json", r#"["RS256"]"#, "a"),
+            "auth.tokens[0].jwks_file: key \"x\" cannot verify signatures",
+        ),
+        (
+            "none.toml",
+            config("ca.pem", "crl.pem", "jwks.json", r#"["none"]"#, "a"),
+            "none.toml: auth.tokens[0].algorithms: \"none\" is never accepted",
+        ),
+        (
+            "rule.toml",
+            config("ca.pem", "crl.pem", "jwks.json", r#"["RS256"]"#, "agent-{2}"),
+            "rule.toml: auth.certificates[0].identity: \"agent-{2}\": {2} but the pattern has 1 star(s)",
+        ),
+        (
+            "nojwks.toml",
+            good().replace("jwks_file = \"jwks.json\"\n", ""),
+            "nojwks.toml: auth.tokens[0].jwks_file: an RS/ES/PS/EdDSA algorithm is allowed",
+        ),
+    ] {
+        let (ok, err) = check(name, text);
+        assert!(!ok, "{name} passed");
+        assert!(err.contains(expect), "{name}: expected {expect:?} in:\n{err}");
+    }
+}
+
+/// An issuer's keys from a JWKS URL: fetched at start, cached, fetched again for a key id it
+/// does not know yet (a rotation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_is_fetched_cached_and_refetched_for_a_new_key() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let pg = Postgres::shared();
+    let db = pg.create_database("jwksurl").unwrap();
+    let k1 = RsaKey::generate("u1");
+    let k2 = RsaKey::generate("u2");
+    let served = Arc::new(Mutex::new(json!({ "keys": [k1.jwk.clone()] }).to_string()));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    {
+        let (served, fetches) = (served.clone(), fetches.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut req = [0u8; 4096];
+                let _ = conn.read(&mut req);
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let body = served.lock().unwrap().clone();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+    }
+    let gw = Gateway::start(
+        pg,
+        GatewayOptions {
+            users: Vec::new(),
+            extra_toml: format!(
+                "[[auth.tokens]]\nissuer = \"{IDP_ISSUER}\"\naudience = \"{AUDIENCE}\"\nalgorithms = [\"RS256\"]\njwks_url = \"http://127.0.0.1:{port}/jwks\"\njwks_refresh = \"1h\"\n"
+            ),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "fetched once at start");
+    for _ in 0..3 {
+        let t = k1.sign(&claims(IDP_ISSUER, "agent-u", &[]));
+        connect(&gw, &db, "agent-u", Some(&t), None).await.unwrap();
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "cached for jwks_refresh");
+    // The issuer rotates in a key: the first token naming it makes the gateway fetch again.
+    *served.lock().unwrap() = json!({ "keys": [k1.jwk.clone(), k2.jwk.clone()] }).to_string();
+    let t = k2.sign(&claims(IDP_ISSUER, "agent-u", &[]));
+    // The refetch waits 30 s after the last fetch, so it is not a way to hammer the issuer.
+    let e = connect(&gw, &db, "agent-u", Some(&t), None)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "28P01");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    assert!(gw.log().contains("no key for kid \"u2\""), "{}", gw.log());
+}

@@ -284,12 +284,8 @@ impl Jwks {
         let keys: JwkSet =
             serde_json::from_str(&text).map_err(|e| format!("not a JWKS (RFC 7517): {e}"))?;
         for k in &keys.keys {
-            DecodingKey::from_jwk(k).map_err(|e| {
-                format!(
-                    "key {:?} cannot verify signatures: {e}",
-                    k.common.key_id.as_deref().unwrap_or("(no kid)")
-                )
-            })?;
+            let kid = k.common.key_id.as_deref().unwrap_or("(no kid)");
+            check_key(k).map_err(|e| format!("key {kid:?} cannot verify signatures: {e}"))?;
         }
         self.keys = keys;
         Ok(())
@@ -327,6 +323,38 @@ impl Jwks {
         }
         self.load().is_ok()
     }
+}
+
+/// Refuses keys that cannot verify anything or are too weak: an HMAC secret in a JWKS (the
+/// shared secret belongs in the config), an RSA modulus under 2048 bits, an empty exponent.
+fn check_key(k: &jsonwebtoken::jwk::Jwk) -> Result<(), String> {
+    use base64::Engine;
+    use jsonwebtoken::jwk::AlgorithmParameters;
+    match &k.algorithm {
+        AlgorithmParameters::OctetKey(_) => {
+            return Err("symmetric (oct) keys are not taken from a JWKS; use secret".into())
+        }
+        AlgorithmParameters::RSA(p) => {
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let n = b64
+                .decode(p.n.trim_end_matches('='))
+                .map_err(|e| format!("n: {e}"))?;
+            let e = b64
+                .decode(p.e.trim_end_matches('='))
+                .map_err(|e| format!("e: {e}"))?;
+            let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+            if bits < 2048 {
+                return Err(format!("RSA modulus of {bits} bits, at least 2048 needed"));
+            }
+            if e.iter().all(|b| *b == 0) {
+                return Err("RSA exponent is empty".into());
+            }
+        }
+        _ => {}
+    }
+    DecodingKey::from_jwk(k)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn fetch(url: &str) -> Result<String, String> {
