@@ -108,6 +108,10 @@ pub struct AuditConfig {
     #[serde(deserialize_with = "duration")]
     pub rotate_every: Duration,
     pub fsync: Fsync,
+    /// Group commit: how long the writer waits for more records after one arrives before it
+    /// writes (and, with `fsync = "batch"`, syncs) them together (`0s`: write at once).
+    #[serde(deserialize_with = "duration")]
+    pub batch_wait: Duration,
     /// Events waiting for the writer.
     pub queue: usize,
     pub on_failure: AuditFailure,
@@ -135,6 +139,7 @@ impl Default for AuditConfig {
             max_file_size: 100 << 20,
             rotate_every: Duration::from_secs(24 * 3600),
             fsync: Fsync::Batch,
+            batch_wait: Duration::from_millis(2),
             queue: 65536,
             on_failure: AuditFailure::Refuse,
             statement_text: AuditText::Normalized,
@@ -399,6 +404,44 @@ pub enum UpstreamTls {
     VerifyFull,
 }
 
+/// A way the upstream server may authenticate the gateway (`upstream.auth_methods`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamAuth {
+    /// SCRAM-SHA-256, with channel binding over TLS when the server offers it.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 challenge: a captured exchange lets anyone log in as the gateway.
+    Md5,
+    /// The password in cleartext.
+    Password,
+    /// No authentication at all: any server (or impostor) that answers is believed.
+    Trust,
+}
+
+impl UpstreamAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamAuth::ScramSha256 => "scram-sha-256",
+            UpstreamAuth::Md5 => "md5",
+            UpstreamAuth::Password => "password",
+            UpstreamAuth::Trust => "trust",
+        }
+    }
+}
+
+/// SCRAM channel binding to the upstream (`upstream.channel_binding`, with TLS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBinding {
+    /// Bind the exchange to the TLS connection when the server offers SCRAM-SHA-256-PLUS.
+    #[default]
+    Prefer,
+    /// Refuse to log in without it.
+    Require,
+    Disable,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
@@ -424,6 +467,15 @@ pub struct UpstreamConfig {
     /// Name to verify in the upstream certificate; defaults to `host`.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// How the upstream may authenticate the gateway; anything else is refused.
+    #[serde(default = "default_upstream_auth")]
+    pub auth_methods: Vec<UpstreamAuth>,
+    #[serde(default)]
+    pub channel_binding: ChannelBinding,
+}
+
+fn default_upstream_auth() -> Vec<UpstreamAuth> {
+    vec![UpstreamAuth::ScramSha256]
 }
 
 fn default_pg_port() -> u16 {
@@ -788,6 +840,28 @@ impl Config {
                 "required when upstream.tls is \"verify-full\"".into(),
             ));
         }
+        if self.upstream.auth_methods.is_empty() {
+            return Err(invalid(
+                "upstream.auth_methods",
+                "must list at least one method (\"scram-sha-256\", \"md5\", \"password\", \"trust\")".into(),
+            ));
+        }
+        if self.upstream.channel_binding == ChannelBinding::Require
+            && self.upstream.tls != UpstreamTls::VerifyFull
+        {
+            return Err(invalid(
+                "upstream.channel_binding",
+                "\"require\" needs TLS to the upstream (upstream.tls = \"verify-full\")".into(),
+            ));
+        }
+        if self.upstream.channel_binding == ChannelBinding::Require
+            && self.upstream.auth_methods != [UpstreamAuth::ScramSha256]
+        {
+            return Err(invalid(
+                "upstream.channel_binding",
+                "\"require\" binds SCRAM to the TLS connection: upstream.auth_methods must be [\"scram-sha-256\"] alone".into(),
+            ));
+        }
         if self.auth.users.is_empty()
             && self.auth.certificates.is_empty()
             && self.auth.tokens.is_empty()
@@ -916,6 +990,12 @@ impl Config {
                 return Err(invalid(
                     "audit.max_file_size",
                     "must be at least 4096 bytes".into(),
+                ));
+            }
+            if a.batch_wait > Duration::from_secs(1) {
+                return Err(invalid(
+                    "audit.batch_wait",
+                    "must be at most 1s (records wait this long before they are written)".into(),
                 ));
             }
         }

@@ -59,7 +59,11 @@ impl ClientError {
                 };
                 ClientError::fatal(code, se.message.clone())
             }
-            UpstreamError::Auth(_) | UpstreamError::NoPassword | UpstreamError::Scram(_) => {
+            UpstreamError::Auth(_)
+            | UpstreamError::NoPassword
+            | UpstreamError::Scram(_)
+            | UpstreamError::WeakAuth(_)
+            | UpstreamError::NoChannelBinding => {
                 ClientError::fatal(
                     "08004",
                     "pgward could not log in to the upstream server; see the gateway log",

@@ -36,6 +36,13 @@ pub struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MaskLabels {
+    pub plugin: String,
+    /// The class of data the plugin named (empty when it named none).
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     /// `client_to_server` or `server_to_client`.
     pub direction: String,
@@ -52,6 +59,7 @@ pub struct Metrics {
     pub plugin_failures: Family<PluginLabels, Counter>,
     pub plugin_call_seconds: HistogramFamily<PluginLabels>,
     pub approvals: Family<EventLabels, Counter>,
+    pub masked_values: Family<MaskLabels, Counter>,
     pub audit_records: Counter,
     pub audit_dropped: Counter,
     pub audit_write_errors: Counter,
@@ -111,6 +119,12 @@ impl Metrics {
             "approvals",
             "Approval request events (created, decided, withdrawn, expired, executed)",
             approvals.clone(),
+        );
+        let masked_values = Family::<MaskLabels, Counter>::default();
+        r.register(
+            "masked_values",
+            "Result values a plugin changed before they reached the client",
+            masked_values.clone(),
         );
         let audit_records = Counter::default();
         r.register(
@@ -172,6 +186,7 @@ impl Metrics {
             plugin_failures,
             plugin_call_seconds,
             approvals,
+            masked_values,
             audit_records,
             audit_dropped,
             audit_write_errors,
@@ -232,6 +247,15 @@ impl Metrics {
         if failed {
             self.plugin_failures.get_or_create(&labels).inc();
         }
+    }
+
+    pub fn masked(&self, plugin: &str, class: &str, values: u64) {
+        self.masked_values
+            .get_or_create(&MaskLabels {
+                plugin: plugin.to_owned(),
+                class: class.to_owned(),
+            })
+            .inc_by(values);
     }
 
     pub fn session(&self, auth_method: &str, outcome: &str) {

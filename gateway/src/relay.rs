@@ -9,6 +9,7 @@
 
 use crate::approvals::request::{self as approval, ApprovalRequest, Mode, Status, Timestamp};
 use crate::approvals::{Approvals, Deferred, WaitOutcome};
+use crate::audit::statement::{Decided, Outcomes, Params, Tally};
 use crate::auth::Identity;
 use crate::error::ClientError;
 use crate::metrics::METRICS;
@@ -68,6 +69,9 @@ pub struct RelayState {
     holding: AtomicBool,
     /// Query and Parse messages judged, for the session's audit record.
     statements: AtomicU64,
+    /// Bytes written to the server and to the client.
+    to_server: AtomicU64,
+    to_client: AtomicU64,
 }
 
 /// A statement text as it went upstream.
@@ -76,15 +80,24 @@ struct Sent {
     analysis: Option<Arc<Analysis>>,
     /// The text, kept only when it copies rows to the client (a COPY needs it re-read).
     copy_sql: Option<Arc<str>>,
+    /// Its audit record as decided, written once the server has answered for it.
+    audit: Option<Decided>,
+    /// A portal's bound parameters, when the audit trail records them.
+    params: Option<Params>,
 }
 
 impl Sent {
-    fn new(analysis: Option<Arc<Analysis>>, text: &str) -> Sent {
+    fn new(analysis: Option<Arc<Analysis>>, text: &str, audit: Option<Decided>) -> Sent {
         let copy_sql = analysis
             .as_deref()
             .filter(|a| copies_to_client(a))
             .map(|_| Arc::from(text));
-        Sent { analysis, copy_sql }
+        Sent {
+            analysis,
+            copy_sql,
+            audit,
+            params: None,
+        }
     }
 }
 
@@ -93,6 +106,8 @@ impl Sent {
 #[derive(Debug)]
 struct NeedsApproval {
     ask: ApprovalAsk,
+    /// The statement's number in the session's audit records.
+    statement: u64,
     sql: String,
     analysis: Arc<Analysis>,
     extended: bool,
@@ -153,6 +168,8 @@ impl RelayState {
             postgres_intervals: AtomicBool::new(true),
             holding: AtomicBool::new(false),
             statements: AtomicU64::new(0),
+            to_server: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
         }
     }
 
@@ -236,6 +253,14 @@ impl RelayState {
         self.statements.load(Ordering::Relaxed)
     }
 
+    /// Bytes written to (client → server, server → client).
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.to_server.load(Ordering::Relaxed),
+            self.to_client.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn txn_status(&self) -> u8 {
         self.txn_status.load(Ordering::Relaxed)
     }
@@ -279,6 +304,8 @@ pub struct RelayContext<'a> {
     pub auth_method: &'a str,
     /// The audit trail, when configured.
     pub audit: Option<&'a crate::audit::Audit>,
+    /// Statement records waiting for the server's answer (with the audit trail).
+    pub outcomes: Option<&'a Outcomes<'a>>,
 }
 
 /// What filtering results through plugins needs.
@@ -468,14 +495,17 @@ impl Prepared {
         map.insert(name.to_vec(), a);
     }
 
-    /// Tracks a Bind, Describe, Execute or Close; appends what goes upstream to `out`.
+    /// Tracks a Bind, Describe, Execute or Close; appends what goes upstream to `out`. A Bind
+    /// released by an approval carries that decision's record (`approved`).
     fn client_message(
         &mut self,
         ctx: &RelayContext<'_>,
         state: &RelayState,
         frame: &[u8],
+        approved: Option<Decided>,
         out: &mut BytesMut,
     ) {
+        let tracking = ctx.results.is_some();
         let mut body = &frame[5..];
         match frame[0] {
             b'B' => {
@@ -483,16 +513,30 @@ impl Prepared {
                     protocol::take_cstr(&mut body),
                     protocol::take_cstr(&mut body),
                 ) {
-                    let a = self.statements.get(stmt).cloned().unwrap_or_default();
+                    let mut a = self.statements.get(stmt).cloned().unwrap_or_default();
+                    if approved.is_some() {
+                        a.audit = approved;
+                    }
+                    if a.audit.is_some() && ctx.audit.is_some_and(|x| x.config().parameters) {
+                        a.params = Some(bind_parameters(frame).into());
+                    }
                     Self::remember(&mut self.portals, portal, a);
                 }
             }
-            b'D' => state
+            b'D' if tracking => state
                 .expect()
                 .push_back(Expect::Describe { injected: false }),
             b'E' => {
                 let portal = protocol::take_cstr(&mut body).unwrap_or_default();
                 let analysis = self.portals.get(portal).cloned().unwrap_or_default();
+                if let Some(o) = ctx.outcomes {
+                    let params = analysis.params.clone();
+                    o.execute(analysis.audit.clone().map(|d| (d, params)));
+                }
+                if !tracking {
+                    out.extend_from_slice(frame);
+                    return;
+                }
                 let wants = ctx.plugins.is_some_and(|p| p.chain().wants_results());
                 let mut q = state.expect();
                 if wants {
@@ -535,6 +579,8 @@ async fn client_to_server(
     let mut buf = BytesMut::with_capacity(CLIENT_READ_BUF);
     let mut out = BytesMut::with_capacity(CLIENT_READ_BUF);
     let tracking = ctx.results.is_some();
+    // The extended protocol's messages are followed for result filtering or the audit trail.
+    let extended = tracking || ctx.outcomes.is_some();
     let mut prepared = Prepared::default();
     // Bytes of the current frame still to copy through without looking at them.
     let mut pass = 0usize;
@@ -571,7 +617,7 @@ async fn client_to_server(
                     Err(e) => return RelayEnd::ClientProtocol(e),
                 };
             let whole = matches!(tag, b'Q' | b'P' | b'F')
-                || (tracking && matches!(tag, b'B' | b'D' | b'E' | b'C'));
+                || (extended && matches!(tag, b'B' | b'D' | b'E' | b'C'));
             if whole && buf.len() - pos < header.frame_len {
                 // Grow as the bytes arrive: a header alone must not pin a large buffer.
                 buf.reserve((header.frame_len - (buf.len() - pos)).min(1 << 20));
@@ -593,16 +639,17 @@ async fn client_to_server(
                             Inspected::Held(needs) => {
                                 let frame = frame.to_vec();
                                 // What came before the held statement runs now.
-                                if let Err(e) = flush_to_server(server, &mut out).await {
+                                if let Err(e) = flush_to_server(server, &mut out, state).await {
                                     return RelayEnd::ServerIo(e);
                                 }
                                 let end = pos + header.frame_len;
                                 match gate(ctx, state, &needs, Vec::new(), client, &mut buf, end)
                                     .await
                                 {
-                                    Gate::Run => {
+                                    Gate::Run(record) => {
                                         out.extend_from_slice(&frame);
-                                        (Sent::new(Some(needs.analysis.clone()), &needs.sql), None)
+                                        let a = Some(needs.analysis.clone());
+                                        (Sent::new(a, &needs.sql, record), None)
                                     }
                                     Gate::Refuse(r) => {
                                         deny(ctx, state, &r, b'Q', None, &mut out);
@@ -613,17 +660,23 @@ async fn client_to_server(
                             }
                         };
                     let frame = &buf[pos..pos + header.frame_len];
-                    if tracking {
+                    if let Some(o) = ctx.outcomes {
                         match tag {
-                            b'Q' => state.expect().push_back(Expect::Query(analysis)),
-                            b'P' => {
-                                let mut body = &frame[5..];
-                                let name = protocol::take_cstr(&mut body).unwrap_or_default();
-                                prepared.parsed(name, needs);
-                                Prepared::remember(&mut prepared.statements, name, analysis);
-                            }
-                            _ => state.expect().push_back(Expect::Sync),
+                            b'Q' => o.query(analysis.audit.clone()),
+                            b'P' => {}
+                            _ => o.sync(),
                         }
+                    }
+                    match tag {
+                        b'P' if extended => {
+                            let mut body = &frame[5..];
+                            let name = protocol::take_cstr(&mut body).unwrap_or_default();
+                            prepared.parsed(name, needs);
+                            Prepared::remember(&mut prepared.statements, name, analysis);
+                        }
+                        b'Q' if tracking => state.expect().push_back(Expect::Query(analysis)),
+                        b'F' if tracking => state.expect().push_back(Expect::Sync),
+                        _ => {}
                     }
                     pos += header.frame_len;
                     if tag == b'P' {
@@ -637,20 +690,21 @@ async fn client_to_server(
                     terminated = true;
                     break;
                 }
-                b'B' | b'D' | b'E' | b'C' if tracking => {
+                b'B' | b'D' | b'E' | b'C' if extended => {
                     let needs = match tag {
                         b'B' => prepared.bind_needs(&buf[pos..pos + header.frame_len]),
                         _ => None,
                     };
                     let mut run = true;
+                    let mut approved = None;
                     if let Some(needs) = needs {
                         let params = bind_parameters(&buf[pos..pos + header.frame_len]);
-                        if let Err(e) = flush_to_server(server, &mut out).await {
+                        if let Err(e) = flush_to_server(server, &mut out, state).await {
                             return RelayEnd::ServerIo(e);
                         }
                         let end = pos + header.frame_len;
                         match gate(ctx, state, &needs, params, client, &mut buf, end).await {
-                            Gate::Run => {}
+                            Gate::Run(record) => approved = record,
                             Gate::Refuse(r) => {
                                 // The Bind fails on the server in its place; the pipeline is
                                 // then skipped up to Sync, exactly as after a failed Bind.
@@ -669,7 +723,7 @@ async fn client_to_server(
                     }
                     if run {
                         let frame = &buf[pos..pos + header.frame_len];
-                        prepared.client_message(ctx, state, frame, &mut out);
+                        prepared.client_message(ctx, state, frame, approved, &mut out);
                     }
                     state.unsynced.store(true, Ordering::Release);
                     pos += header.frame_len;
@@ -679,6 +733,9 @@ async fn client_to_server(
                         b'S' => {
                             if tracking {
                                 state.expect().push_back(Expect::Sync);
+                            }
+                            if let Some(o) = ctx.outcomes {
+                                o.sync();
                             }
                             state.pending.fetch_add(1, Ordering::AcqRel);
                             state.unsynced.store(false, Ordering::Release);
@@ -697,7 +754,9 @@ async fn client_to_server(
             .client_mid_frame
             .store(pass > 0 || !buf.is_empty(), Ordering::Release);
         if !out.is_empty() {
-            if let Err(e) = write_flush(server, &out, &METRICS.to_server_bytes).await {
+            if let Err(e) =
+                write_flush(server, &out, &METRICS.to_server_bytes, &state.to_server).await
+            {
                 return RelayEnd::ServerIo(e);
             }
             out.clear();
@@ -770,7 +829,7 @@ fn inspect_client_message(
         out.extend_from_slice(frame);
         return Inspected::Sent(Sent::default());
     };
-    state.statements.fetch_add(1, Ordering::Relaxed);
+    let number = state.statements.fetch_add(1, Ordering::Relaxed) + 1;
     if ctx.audit.is_some_and(|a| !a.admits_statements()) {
         // Fail closed: nothing runs that the trail cannot record.
         let refusal = Refusal {
@@ -799,17 +858,21 @@ fn inspect_client_message(
                 ),
                 hint: None,
             };
-            audit_statement(
+            refused(
                 ctx,
-                text,
-                analysis.as_deref(),
-                if frame[0] == b'Q' {
-                    "simple"
-                } else {
-                    "extended"
-                },
-                &Judged::Deny(&refusal),
-                None,
+                audit_statement(
+                    ctx,
+                    number,
+                    text,
+                    analysis.as_deref(),
+                    if frame[0] == b'Q' {
+                        "simple"
+                    } else {
+                        "extended"
+                    },
+                    &Judged::Deny(&refusal),
+                    None,
+                ),
             );
             deny(ctx, state, &refusal, frame[0], name, out);
             return Inspected::Sent(Sent::default());
@@ -834,8 +897,9 @@ fn inspect_client_message(
         "extended"
     };
     let (Some(host), Some(chain)) = (ctx.plugins, chain.as_ref().filter(|_| policing)) else {
-        audit_statement(
+        let record = audit_statement(
             ctx,
+            number,
             text,
             analysis.as_deref(),
             protocol_name,
@@ -843,7 +907,7 @@ fn inspect_client_message(
             None,
         );
         out.extend_from_slice(frame);
-        return Inspected::Sent(Sent::new(analysis, text));
+        return Inspected::Sent(Sent::new(analysis, text, record));
     };
     let Some(analysis) = analysis else {
         // Text the gateway cannot read cannot be judged: fail closed.
@@ -853,13 +917,17 @@ fn inspect_client_message(
             message: "statement text is not valid UTF-8".into(),
             hint: None,
         };
-        audit_statement(
+        refused(
             ctx,
-            text,
-            None,
-            protocol_name,
-            &Judged::Deny(&refusal),
-            None,
+            audit_statement(
+                ctx,
+                number,
+                text,
+                None,
+                protocol_name,
+                &Judged::Deny(&refusal),
+                None,
+            ),
         );
         deny(ctx, state, &refusal, frame[0], name, out);
         return Inspected::Sent(Sent::default());
@@ -884,13 +952,23 @@ fn inspect_client_message(
         QueryDecision::RequireApproval(ask) => Judged::NeedsApproval(ask),
     };
     // Held statements are recorded with their outcome, once decided (see `gate`).
-    if frame[0] != b'Q' || !matches!(judged, Judged::NeedsApproval(_)) || ctx.approvals.is_none() {
-        audit_statement(ctx, text, Some(&analysis), protocol_name, &judged, None);
-    }
+    let held = frame[0] == b'Q' && matches!(judged, Judged::NeedsApproval(_));
+    let record = match held && ctx.approvals.is_some() {
+        true => None,
+        false => audit_statement(
+            ctx,
+            number,
+            text,
+            Some(&analysis),
+            protocol_name,
+            &judged,
+            None,
+        ),
+    };
     match decision {
         QueryDecision::Allow => {
             out.extend_from_slice(frame);
-            Inspected::Sent(Sent::new(Some(analysis), text))
+            Inspected::Sent(Sent::new(Some(analysis), text, record))
         }
         QueryDecision::Rewrite(new_sql) => {
             info!(fingerprint = %analysis.fingerprint_id, "statement rewritten by policy");
@@ -898,18 +976,24 @@ fn inspect_client_message(
             Inspected::Sent(Sent::new(
                 Some(ctx.analyzer.analyze(&new_sql, lex)),
                 &new_sql,
+                record,
             ))
         }
         QueryDecision::Deny(refusal) => {
+            refused(ctx, record);
             deny(ctx, state, &refusal, frame[0], name, out);
             Inspected::Sent(Sent::default())
         }
         QueryDecision::RequireApproval(ask) if ctx.approvals.is_none() => {
+            refused(ctx, record);
             deny(ctx, state, &ask.unconfigured(), frame[0], name, out);
             Inspected::Sent(Sent::default())
         }
         QueryDecision::RequireApproval(ask) => {
+            // A Parse runs nothing: its record says what each Bind of it will need.
+            record_now(ctx, record, "prepared");
             let needs = NeedsApproval {
+                statement: number,
                 ask,
                 sql: text.to_owned(),
                 analysis: analysis.clone(),
@@ -920,7 +1004,7 @@ fn inspect_client_message(
             }
             // Preparing runs nothing: the statement is held at each Bind, with its parameters.
             out.extend_from_slice(frame);
-            Inspected::Prepared(Sent::new(Some(analysis), text), Arc::new(needs))
+            Inspected::Prepared(Sent::new(Some(analysis), text, None), Arc::new(needs))
         }
     }
 }
@@ -939,15 +1023,33 @@ enum Judged<'a> {
     },
 }
 
-/// One `statement` audit record.
+/// Writes the record of a statement the gateway refused: nothing of it runs, so no answer
+/// of the server will complete it.
+fn refused(ctx: &RelayContext<'_>, record: Option<Decided>) {
+    record_now(ctx, record, "refused");
+}
+
+/// Writes a statement's record now, with `outcome`.
+fn record_now(ctx: &RelayContext<'_>, record: Option<Decided>, outcome: &str) {
+    if let (Some(audit), Some(record)) = (ctx.audit, record) {
+        let mut record = Arc::unwrap_or_clone(record);
+        record.insert("session".into(), serde_json::Value::from(ctx.session_id));
+        record.insert("outcome".into(), serde_json::Value::from(outcome));
+        audit.emit("statement", serde_json::Value::Object(record));
+    }
+}
+
+/// The decided part of statement number `number`'s `statement` audit record (`None` without
+/// an audit trail); [`refused`] or the session's [`Outcomes`] write it.
 fn audit_statement(
     ctx: &RelayContext<'_>,
+    number: u64,
     text: &str,
     analysis: Option<&Analysis>,
     protocol: &str,
     judged: &Judged<'_>,
     params: Option<&[Option<String>]>,
-) {
+) -> Option<Decided> {
     let verdict_name = match judged {
         Judged::Allow => "allow",
         Judged::Rewrite => "rewrite",
@@ -962,7 +1064,7 @@ fn audit_statement(
         .map(|s| s.kind.as_str())
         .unwrap_or("unknown");
     METRICS.statement(kind, verdict_name);
-    let Some(audit) = ctx.audit else { return };
+    let audit = ctx.audit?;
     let cfg = audit.config();
     let shown = match (cfg.statement_text, analysis) {
         (crate::config::AuditText::Full, _) => text.to_owned(),
@@ -1010,8 +1112,8 @@ fn audit_statement(
             *request,
         ),
     };
-    let mut fields = serde_json::json!({
-        "session": ctx.session_id,
+    let fields = serde_json::json!({
+        "statement": number,
         "user": ctx.identity.user,
         "groups": ctx.identity.groups,
         "protocol": protocol,
@@ -1026,10 +1128,13 @@ fn audit_statement(
         "message": message,
         "approval_request": request,
     });
-    if let (true, Some(p), Some(m)) = (cfg.parameters, params, fields.as_object_mut()) {
-        m.insert("parameters".into(), serde_json::json!(p));
+    let serde_json::Value::Object(mut fields) = fields else {
+        return None;
+    };
+    if let (true, Some(p)) = (cfg.parameters, params) {
+        fields.insert("parameters".into(), serde_json::json!(p));
     }
-    audit.emit("statement", fields);
+    Some(Arc::new(fields))
 }
 
 fn too_many_held_statements() -> Refusal {
@@ -1117,7 +1222,8 @@ fn bind_parameters(frame: &[u8]) -> Vec<Option<String>> {
 
 /// What became of a statement that needed approval.
 enum Gate {
-    Run,
+    /// Release it; its record (approved) is written once the server has answered.
+    Run(Option<Decided>),
     Refuse(Refusal),
     ClientGone,
 }
@@ -1163,10 +1269,11 @@ async fn gate(
             message: "the client disconnected while the statement was held".into(),
             hint: None,
         }),
-        Gate::Run => None,
+        Gate::Run(_) => None,
     };
-    audit_statement(
+    let record = audit_statement(
         ctx,
+        needs.statement,
         &needs.sql,
         Some(&needs.analysis),
         if needs.extended { "extended" } else { "simple" },
@@ -1177,7 +1284,13 @@ async fn gate(
         },
         audited_params.as_deref(),
     );
-    gate
+    match gate {
+        Gate::Run(_) => Gate::Run(record),
+        other => {
+            refused(ctx, record);
+            other
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1212,7 +1325,7 @@ async fn decide_held(
             Ok(Deferred::Run(r)) => {
                 info!(request = %r.id, "approved deferred statement runs");
                 *request_id = Some(r.id);
-                return Gate::Run;
+                return Gate::Run(None);
             }
             Ok(Deferred::Pending(r)) => {
                 *request_id = Some(r.id.clone());
@@ -1321,7 +1434,7 @@ async fn decide_held(
         WaitOutcome::Approved(_) => match approvals.execute(&id).await {
             Ok(true) => {
                 info!(request = %id, "approved statement released to the server");
-                Gate::Run
+                Gate::Run(None)
             }
             Ok(false) => Gate::Refuse(Refusal {
                 plugin: ask.plugin.clone(),
@@ -1549,6 +1662,48 @@ impl Results {
         }
     }
 
+    /// The current result is over: its rows count for the statement's record, and what the
+    /// policies masked in it is recorded and counted.
+    fn end(&mut self, ctx: &RelayContext<'_>, tally: &mut Tally) {
+        let report = match (self.filter.take(), self.copy.take()) {
+            (Some(f), _) => f.into_report(),
+            (None, Some(c)) => c.into_report(),
+            (None, None) => return,
+        };
+        tally.rows += report.rows;
+        if report.masked.is_empty() {
+            return;
+        }
+        for m in &report.masked {
+            METRICS.masked(&m.plugin, m.class.as_deref().unwrap_or(""), m.values);
+        }
+        if let Some(audit) = ctx.audit {
+            let columns: Vec<serde_json::Value> = report
+                .masked
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "index": m.index,
+                        "column": m.name,
+                        "plugin": m.plugin,
+                        "class": m.class,
+                        "values": m.values,
+                    })
+                })
+                .collect();
+            audit.emit(
+                "result.masked",
+                serde_json::json!({
+                    "session": ctx.session_id,
+                    "statement": ctx.outcomes.and_then(|o| o.current_statement()),
+                    "user": ctx.identity.user,
+                    "rows": report.rows,
+                    "columns": columns,
+                }),
+            );
+        }
+    }
+
     /// Ends the current result with `refusal` (once) and drops what the server sends until
     /// ReadyForQuery.
     fn refuse(&mut self, out: &mut BytesMut, refusal: &Refusal) {
@@ -1571,6 +1726,9 @@ async fn server_to_client(
     let mut results = Results::default();
     let mut known = Subscriptions::default();
     let tracking = ctx.results.is_some();
+    let outcomes = ctx.outcomes;
+    // Rows and bytes of the statement being answered, for its audit record.
+    let mut tally = Tally::default();
     let mut pass = 0usize;
     // Bytes already in `buf` that have not been looked at.
     let mut unread = false;
@@ -1608,7 +1766,8 @@ async fn server_to_client(
             };
             let whole = match header.tag {
                 b'Z' | b'S' | b'E' => true,
-                b'T' | b'n' | b'C' | b's' | b'I' | b'H' => tracking,
+                b'C' | b's' | b'I' => tracking || outcomes.is_some(),
+                b'T' | b'n' | b'H' => tracking,
                 b'D' => results.filter.is_some(),
                 b'd' | b'c' => results.copy.is_some(),
                 // No other message may overtake rows held in a batch (a notice raised
@@ -1616,6 +1775,10 @@ async fn server_to_client(
                 _ => results.holds_rows(),
             };
             if !whole {
+                if outcomes.is_some() {
+                    tally.bytes += header.frame_len as u64;
+                    tally.rows += u64::from(header.tag == b'D');
+                }
                 pass = header.frame_len;
                 continue;
             }
@@ -1636,10 +1799,15 @@ async fn server_to_client(
                     relay = false;
                 }
             }
+            if outcomes.is_some() {
+                tally.bytes += header.frame_len as u64;
+            }
             match header.tag {
                 b'E' => {
-                    results.copy = None;
-                    results.filter = None;
+                    results.end(ctx, &mut tally);
+                    if let Some(o) = outcomes {
+                        o.failed(&protocol::parse_error_body(&frame[5..]).code, &mut tally);
+                    }
                     if let Some(refusal) = state.take_substitution(frame) {
                         out.extend_from_slice(&buf[written..pos]);
                         out.extend_from_slice(&refusal);
@@ -1675,10 +1843,12 @@ async fn server_to_client(
                             }
                         }
                         results.statement = 0;
-                        results.filter = None;
-                        results.copy = None;
+                        results.end(ctx, &mut tally);
                         relay = true;
                         results.discard = false;
+                    }
+                    if let Some(o) = outcomes {
+                        o.ready(&mut tally);
                     }
                     observe_server_message(state, frame);
                 }
@@ -1729,6 +1899,9 @@ async fn server_to_client(
                     if let Some(f) = results.filter.as_mut() {
                         let (took, full) = f.push_rows(&buf[pos..], MAX_PROTOCOL_MESSAGE);
                         frame_len = took.max(frame_len);
+                        if outcomes.is_some() {
+                            tally.bytes += (frame_len - header.frame_len) as u64;
+                        }
                         if full {
                             if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
                                 results.filter = None;
@@ -1772,19 +1945,32 @@ async fn server_to_client(
                     }
                 }
                 b'C' | b's' | b'I' => {
-                    results.copy = None;
-                    results.filter = None;
-                    let mut q = state.expect();
-                    match q.front() {
-                        Some(Expect::Query(_)) if header.tag != b's' => results.statement += 1,
-                        Some(Expect::Execute(_)) => {
-                            if let Some(Expect::Execute(a)) = q.pop_front() {
-                                if header.tag == b'C' {
-                                    invalidate_after_ddl(ctx, a.analysis.as_deref());
+                    results.end(ctx, &mut tally);
+                    if let Some(o) = outcomes {
+                        match header.tag {
+                            b'C' => {
+                                let mut body = &frame[5..];
+                                let tag = protocol::take_cstr(&mut body)
+                                    .and_then(|t| std::str::from_utf8(t).ok());
+                                o.completed(Some(tag.unwrap_or("")), &mut tally);
+                            }
+                            b's' => o.suspended(&mut tally),
+                            _ => o.completed(None, &mut tally),
+                        }
+                    }
+                    if tracking {
+                        let mut q = state.expect();
+                        match q.front() {
+                            Some(Expect::Query(_)) if header.tag != b's' => results.statement += 1,
+                            Some(Expect::Execute(_)) => {
+                                if let Some(Expect::Execute(a)) = q.pop_front() {
+                                    if header.tag == b'C' {
+                                        invalidate_after_ddl(ctx, a.analysis.as_deref());
+                                    }
                                 }
                             }
+                            _ => {}
                         }
-                        _ => {}
                     }
                 }
                 _ => {}
@@ -1806,10 +1992,16 @@ async fn server_to_client(
         if pos > written || !out.is_empty() {
             state.client_at_boundary.store(false, Ordering::Release);
             let result = if out.is_empty() {
-                write_flush(client, &buf[written..pos], &METRICS.to_client_bytes).await
+                write_flush(
+                    client,
+                    &buf[written..pos],
+                    &METRICS.to_client_bytes,
+                    &state.to_client,
+                )
+                .await
             } else {
                 out.extend_from_slice(&buf[written..pos]);
-                let r = write_flush(client, &out, &METRICS.to_client_bytes).await;
+                let r = write_flush(client, &out, &METRICS.to_client_bytes, &state.to_client).await;
                 out.clear();
                 r
             };
@@ -1836,7 +2028,7 @@ async fn server_to_client(
             results.flush_held(host(ctx), ctx.plugin_session, &mut out);
             if !out.is_empty() {
                 state.client_at_boundary.store(false, Ordering::Release);
-                let r = write_flush(client, &out, &METRICS.to_client_bytes).await;
+                let r = write_flush(client, &out, &METRICS.to_client_bytes, &state.to_client).await;
                 out.clear();
                 if let Err(e) = r {
                     return RelayEnd::ClientIo(e);
@@ -2078,9 +2270,13 @@ fn observe_server_message(state: &RelayState, frame: &[u8]) {
 }
 
 /// Sends what is queued for the server now (before a statement is held).
-async fn flush_to_server(server: &mut WriteHalf<'_>, out: &mut BytesMut) -> std::io::Result<()> {
+async fn flush_to_server(
+    server: &mut WriteHalf<'_>,
+    out: &mut BytesMut,
+    state: &RelayState,
+) -> std::io::Result<()> {
     if !out.is_empty() {
-        write_flush(server, out, &METRICS.to_server_bytes).await?;
+        write_flush(server, out, &METRICS.to_server_bytes, &state.to_server).await?;
         out.clear();
     }
     Ok(())
@@ -2090,8 +2286,10 @@ async fn write_flush(
     w: &mut WriteHalf<'_>,
     bytes: &[u8],
     counter: &prometheus_client::metrics::counter::Counter,
+    session: &AtomicU64,
 ) -> std::io::Result<()> {
     counter.inc_by(bytes.len() as u64);
+    session.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     w.write_all(bytes).await?;
     w.flush().await
 }
@@ -2157,6 +2355,7 @@ mod tests {
 
     fn needs(sql: &str) -> Arc<NeedsApproval> {
         Arc::new(NeedsApproval {
+            statement: 1,
             ask: ApprovalAsk {
                 plugin: "p".into(),
                 reason: "r".into(),
@@ -2210,8 +2409,9 @@ mod tests {
             cancelled: None,
             auth_method: "trust",
             audit: None,
+            outcomes: None,
         };
-        p.client_message(&ctx, &state, &close, &mut out);
+        p.client_message(&ctx, &state, &close, None, &mut out);
         assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_none());
         assert_eq!(&out[..], &close[..], "the Close itself goes upstream");
     }

@@ -191,6 +191,10 @@ pub async fn serve(
     }
     drop(hello);
 
+    let outcomes = gw
+        .audit
+        .as_deref()
+        .map(|a| crate::audit::statement::Outcomes::new(a, id));
     let ctx = relay::RelayContext {
         analyzer: &gw.analyzer,
         max_message_size: gw.config.listen.max_message_size,
@@ -210,6 +214,7 @@ pub async fn serve(
         cancelled: Some(&cancelled),
         auth_method,
         audit: gw.audit.as_deref(),
+        outcomes: outcomes.as_ref(),
     };
     if let Some(a) = &gw.audit {
         a.emit(
@@ -234,7 +239,11 @@ pub async fn serve(
         RelayEnd::ClientTerminated | RelayEnd::ClientEof => debug!("client closed the session"),
         other => info!(end = ?other, "session ended"),
     }
+    if let Some(o) = &outcomes {
+        o.end();
+    }
     if let Some(a) = &gw.audit {
+        let (to_server, to_client) = state.bytes();
         a.emit(
             "session.end",
             serde_json::json!({
@@ -242,6 +251,8 @@ pub async fn serve(
                 "user": identity.user,
                 "duration_ms": session_started.elapsed().as_millis() as u64,
                 "statements": state.statements(),
+                "bytes_to_server": to_server,
+                "bytes_to_client": to_client,
                 "reason": end.reason(),
             }),
         );

@@ -43,6 +43,22 @@ impl Stream {
         }
     }
 
+    /// The certificate (DER) the server presented, on a TLS connection the gateway opened.
+    pub fn server_certificate(&self) -> Option<&[u8]> {
+        match self {
+            Stream::Tls(s) => match s.as_ref() {
+                tokio_rustls::TlsStream::Client(s) => s
+                    .get_ref()
+                    .1
+                    .peer_certificates()?
+                    .first()
+                    .map(|c| c.as_ref()),
+                tokio_rustls::TlsStream::Server(_) => None,
+            },
+            _ => None,
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }

@@ -1,7 +1,7 @@
 //! Connecting to the upstream PostgreSQL server with the gateway's own credentials.
 
 use crate::auth::scram::{self, ClientExchange};
-use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::config::{ChannelBinding, UpstreamAuth, UpstreamConfig, UpstreamTls};
 use crate::protocol::{self, ServerError};
 use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
@@ -30,6 +30,12 @@ pub enum UpstreamError {
     UnsupportedAuth(i32),
     #[error("upstream asks for a password but none is configured (upstream.password or PGWARD_UPSTREAM_PASSWORD)")]
     NoPassword,
+    #[error("upstream asked for {0} authentication, which upstream.auth_methods does not allow (by default only scram-sha-256); refused before sending any credential. Add \"{0}\" to upstream.auth_methods to accept it")]
+    WeakAuth(&'static str),
+    #[error(
+        "upstream did not offer SCRAM-SHA-256-PLUS, and upstream.channel_binding is \"require\""
+    )]
+    NoChannelBinding,
     #[error("upstream SCRAM: {0}")]
     Scram(#[from] scram::ScramError),
     #[error("upstream protocol violation: {0}")]
@@ -111,6 +117,31 @@ impl UpstreamTarget {
         Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
     }
 
+    /// How a SCRAM exchange on `stream` is bound to its TLS connection; `plus`: the server
+    /// offered SCRAM-SHA-256-PLUS.
+    fn binding(&self, stream: &Stream, plus: bool) -> Result<scram::Binding, UpstreamError> {
+        let policy = self.config.channel_binding;
+        let cert = match (policy, stream.server_certificate()) {
+            (ChannelBinding::Disable, _) | (_, None) => None,
+            (_, Some(cert)) => Some(cert),
+        };
+        let binding = match (cert, plus) {
+            (Some(cert), true) => scram::certificate_hash(cert)
+                .map(scram::Binding::TlsServerEndPoint)
+                .ok_or(UpstreamError::Tls(
+                    "cannot read the upstream's certificate for channel binding".into(),
+                ))?,
+            (Some(_), false) => scram::Binding::NotOffered,
+            (None, _) => scram::Binding::None,
+        };
+        if policy == ChannelBinding::Require
+            && !matches!(binding, scram::Binding::TlsServerEndPoint(_))
+        {
+            return Err(UpstreamError::NoChannelBinding);
+        }
+        Ok(binding)
+    }
+
     /// Connects and logs in; `params` are the client's startup parameters to forward. With a
     /// `role`, the session is `SET ROLE`d to it before anything of the client's runs.
     pub async fn connect(
@@ -144,6 +175,9 @@ impl UpstreamTarget {
 
         let mut buf = BytesMut::with_capacity(4096);
         let mut scram: Option<ClientExchange> = None;
+        let allows = |m: UpstreamAuth| self.config.auth_methods.contains(&m);
+        // A password was sent (cleartext or md5): AuthenticationOk is then not trust.
+        let mut password_sent = false;
         // Once SCRAM started, the server must prove it knows the password (SASLFinal) before
         // AuthenticationOk counts: otherwise an impostor could skip mutual authentication.
         let mut scram_verified = false;
@@ -167,12 +201,24 @@ impl UpstreamTarget {
                                 "authentication completed without the server's SCRAM signature",
                             ))
                         }
+                        // Logged in without proving anything: only if trust is allowed.
+                        0 if scram.is_none() && !password_sent && !allows(UpstreamAuth::Trust) => {
+                            return Err(UpstreamError::WeakAuth("trust"));
+                        }
                         0 => {}
+                        3 if !allows(UpstreamAuth::Password) => {
+                            return Err(UpstreamError::WeakAuth("password"));
+                        }
+                        5 if !allows(UpstreamAuth::Md5) => {
+                            return Err(UpstreamError::WeakAuth("md5"));
+                        }
                         3 => {
                             let pw = self.password.as_deref().ok_or(UpstreamError::NoPassword)?;
                             protocol::put_message(&mut out, b'p', |o| protocol::put_cstr(o, pw));
+                            password_sent = true;
                         }
                         5 => {
+                            password_sent = true;
                             let pw = self.password.as_deref().ok_or(UpstreamError::NoPassword)?;
                             let salt: [u8; 4] = b
                                 .get(..4)
@@ -183,23 +229,30 @@ impl UpstreamTarget {
                                 protocol::put_cstr(o, &hashed)
                             });
                         }
+                        10 if !allows(UpstreamAuth::ScramSha256) => {
+                            return Err(UpstreamError::WeakAuth("scram-sha-256"));
+                        }
                         10 => {
                             let mut mechs = b;
-                            let mut offered = false;
+                            let (mut offered, mut plus) = (false, false);
                             while let Some(m) = protocol::take_cstr(&mut mechs) {
                                 if m.is_empty() {
                                     break;
                                 }
                                 offered |= m == scram::MECHANISM.as_bytes();
+                                plus |= m == scram::MECHANISM_PLUS.as_bytes();
                             }
-                            if !offered {
+                            let binding = self.binding(&session.stream, plus)?;
+                            if !offered && !matches!(binding, scram::Binding::TlsServerEndPoint(_))
+                            {
                                 return Err(UpstreamError::UnsupportedAuth(code));
                             }
                             let pw = self.password.as_deref().ok_or(UpstreamError::NoPassword)?;
-                            let ex = ClientExchange::new(pw)?;
+                            let ex = ClientExchange::new(pw, binding)?;
+                            tracing::debug!(mechanism = ex.mechanism(), "upstream SASL login");
                             let first = ex.client_first();
                             protocol::put_message(&mut out, b'p', |o| {
-                                protocol::put_cstr(o, scram::MECHANISM);
+                                protocol::put_cstr(o, ex.mechanism());
                                 o.extend_from_slice(&(first.len() as i32).to_be_bytes());
                                 o.extend_from_slice(first.as_bytes());
                             });

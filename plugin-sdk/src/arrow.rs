@@ -659,6 +659,31 @@ pub fn replace_column(
     index: usize,
     new: ArrayRef,
 ) -> Result<RecordBatch, String> {
+    replace(batch, index, new, None)
+}
+
+/// The field metadata key that names the class of data a plugin masked a column as (for
+/// example `email`). The gateway reads it from the batch a plugin returns: the audit trail's
+/// `result.masked` record and the `pgward_masked_values_total` metric name the class.
+pub const CLASS_METADATA: &str = "pgward.class";
+
+/// [`replace_column`], naming the class of data the new values mask under
+/// [`CLASS_METADATA`] in the field's metadata.
+pub fn replace_column_as(
+    batch: &RecordBatch,
+    index: usize,
+    new: ArrayRef,
+    class: &str,
+) -> Result<RecordBatch, String> {
+    replace(batch, index, new, Some(class))
+}
+
+fn replace(
+    batch: &RecordBatch,
+    index: usize,
+    new: ArrayRef,
+    class: Option<&str>,
+) -> Result<RecordBatch, String> {
     let schema = batch.schema_ref();
     let Some(old) = schema.fields().get(index) else {
         return Err(format!(
@@ -674,11 +699,16 @@ pub fn replace_column(
             batch.num_rows()
         ));
     }
-    let field = old
+    let mut field = old
         .as_ref()
         .clone()
         .with_data_type(new.data_type().clone())
         .with_nullable(old.is_nullable() || new.null_count() > 0);
+    if let Some(class) = class {
+        let mut metadata = field.metadata().clone();
+        metadata.insert(CLASS_METADATA.to_owned(), class.to_owned());
+        field = field.with_metadata(metadata);
+    }
     let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
     fields[index] = Arc::new(field);
     let mut columns = batch.columns().to_vec();

@@ -336,6 +336,8 @@ pub struct GatewayOptions {
     pub users: Vec<TestUser>,
     /// Extra TOML appended to the generated `[listen]` table (e.g. `max_connections = 2`).
     pub listen_extra: String,
+    /// Extra keys in `[upstream]`.
+    pub upstream_extra: String,
     /// Enable TLS with a generated self-signed certificate in this mode.
     pub tls_mode: Option<&'static str>,
     /// Extra keys for the `[tls]` table (e.g. `client_ca = [...]`).
@@ -360,6 +362,7 @@ impl Default for GatewayOptions {
         GatewayOptions {
             users: vec![TestUser::new("alice", "alice-pw", &["dev"])],
             listen_extra: String::new(),
+            upstream_extra: String::new(),
             tls_mode: None,
             tls_extra: String::new(),
             upstream_port: None,
@@ -471,9 +474,10 @@ impl Gateway {
         for _ in 0..5 {
             let port = free_port();
             let config = format!(
-                "[listen]\naddress = \"127.0.0.1:{port}\"\n{}\n{tls}\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{up_user}\"\npassword = \"{up_password}\"\n\n[log]\nlevel = \"{}\"\n\n{plugins}\n{users}\n{}\n",
+                "[listen]\naddress = \"127.0.0.1:{port}\"\n{}\n{tls}\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{up_user}\"\npassword = \"{up_password}\"\n{}\n\n[log]\nlevel = \"{}\"\n\n{plugins}\n{users}\n{}\n",
                 opts.listen_extra,
                 opts.upstream_port.unwrap_or(pg.port),
+                opts.upstream_extra,
                 opts.log_level,
                 opts.extra_toml,
             );

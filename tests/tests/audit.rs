@@ -28,6 +28,17 @@ on = ["billing.*"]
 approvers = "billing-owners"
 "#;
 
+const MASK: &str = r#"
+[hash]
+key = "audit-test-key-0123456789abcdef"
+
+[[class]]
+name = "email"
+lineage = ["billing.customers.email"]
+detectors = ["email"]
+strategy = "hash"
+"#;
+
 fn install(dir: &Path, stem: &str, config: &str) {
     let tmp = dir.join(format!(".{stem}.wasm.tmp"));
     std::fs::copy(plugin_wasm(stem), &tmp).unwrap();
@@ -129,20 +140,24 @@ async fn gateway(trail: &Path, key: &Path, extra: &str) -> (Gateway, String, u16
         .batch_execute(
             "CREATE SCHEMA billing;
              CREATE TABLE billing.invoices (id int PRIMARY KEY, paid bool NOT NULL DEFAULT false);
-             INSERT INTO billing.invoices VALUES (1, false), (2, false);",
+             INSERT INTO billing.invoices VALUES (1, false), (2, false);
+             CREATE TABLE billing.customers (id int PRIMARY KEY, email text NOT NULL);
+             INSERT INTO billing.customers VALUES
+                 (1, 'ada@example.com'), (2, 'alan@example.org'), (3, 'grace@example.net');",
         )
         .await
         .unwrap();
     let dir = plugins_dir();
     install(&dir, "guardrails", GUARDRAILS);
     install(&dir, "approval_rules", RULES);
+    install(&dir, "mask_pii", MASK);
     let admin = free_port();
     let gw = Gateway::start(
         pg,
         GatewayOptions {
             users: vec![TestUser::new("agent", "agent-pw", &["ai-agents"])],
             plugins_dir: Some(dir.clone()),
-            plugins_extra: "order = [\"guardrails\", \"approval_rules\"]".into(),
+            plugins_extra: "order = [\"guardrails\", \"approval_rules\", \"mask_pii\"]".into(),
             extra_toml: audit_toml(trail, key, admin, extra),
             ..Default::default()
         },
@@ -159,12 +174,36 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
     let (mut gw, db, admin, plugins) = gateway(
         &trail,
         &key,
-        &format!("checkpoint_every = 1000\norigin = \"gw-a\"\npostgres = \"{sink}\""),
+        &format!(
+            "checkpoint_every = 1000\norigin = \"gw-a\"\npostgres = \"{sink}\"\nparameters = true"
+        ),
     )
     .await;
     let agent = gw.connect("agent", &db).await.unwrap();
     agent
         .simple_query("SELECT count(*) FROM billing.invoices WHERE id = 1")
+        .await
+        .unwrap();
+    // Masked by mask-pii: the client never sees an address.
+    let rows = agent
+        .query("SELECT id, email FROM billing.customers ORDER BY id", &[])
+        .await
+        .unwrap();
+    let email: &str = rows[0].get(1);
+    assert!(!email.contains('@'), "{email}");
+    // A prepared statement run twice, with its parameters recorded.
+    let paid = agent
+        .prepare("SELECT paid FROM billing.invoices WHERE id = $1")
+        .await
+        .unwrap();
+    for id in [1i32, 2] {
+        assert_eq!(agent.query(&paid, &[&id]).await.unwrap().len(), 1);
+    }
+    // Failed by the server, then a multi-statement string.
+    let err = agent.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "22012");
+    agent
+        .batch_execute("SELECT 1 FROM billing.invoices; SELECT 2")
         .await
         .unwrap();
     let denied = agent
@@ -238,7 +277,7 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
             &[("kind", kind), ("verdict", verdict)],
         )
     };
-    assert_eq!(statement("select", "allow"), 1.0, "{text}");
+    assert_eq!(statement("select", "allow"), 5.0, "{text}");
     assert_eq!(statement("ddl", "deny"), 1.0, "{text}");
     assert_eq!(statement("update", "approved"), 1.0, "{text}");
     assert_eq!(
@@ -262,10 +301,18 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
             "pgward_plugin_calls_total",
             &[("plugin", "guardrails"), ("hook", "on-query")]
         ),
+        7.0,
+        "{text}"
+    );
+    assert!(value("pgward_audit_records_total", &[]) >= 14.0, "{text}");
+    assert_eq!(
+        value(
+            "pgward_masked_values_total",
+            &[("plugin", "mask-pii"), ("class", "email")]
+        ),
         3.0,
         "{text}"
     );
-    assert!(value("pgward_audit_records_total", &[]) >= 8.0, "{text}");
     assert_eq!(value("pgward_audit_dropped_total", &[]), 0.0, "{text}");
     assert!(
         value(
@@ -290,7 +337,7 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
     let deadline = Instant::now() + Duration::from_secs(15);
     while !gw
         .log()
-        .contains("plugin chain updated chain=[\"guardrails@0.1.0\", \"approval-rules@0.1.0\"]")
+        .contains("plugin chain updated chain=[\"guardrails@0.1.0\", \"approval-rules@0.1.0\", \"mask-pii@0.1.0\"]")
         || gw.log().matches("plugin chain updated").count() < 2
     {
         assert!(Instant::now() < deadline, "no reload:\n{}", gw.log());
@@ -308,8 +355,13 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
         .filter(|r| r["kind"] == "statement" && r["user"] == "agent")
         .collect();
     assert_eq!(
-        &kinds[..3],
-        ["gateway.start", "plugin.loaded", "plugin.loaded"],
+        &kinds[..4],
+        [
+            "gateway.start",
+            "plugin.loaded",
+            "plugin.loaded",
+            "plugin.loaded"
+        ],
         "{kinds:?}"
     );
     let reloaded: Vec<&Value> = all
@@ -327,19 +379,68 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
     assert!(kinds.contains(&"gateway.stop"));
     assert_eq!(kinds.iter().filter(|k| **k == "session.start").count(), 2);
     assert_eq!(kinds.iter().filter(|k| **k == "session.end").count(), 2);
-    assert_eq!(mine.len(), 3, "{mine:?}");
-    assert_eq!(mine[0]["verdict"], "allow");
+    let brief: Vec<String> = mine
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                r["protocol"], r["verdict"], r["outcome"], r["rows"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        brief,
+        [
+            r#""simple" "allow" "ok" 1"#,
+            r#""extended" "allow" "ok" 3"#,
+            r#""extended" "allow" "ok" 1"#,
+            r#""extended" "allow" "ok" 1"#,
+            r#""simple" "allow" "error" 0"#,
+            r#""simple" "allow" "ok" 3"#,
+            r#""simple" "deny" "refused" null"#,
+            r#""simple" "approved" "ok" 1"#,
+        ],
+        "{mine:#?}"
+    );
     assert_eq!(
         mine[0]["text"], "select count(*) from billing.invoices where id = ?",
         "literals replaced by default"
     );
     assert_eq!(mine[0]["reads"][0], "billing.invoices");
-    assert_eq!(mine[1]["verdict"], "deny");
-    assert_eq!(mine[1]["plugin"], "guardrails");
-    assert_eq!(mine[1]["sqlstate"], "42501");
-    assert_eq!(mine[2]["verdict"], "approved");
-    assert_eq!(mine[2]["approval_request"], id.as_str());
-    assert_eq!(mine[2]["writes"][0], "update billing.invoices");
+    assert_eq!(mine[0]["results"], serde_json::json!(["SELECT 1"]));
+    assert!(mine[0]["bytes"].as_u64().unwrap() > 0);
+    assert!(mine[0]["duration_us"].is_u64());
+    // The two executions of one prepared statement: its number, their own parameters.
+    assert_eq!(mine[2]["statement"], mine[3]["statement"]);
+    // Binary parameters (tokio-postgres sends int4 so) as `\\x` and hex.
+    assert_eq!(mine[2]["parameters"], serde_json::json!(["\\x00000001"]));
+    assert_eq!(mine[3]["parameters"], serde_json::json!(["\\x00000002"]));
+    assert_eq!(mine[4]["sqlstate"], "22012");
+    assert_eq!(
+        mine[5]["results"],
+        serde_json::json!(["SELECT 2", "SELECT 1"])
+    );
+    assert_eq!(mine[6]["plugin"], "guardrails");
+    assert_eq!(mine[6]["sqlstate"], "42501");
+    assert_eq!(mine[7]["approval_request"], id.as_str());
+    assert_eq!(mine[7]["writes"][0], "update billing.invoices");
+    assert_eq!(mine[7]["results"], serde_json::json!(["UPDATE 1"]));
+    // What mask-pii changed, right before the record of the statement it masked.
+    let at = all
+        .iter()
+        .position(|r| r["kind"] == "result.masked")
+        .expect("a masking record");
+    let masked = &all[at];
+    assert_eq!(all[at + 1]["statement"], masked["statement"]);
+    assert_eq!(
+        all[at + 1]["text"],
+        "select id, email from billing.customers order by id"
+    );
+    assert_eq!(masked["rows"], 3);
+    assert_eq!(
+        masked["columns"],
+        serde_json::json!([{"index": 1, "column": "email", "plugin": "mask-pii", "class": "email", "values": 3}])
+    );
     let approval: Vec<&str> = all
         .iter()
         .filter(|r| r["request"] == id.as_str())
@@ -358,9 +459,11 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
         .find(|r| r["kind"] == "session.end" && r["session"] == start["session"])
         .unwrap();
     assert_eq!(
-        end["statements"], 2,
+        end["statements"], 6,
         "the held UPDATE ran in a session of its own"
     );
+    assert!(end["bytes_to_client"].as_u64().unwrap() > 200, "{end}");
+    assert!(end["bytes_to_server"].as_u64().unwrap() > 100, "{end}");
     assert_eq!(end["reason"], "client terminated");
     for (i, r) in all.iter().enumerate() {
         assert_eq!(r["seq"], (i + 1) as u64);

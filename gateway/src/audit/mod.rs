@@ -15,6 +15,7 @@
 
 pub mod chain;
 pub mod postgres;
+pub mod statement;
 
 use crate::config::{AuditConfig, AuditFailure, Fsync};
 use serde_json::{Map, Value};
@@ -290,6 +291,10 @@ impl Writer {
             let mut flushes = Vec::new();
             let mut next = first;
             let mut taken = 0;
+            // Group commit: once a record arrives, wait up to `batch_wait` for more, so under
+            // load one write and one sync cover many records and the thread wakes rarely.
+            let linger = (first_is_event(&next) && !self.config.batch_wait.is_zero())
+                .then(|| Instant::now() + self.config.batch_wait);
             while let Some(m) = next {
                 match m {
                     Msg::Event(e) => {
@@ -299,10 +304,18 @@ impl Writer {
                     Msg::Flush(reply) => flushes.push(reply),
                 }
                 taken += 1;
-                next = if taken < 4096 {
-                    rx.try_recv().ok()
-                } else {
+                next = if taken >= BATCH_MAX {
                     None
+                } else if let Ok(m) = rx.try_recv() {
+                    Some(m)
+                } else {
+                    match linger {
+                        Some(until) if flushes.is_empty() => {
+                            let left = until.saturating_duration_since(Instant::now());
+                            rx.recv_timeout(left).ok()
+                        }
+                        _ => None,
+                    }
                 };
             }
             if !flushes.is_empty()
@@ -462,6 +475,13 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Most records written in one go.
+const BATCH_MAX: usize = 4096;
+
+fn first_is_event(m: &Option<Msg>) -> bool {
+    matches!(m, Some(Msg::Event(_)))
 }
 
 fn count_lines(bytes: &[u8]) -> u64 {

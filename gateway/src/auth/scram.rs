@@ -286,16 +286,67 @@ impl ServerExchange {
     }
 }
 
+/// The SASL mechanism with channel binding.
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// How a client exchange is bound to the connection under it (RFC 5802 §6, RFC 5929).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// Not over TLS, or binding disabled: GS2 flag `n`.
+    None,
+    /// Over TLS, but the server did not offer SCRAM-SHA-256-PLUS: flag `y`, so a server that
+    /// does support it sees that someone stripped the offer.
+    NotOffered,
+    /// `tls-server-end-point`: the hash of the server's certificate
+    /// ([`certificate_hash`]); the server checks it against its own.
+    TlsServerEndPoint(Vec<u8>),
+}
+
+impl Binding {
+    fn gs2_header(&self) -> &'static str {
+        match self {
+            Binding::None => "n,,",
+            Binding::NotOffered => "y,,",
+            Binding::TlsServerEndPoint(_) => "p=tls-server-end-point,,",
+        }
+    }
+
+    pub fn mechanism(&self) -> &'static str {
+        match self {
+            Binding::TlsServerEndPoint(_) => MECHANISM_PLUS,
+            _ => MECHANISM,
+        }
+    }
+}
+
+/// The `tls-server-end-point` hash of a DER certificate: its signature's hash function, and
+/// SHA-256 where that is MD5 or SHA-1 (RFC 5929 §4.1) or none is named. `None` for a
+/// certificate that does not parse.
+pub fn certificate_hash(der: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let oid = cert.signature_algorithm.algorithm.to_id_string();
+    let algorithm = match oid.as_str() {
+        // sha384WithRSAEncryption, ecdsa-with-SHA384
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => &ring::digest::SHA384,
+        // sha512WithRSAEncryption, ecdsa-with-SHA512
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => &ring::digest::SHA512,
+        _ => &ring::digest::SHA256,
+    };
+    Some(ring::digest::digest(algorithm, der).as_ref().to_vec())
+}
+
 /// Client side of one exchange, used to log in to the upstream server.
 pub struct ClientExchange {
     password: String,
     client_nonce: String,
     client_first_bare: String,
+    binding: Binding,
     server_signature: Option<[u8; 32]>,
 }
 
 impl ClientExchange {
-    pub fn new(password: &str) -> Result<Self, ScramError> {
+    pub fn new(password: &str, binding: Binding) -> Result<Self, ScramError> {
         let client_nonce = B64.encode(random_bytes::<NONCE_BYTES>()?);
         // PostgreSQL ignores the SCRAM user name and uses the startup packet's.
         let client_first_bare = format!("n=,r={client_nonce}");
@@ -303,12 +354,18 @@ impl ClientExchange {
             password: password.to_owned(),
             client_nonce,
             client_first_bare,
+            binding,
             server_signature: None,
         })
     }
 
+    /// The mechanism to name in SASLInitialResponse.
+    pub fn mechanism(&self) -> &'static str {
+        self.binding.mechanism()
+    }
+
     pub fn client_first(&self) -> String {
-        format!("n,,{}", self.client_first_bare)
+        format!("{}{}", self.binding.gs2_header(), self.client_first_bare)
     }
 
     /// Answers the server-first message with the client-final message.
@@ -342,7 +399,12 @@ impl ClientExchange {
         let salted = salted_password(&self.password, &salt, iterations);
         let client_key = hmac_sha256(&salted, b"Client Key");
         let stored_key = sha256(&client_key);
-        let without_proof = format!("c=biws,r={nonce}");
+        // c= carries the GS2 header and, when bound, the certificate hash.
+        let mut cbind = self.binding.gs2_header().as_bytes().to_vec();
+        if let Binding::TlsServerEndPoint(hash) = &self.binding {
+            cbind.extend_from_slice(hash);
+        }
+        let without_proof = format!("c={},r={nonce}", B64.encode(cbind));
         let auth_message = format!("{},{},{}", self.client_first_bare, msg, without_proof);
         let client_signature = hmac_sha256(&stored_key, auth_message.as_bytes());
         let mut proof = [0u8; 32];
@@ -431,7 +493,7 @@ mod tests {
     #[test]
     fn client_and_server_agree() {
         let v = Verifier::generate("pencil", 4096).unwrap();
-        let mut c = ClientExchange::new("pencil").unwrap();
+        let mut c = ClientExchange::new("pencil", Binding::None).unwrap();
         let s = ServerExchange::start(v, c.client_first().as_bytes()).unwrap();
         let fin = c.client_final(s.server_first().as_bytes()).unwrap();
         let server_final = s.verify_client_final(fin.as_bytes()).unwrap();
@@ -441,7 +503,7 @@ mod tests {
     #[test]
     fn wrong_password_is_refused() {
         let v = Verifier::generate("pencil", 4096).unwrap();
-        let mut c = ClientExchange::new("crayon").unwrap();
+        let mut c = ClientExchange::new("crayon", Binding::None).unwrap();
         let s = ServerExchange::start(v, c.client_first().as_bytes()).unwrap();
         let fin = c.client_final(s.server_first().as_bytes()).unwrap();
         assert_eq!(
@@ -459,7 +521,7 @@ mod tests {
         );
         assert!(ServerExchange::start(v.clone(), b"garbage").is_err());
         assert!(ServerExchange::start(v.clone(), b"n,,n=,r=").is_err());
-        let mut c = ClientExchange::new("pencil").unwrap();
+        let mut c = ClientExchange::new("pencil", Binding::None).unwrap();
         let s = ServerExchange::start(v, c.client_first().as_bytes()).unwrap();
         let fin = c.client_final(s.server_first().as_bytes()).unwrap();
         // A proof that is not 32 bytes, or a nonce that was changed, must not pass.

@@ -273,9 +273,40 @@ struct Subscriber {
     modify: Vec<usize>,
 }
 
+/// What the policies did to one result, for its audit record and the metrics.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Rows that went through the filter.
+    pub rows: u64,
+    /// Columns whose values a plugin changed, in result order.
+    pub masked: Vec<MaskedColumn>,
+}
+
+/// A column of a result whose values a plugin changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedColumn {
+    /// Its position in the result.
+    pub index: usize,
+    pub name: String,
+    /// The last plugin that changed it.
+    pub plugin: String,
+    /// The class of data it was masked as, when the plugin says (field metadata
+    /// [`CLASS_METADATA`] of the column it returned).
+    pub class: Option<String>,
+    /// Values that differ from the server's.
+    pub values: u64,
+}
+
+/// Field metadata a plugin may set on a column it returns: the class of data it masked.
+pub const CLASS_METADATA: &str = "pgward.class";
+
+/// One batch's changed column: (index, values changed, plugin, class).
+type Change = (usize, u64, String, Option<String>);
+
 /// A result being filtered through plugins.
 pub struct Filter {
     sub: Arc<Subscription>,
+    report: Report,
     /// DataRow frames of the current batch, back to back.
     rows: BytesMut,
     starts: Vec<usize>,
@@ -288,6 +319,7 @@ impl Filter {
     pub fn new(sub: Arc<Subscription>, s: &Subscribe<'_>) -> Filter {
         Filter {
             sub,
+            report: Report::default(),
             rows: BytesMut::new(),
             starts: Vec::new(),
             max_rows: s.batch_rows.max(1),
@@ -298,6 +330,7 @@ impl Filter {
 
     /// Adds one DataRow frame; true when the batch is full and must be flushed.
     pub fn push(&mut self, frame: &[u8]) -> bool {
+        self.report.rows += 1;
         self.starts.push(self.rows.len());
         self.rows.extend_from_slice(frame);
         self.is_full()
@@ -315,6 +348,7 @@ impl Filter {
                 break;
             }
             self.starts.push(base + at);
+            self.report.rows += 1;
             at += h.frame_len;
             if self.starts.len() >= self.max_rows || base + at >= self.max_bytes {
                 break;
@@ -330,6 +364,11 @@ impl Filter {
 
     pub fn is_empty(&self) -> bool {
         self.starts.is_empty()
+    }
+
+    /// What the policies did to the result so far.
+    pub fn into_report(self) -> Report {
+        self.report
     }
 
     /// Runs the batch through the subscribers and appends the rows to send to `out`.
@@ -359,7 +398,7 @@ impl Filter {
     /// Runs `rows` (DataRow frames starting at `starts`) through the subscribers; `sink` gets
     /// every row in order, unchanged or as its new DataRow frame.
     fn flush_with<S: RowSink>(
-        &self,
+        &mut self,
         host: &PluginHost,
         session: &wit::Session,
         rows: &[u8],
@@ -377,9 +416,34 @@ impl Filter {
             ok = result.is_ok(),
             "result batch filtered"
         );
-        result
+        for (index, values, plugin, class) in result? {
+            let masked = &mut self.report.masked;
+            match masked.iter_mut().find(|m| m.index == index) {
+                Some(m) => {
+                    m.values += values;
+                    m.plugin = plugin;
+                    m.class = class.or(m.class.take());
+                }
+                None => {
+                    let at = masked.partition_point(|m| m.index < index);
+                    let name = self.sub.fields[index].name.clone();
+                    masked.insert(
+                        at,
+                        MaskedColumn {
+                            index,
+                            name,
+                            plugin,
+                            class,
+                            values,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
+    /// Runs the batch through the subscribers into `sink`; the columns they changed.
     fn run<S: RowSink>(
         &self,
         host: &PluginHost,
@@ -387,7 +451,7 @@ impl Filter {
         rows: &[u8],
         starts: &[usize],
         sink: &mut S,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Vec<Change>, Refusal> {
         let ncols = self.sub.fields.len();
         let nrows = starts.len();
         let malformed = |what: &str| Refusal {
@@ -452,6 +516,8 @@ impl Filter {
             arrays[c] = Some(a);
         }
         let original = arrays.clone();
+        // Which plugin changed each column last, and the class it gave.
+        let mut changed_by: Vec<Option<(&str, Option<String>)>> = vec![None; ncols];
         for sub in &self.sub.subs {
             let schema = Arc::new(Schema::new(
                 sub.cols
@@ -508,6 +574,12 @@ impl Filter {
                     )));
                 }
                 arrays[c] = Some(new.clone());
+                let class = replaced
+                    .schema_ref()
+                    .field(j)
+                    .metadata()
+                    .get(CLASS_METADATA);
+                changed_by[c] = Some((sub.plugin.name.as_str(), class.cloned()));
             }
         }
         let changed: Vec<usize> = self
@@ -521,8 +593,9 @@ impl Filter {
             })
             .collect();
         if changed.is_empty() {
-            return sink.unchanged(0..nrows);
+            return sink.unchanged(0..nrows).map(|()| Vec::new());
         }
+        let mut changes = Vec::with_capacity(changed.len());
         // What each cell of a changed row is written from.
         enum Source<'a> {
             /// The server's cell, length prefix and bytes as they came.
@@ -542,6 +615,10 @@ impl Filter {
                     let differing = types::differing_rows(old.as_ref(), new.as_ref());
                     for (any, &d) in differs_any.iter_mut().zip(&differing) {
                         *any |= d;
+                    }
+                    let values = differing.iter().filter(|&&d| d).count() as u64;
+                    if let (true, Some((plugin, class))) = (values > 0, &changed_by[c]) {
+                        changes.push((c, values, plugin.to_string(), class.clone()));
                     }
                     match new.as_string_opt::<i32>() {
                         Some(text) if self.sub.kinds[c].is_plain_text() => {
@@ -610,7 +687,7 @@ impl Filter {
         if unchanged_from < nrows {
             sink.unchanged(unchanged_from..nrows)?;
         }
-        Ok(())
+        Ok(changes)
     }
 }
 
@@ -669,6 +746,11 @@ impl CopyFilter {
 
     pub fn is_empty(&self) -> bool {
         self.filter.is_empty()
+    }
+
+    /// What the policies did to the COPY's rows.
+    pub fn into_report(self) -> Report {
+        self.filter.report
     }
 
     /// Runs the held rows through the plugins and appends their CopyData messages to `out`.
@@ -784,6 +866,7 @@ mod tests {
                 subs: Vec::new(),
                 needed: Vec::new(),
             }),
+            report: Report::default(),
             rows: BytesMut::new(),
             starts: Vec::new(),
             max_rows,

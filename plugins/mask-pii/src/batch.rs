@@ -11,7 +11,7 @@ use pgward_plugin_sdk::arrow::arrow_array::{new_null_array, GenericBinaryArray, 
 use pgward_plugin_sdk::arrow::arrow_buffer::Buffer;
 use pgward_plugin_sdk::arrow::{
     map_list_values, map_nullable_strings_into, map_strings_fixed_ascii, map_strings_shrinking,
-    replace_column, Array, ArrayRef, DataType, RecordBatch, SchemaRef,
+    replace_column_as, Array, ArrayRef, DataType, RecordBatch, SchemaRef,
 };
 use pgward_plugin_sdk::{sqlstate, Deny};
 use std::sync::Arc;
@@ -120,6 +120,9 @@ pub fn apply(
     let mut changed = false;
     for (i, column) in plan.columns.iter().enumerate() {
         let array = batch.column(i);
+        // The class the audit trail names for a masked column: the column's class, or
+        // `detected` for values a detector found in an unclassified column.
+        let mut class = "detected";
         let new = match &column.action {
             Action::Refuse { classes } => {
                 if array.null_count() < array.len() {
@@ -142,11 +145,12 @@ pub fn apply(
                 }
                 None
             }
-            Action::Mask { class, direct } => {
-                let class = &masker.config.classes[*class];
+            Action::Mask { class: c, direct } => {
+                let c = &masker.config.classes[*c];
+                class = &c.name;
                 Some(mask_column(
                     masker,
-                    &class.strategy,
+                    &c.strategy,
                     *direct,
                     column.type_oid,
                     array,
@@ -155,7 +159,7 @@ pub fn apply(
             Action::Detect => detect_column(masker, column.type_oid, array)?,
         };
         if let Some(new) = new {
-            out = replace_column(&out, i, new)?;
+            out = replace_column_as(&out, i, new, class)?;
             changed = true;
         }
     }
