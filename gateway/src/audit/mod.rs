@@ -289,12 +289,14 @@ impl Writer {
                 }
             };
             let mut flushes = Vec::new();
+            // Group commit: once a record arrives, let more gather for `batch_wait` before
+            // writing, so under load one write and one sync cover many records. The thread
+            // sleeps rather than waits on the queue: a sender then wakes nobody.
+            if matches!(first, Some(Msg::Event(_))) && !self.config.batch_wait.is_zero() {
+                std::thread::sleep(self.config.batch_wait);
+            }
             let mut next = first;
             let mut taken = 0;
-            // Group commit: once a record arrives, wait up to `batch_wait` for more, so under
-            // load one write and one sync cover many records and the thread wakes rarely.
-            let linger = (first_is_event(&next) && !self.config.batch_wait.is_zero())
-                .then(|| Instant::now() + self.config.batch_wait);
             while let Some(m) = next {
                 match m {
                     Msg::Event(e) => {
@@ -304,18 +306,10 @@ impl Writer {
                     Msg::Flush(reply) => flushes.push(reply),
                 }
                 taken += 1;
-                next = if taken >= BATCH_MAX {
-                    None
-                } else if let Ok(m) = rx.try_recv() {
-                    Some(m)
+                next = if taken < BATCH_MAX {
+                    rx.try_recv().ok()
                 } else {
-                    match linger {
-                        Some(until) if flushes.is_empty() => {
-                            let left = until.saturating_duration_since(Instant::now());
-                            rx.recv_timeout(left).ok()
-                        }
-                        _ => None,
-                    }
+                    None
                 };
             }
             if !flushes.is_empty()
@@ -479,10 +473,6 @@ impl Writer {
 
 /// Most records written in one go.
 const BATCH_MAX: usize = 4096;
-
-fn first_is_event(m: &Option<Msg>) -> bool {
-    matches!(m, Some(Msg::Event(_)))
-}
 
 fn count_lines(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
