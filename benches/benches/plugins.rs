@@ -29,8 +29,17 @@ use std::sync::Arc;
 /// Rows of the on-batch benchmark (the gateway's batch size is bounded by rows and bytes).
 const BATCH_ROWS: usize = 4096;
 
-/// A plugin host over a fresh directory holding `files` (built plugin, file stem, config).
+/// A plugin host over a fresh directory holding `files` (built plugin, file stem, config),
+/// with the verdict cache off: the on-query benchmarks measure calls.
 fn host_with(label: &str, files: &[(&str, &str, &str)]) -> (Arc<PluginHost>, std::path::PathBuf) {
+    host_caching(label, files, 0)
+}
+
+fn host_caching(
+    label: &str,
+    files: &[(&str, &str, &str)],
+    verdict_cache: usize,
+) -> (Arc<PluginHost>, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!(
         "pgward-bench-plugins-{label}-{}",
         std::process::id()
@@ -48,6 +57,7 @@ fn host_with(label: &str, files: &[(&str, &str, &str)]) -> (Arc<PluginHost>, std
     let host = PluginHost::start(PluginsConfig {
         directory: Some(dir.clone()),
         watch: false,
+        verdict_cache,
         ..Default::default()
     })
     .unwrap();
@@ -102,6 +112,17 @@ fn bench(c: &mut Criterion) {
     };
     let session = convert_session(1, &identity, "bench", "127.0.0.1:5555", "criterion");
     let analyzer = SqlAnalyzer::new(1000);
+    // The same policies answering from their verdict cache (contract 0.5 cache-verdict).
+    let (cached, cached_dir) = host_caching(
+        "policies-cached",
+        &[
+            ("guardrails", "10-guardrails", ""),
+            ("mask_pii", "20-mask_pii", MASK_PII_CONFIG),
+        ],
+        4096,
+    );
+    let cached_chain = cached.chain();
+    let who = cached.identity_id(&session);
     let opts = LexOptions::default();
     let chain = host.chain();
     let template_chain = template.chain();
@@ -119,12 +140,19 @@ fn bench(c: &mut Criterion) {
             ("deny-keyword", &host, &chain),
             ("template", &template, &template_chain),
             ("guardrails + mask-pii (2 calls)", &policies, &policies_chain),
+            ("guardrails + mask-pii, cache hits", &cached, &cached_chain),
         ] {
             c.bench_function(&format!("on-query, {plugin}, {label}"), |b| {
                 b.iter(|| {
-                    host.on_query(chain, &session, black_box(sql), &analysis, Protocol::Simple, |t| {
-                        analyzer.analyze(t, opts)
-                    })
+                    host.on_query(
+                        chain,
+                        &session,
+                        who,
+                        black_box(sql),
+                        &analysis,
+                        Protocol::Simple,
+                        |t| analyzer.analyze(t, opts),
+                    )
                 })
             });
         }
@@ -180,7 +208,7 @@ fn bench(c: &mut Criterion) {
         let plugin = loaded(chain, "mask-pii");
         let sql = "SELECT email FROM public.customers";
         let analysis = analyzer.analyze(sql, opts);
-        host.on_query(chain, &session, sql, &analysis, Protocol::Simple, |t| {
+        host.on_query(chain, &session, 0, sql, &analysis, Protocol::Simple, |t| {
             analyzer.analyze(t, opts)
         });
         let columns = [Column {
@@ -223,7 +251,7 @@ fn bench(c: &mut Criterion) {
             |b| b.iter(|| host.on_batch(&plugin, &session, black_box(&gateway_ipc))),
         );
     }
-    for dir in [dir, template_dir, policies_dir, partial_dir] {
+    for dir in [dir, template_dir, policies_dir, partial_dir, cached_dir] {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

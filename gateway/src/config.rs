@@ -301,6 +301,8 @@ pub struct PluginsConfig {
     pub batch_rows: usize,
     /// Most bytes of row data in one result batch.
     pub batch_bytes: usize,
+    /// Verdicts kept per plugin that it marked cacheable (contract 0.5); 0 turns caching off.
+    pub verdict_cache: usize,
 }
 
 impl Default for PluginsConfig {
@@ -316,6 +318,7 @@ impl Default for PluginsConfig {
             watch: true,
             batch_rows: 4096,
             batch_bytes: 1 << 20,
+            verdict_cache: 4096,
         }
     }
 }

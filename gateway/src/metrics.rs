@@ -58,6 +58,7 @@ pub struct Metrics {
     pub plugin_calls: Family<PluginLabels, Counter>,
     pub plugin_failures: Family<PluginLabels, Counter>,
     pub plugin_call_seconds: HistogramFamily<PluginLabels>,
+    pub plugin_cached_verdicts: Family<PluginLabels, Counter>,
     pub approvals: Family<EventLabels, Counter>,
     pub masked_values: Family<MaskLabels, Counter>,
     pub audit_records: Counter,
@@ -113,6 +114,12 @@ impl Metrics {
             "plugin_call_duration_seconds",
             "Duration of plugin hook calls",
             plugin_call_seconds.clone(),
+        );
+        let plugin_cached_verdicts = Family::<PluginLabels, Counter>::default();
+        r.register(
+            "plugin_cached_verdicts",
+            "Hook calls answered from the verdict cache, without calling the plugin",
+            plugin_cached_verdicts.clone(),
         );
         let approvals = Family::<EventLabels, Counter>::default();
         r.register(
@@ -185,6 +192,7 @@ impl Metrics {
             plugin_calls,
             plugin_failures,
             plugin_call_seconds,
+            plugin_cached_verdicts,
             approvals,
             masked_values,
             audit_records,

@@ -294,6 +294,8 @@ pub struct RelayContext<'a> {
     pub plugins: Option<&'a PluginHost>,
     /// The session as plugins see it.
     pub plugin_session: &'a wit::Session,
+    /// Its identity's number for the plugins' verdict caches ([`PluginHost::identity_id`]).
+    pub policy_identity: u64,
     /// Result filtering; present when plugins are configured.
     pub results: Option<ResultsContext<'a>>,
     /// The approvals workflow, when configured.
@@ -940,6 +942,7 @@ fn inspect_client_message(
     let decision = host.on_query(
         chain,
         ctx.plugin_session,
+        ctx.policy_identity,
         text,
         &analysis,
         protocol_kind,
@@ -2410,6 +2413,7 @@ mod tests {
             auth_method: "trust",
             audit: None,
             outcomes: None,
+            policy_identity: 0,
         };
         p.client_message(&ctx, &state, &close, None, &mut out);
         assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_none());

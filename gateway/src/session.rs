@@ -203,6 +203,10 @@ pub async fn serve(
         session_id: id,
         plugins: gw.plugins.as_deref(),
         plugin_session: &plugin_session,
+        policy_identity: gw
+            .plugins
+            .as_ref()
+            .map_or(0, |h| h.identity_id(&plugin_session)),
         results: gw.plugins.as_ref().map(|_| relay::ResultsContext {
             catalog: &gw.catalog,
             upstream: &gw.upstream,

@@ -157,6 +157,11 @@ pub(crate) fn log(level: Level, message: &str) {
     bindings::pgward::plugin::host::log(level.into(), message);
 }
 
+/// Marks the running on-query's verdict cacheable through the `host.cache-verdict` import.
+pub(crate) fn cache_verdict() {
+    bindings::pgward::plugin::host::cache_verdict();
+}
+
 impl From<wit::Session> for Session {
     fn from(s: wit::Session) -> Self {
         Session {

@@ -268,7 +268,9 @@ pub use types::*;
 /// Everything a plugin usually needs: `use pgward_plugin_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::types::*;
-    pub use crate::{config, export_plugin, log, sqlstate, NamePattern, Plugin, SearchPath};
+    pub use crate::{
+        cache_verdict, config, export_plugin, log, sqlstate, NamePattern, Plugin, SearchPath,
+    };
     pub use serde::Deserialize;
 }
 
@@ -282,6 +284,26 @@ pub fn log(level: Level, message: impl AsRef<str>) {
     __private::log(level, message.as_ref());
     #[cfg(not(target_arch = "wasm32"))]
     testing::capture(level, message.as_ref());
+}
+
+/// Tells the gateway that the verdict the running [`Plugin::on_query`] returns may answer
+/// later statements without calling the plugin: every statement with the same normalized text
+/// ([`Query::fingerprint`]) and protocol, from any session with the same user, groups and
+/// database, until the plugin or its config is reloaded (contract 0.5, `cache-verdict` in
+/// `wit/plugin.wit`). The gateway caches allow, deny and require-approval verdicts — never a
+/// rewrite — and only for statements whose analysis depends on their shape alone.
+///
+/// Call it only when the verdict depends on nothing else: not on state the plugin keeps per
+/// session (prepared statements it tracks, a search_path it follows), not on the raw SQL
+/// beyond its shape, and not when this call must run every time because it records
+/// something. Calling it elsewhere than in `on_query` does nothing. In
+/// [`testing::TestHarness`], [`TestHarness::cacheable`](testing::TestHarness::cacheable)
+/// says whether the last `on_query` called it.
+pub fn cache_verdict() {
+    #[cfg(target_arch = "wasm32")]
+    __private::cache_verdict();
+    #[cfg(not(target_arch = "wasm32"))]
+    testing::mark_cacheable();
 }
 
 /// Exports a [`Plugin`] as the component's implementation of the `pgward:plugin` world.

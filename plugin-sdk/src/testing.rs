@@ -73,6 +73,16 @@ pub(crate) fn capture(level: Level, message: &str) {
     });
 }
 
+thread_local! {
+    /// `cache_verdict` was called since the harness last looked.
+    static CACHEABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The native body of [`cache_verdict`](crate::cache_verdict()).
+pub(crate) fn mark_cacheable() {
+    CACHEABLE.with(|c| c.set(true));
+}
+
 fn take_captured() -> Vec<LogLine> {
     CAPTURED.with(|c| std::mem::take(&mut *c.borrow_mut()))
 }
@@ -87,6 +97,7 @@ pub struct TestHarness<P: Plugin> {
     plugin: P,
     next_session_id: u64,
     logs: Vec<LogLine>,
+    cacheable: bool,
 }
 
 impl<P: Plugin> TestHarness<P> {
@@ -100,6 +111,7 @@ impl<P: Plugin> TestHarness<P> {
             plugin: plugin?,
             next_session_id: 1,
             logs,
+            cacheable: false,
         })
     }
 
@@ -158,7 +170,11 @@ impl<P: Plugin> TestHarness<P> {
     #[track_caller]
     pub fn query_analysed(&mut self, session: &Session, query: &Query) -> Verdict {
         self.expect_hook(Hooks::ON_QUERY, "on_query");
+        CACHEABLE.with(|c| c.set(false));
         let verdict = self.plugin.on_query(session, query);
+        // The gateway never caches a rewrite, marked or not.
+        self.cacheable =
+            CACHEABLE.with(|c| c.replace(false)) && !matches!(verdict, Verdict::Rewrite(_));
         self.collect_logs();
         if let Err(e) = verdict.validate() {
             panic!(
@@ -167,6 +183,12 @@ impl<P: Plugin> TestHarness<P> {
             );
         }
         verdict
+    }
+
+    /// Whether the last `on_query` marked its verdict cacheable
+    /// ([`cache_verdict`](crate::cache_verdict())).
+    pub fn cacheable(&self) -> bool {
+        self.cacheable
     }
 
     /// Calls `on_result_schema` with `columns`.

@@ -458,7 +458,7 @@ fn plugin_for_another_contract_version_is_refused_clearly() {
         .find(|l| l.contains("05-future.wasm"))
         .unwrap_or_else(|| panic!("the refused plugin is reported:\n{log}"));
     assert!(
-        line.contains("pgward:plugin@0.5.0") && line.contains("pgward:plugin@0.4.0"),
+        line.contains("pgward:plugin@0.6.0") && line.contains("pgward:plugin@0.5.0"),
         "the error names both versions: {line}"
     );
     // The compatible plugin still loads and runs.
@@ -551,6 +551,7 @@ fn two_plugin_hosts_in_one_process_keep_their_plugins_apart() {
         let decision = host.on_query(
             &host.chain(),
             &session,
+            host.identity_id(&session),
             sql,
             &analysis,
             Protocol::Simple,
@@ -573,4 +574,126 @@ fn two_plugin_hosts_in_one_process_keep_their_plugins_apart() {
             "instances were created again"
         );
     }
+}
+
+/// The verdict cache (contract 0.5 `cache-verdict`), counted through `/metrics`: a verdict the
+/// plugin marked answers later statements of the same shape and identity without a call; another
+/// identity or group is judged afresh (a deny never answers for it); a config change or a new
+/// `.wasm` empties the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_verdicts_answer_without_a_call_until_the_plugin_or_its_config_changes() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("cache").unwrap();
+    let dir = plugins_dir();
+    let config = |message: &str| {
+        format!(
+            "word = \"secret_table\"\nmessage = \"{message}\"\ncacheable = true\nallow_groups = [\"ops\"]\n"
+        )
+    };
+    install(&dir, "deny", "deny_keyword", Some(&config("no secrets")));
+    let admin = pgward_e2e::free_port();
+    let gw = Gateway::start(
+        pg,
+        GatewayOptions {
+            users: vec![
+                pgward_e2e::TestUser::new("alice", "alice-pw", &["dev"]),
+                pgward_e2e::TestUser::new("bob", "bob-pw", &["ops"]),
+            ],
+            plugins_dir: Some(dir.clone()),
+            extra_toml: format!("[admin]\naddress = \"127.0.0.1:{admin}\"\n"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let metric = |name: &str| -> f64 {
+        let text = ureq::get(&format!("http://127.0.0.1:{admin}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("valid exposition text");
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && s.labels.get("plugin") == Some("deny-keyword"))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    let calls = || metric("pgward_plugin_calls_total");
+    let cached = || metric("pgward_plugin_cached_verdicts_total");
+    let alice = gw.connect("alice", &db).await.unwrap();
+    alice
+        .batch_execute("CREATE TABLE secret_table (id int); CREATE TABLE open_table (id int)")
+        .await
+        .unwrap_err();
+    let message = |e: tokio_postgres::Error| db_error(&e).1;
+    // Judged once, then answered from the cache: other literals, same shape.
+    for id in 1..=4 {
+        let e = alice
+            .simple_query(&format!("SELECT * FROM secret_table WHERE id = {id}"))
+            .await
+            .unwrap_err();
+        assert_eq!(message(e), "no secrets");
+    }
+    assert_eq!((calls(), cached()), (2.0, 3.0), "{}", gw.log());
+    alice.simple_query("SELECT 1").await.unwrap();
+    alice.simple_query("SELECT 2").await.unwrap();
+    assert_eq!((calls(), cached()), (3.0, 4.0));
+    // Another identity: judged afresh, and allowed (its group is), never the cached deny.
+    let bob = gw.connect("bob", &db).await.unwrap();
+    bob.batch_execute("CREATE TABLE secret_table (id int)")
+        .await
+        .unwrap();
+    for id in 1..=2 {
+        bob.simple_query(&format!("SELECT * FROM secret_table WHERE id = {id}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!((calls(), cached()), (5.0, 5.0));
+    // Alice again, from another session: still the cached deny.
+    let alice2 = gw.connect("alice", &db).await.unwrap();
+    let e = alice2
+        .simple_query("SELECT * FROM secret_table WHERE id = 9")
+        .await
+        .unwrap_err();
+    assert_eq!(message(e), "no secrets");
+    assert_eq!((calls(), cached()), (5.0, 6.0));
+
+    // A config change loads the plugin anew: the next verdict comes from a call, with the
+    // new message.
+    std::fs::write(dir.join("deny.toml"), config("still no secrets")).unwrap();
+    let reloaded = wait_for(Duration::from_secs(15), || {
+        gw.log().matches("plugin chain updated").count() >= 2
+    });
+    assert!(reloaded.is_some(), "{}", gw.log());
+    let before = calls();
+    let e = alice
+        .simple_query("SELECT * FROM secret_table WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(message(e), "still no secrets");
+    assert_eq!(calls(), before + 1.0);
+    // Another plugin in the file's place (it ignores the config): none of the old plugin's
+    // verdicts answer any more.
+    install(&dir, "deny", "contract_0_4", None);
+    let reloaded = wait_for(Duration::from_secs(15), || {
+        gw.log().matches("plugin chain updated").count() >= 3
+    });
+    assert!(reloaded.is_some(), "{}", gw.log());
+    alice
+        .simple_query("SELECT * FROM secret_table WHERE id = 2")
+        .await
+        .unwrap();
+    // A 0.4 plugin (no cache-verdict) keeps working under 0.5.
+    let e = alice.simple_query("SELECT 'v04_probe'").await.unwrap_err();
+    assert_eq!(
+        message(e),
+        "contract 0.4 plugin saw user=alice groups=dev password=true"
+    );
+    assert!(gw.log().contains("contract=V0_4"), "{}", gw.log());
 }

@@ -80,6 +80,7 @@ pub(crate) fn analyze_text(
             fingerprint,
             fingerprint_id,
             statements: vec![statement],
+            shape_only: false,
         };
         return Outcome {
             analysis,
@@ -115,6 +116,7 @@ pub(crate) fn analyze_text(
             fingerprint,
             fingerprint_id,
             statements,
+            shape_only: reusable && crate::cache::cacheable(flags),
         },
         reusable,
         parses,

@@ -82,6 +82,12 @@ pub struct Analysis {
     pub fingerprint_id: String,
     /// One entry per non-empty statement, in order.
     pub statements: Vec<StatementAnalysis>,
+    /// Every text with this `fingerprint` (under the same lexer options) has this analysis:
+    /// nothing in it depends on a literal's value or on how the text lexes under
+    /// `standard_conforming_strings`. What is decided from such an analysis holds for its
+    /// shape.
+    #[serde(skip)]
+    pub shape_only: bool,
 }
 
 impl Analysis {

@@ -1,7 +1,8 @@
 //! The plugin world's exports for every contract version this gateway loads.
 //!
 //! The component model compares types structurally, so a 0.3 component's hooks take and return
-//! exactly the records of 0.4 — all but `open-session`, whose `identity` gained fields in 0.4.
+//! exactly the records of 0.5 — all but `open-session`, whose `identity` gained fields in 0.4
+//! (0.5 changed no type: it added a host function, which older components do not import).
 //! Rather than a second set of generated bindings with conversions for every type, the exports
 //! are looked up by name and type-checked once per instance here, with the current types for
 //! all hooks and the 0.3 session record for a 0.3 component's `open-session`.
@@ -17,8 +18,10 @@ use wasmtime::Store;
 pub enum Contract {
     /// `pgward:plugin@0.3`: sessions introduced without how the identity was proven.
     V0_3,
-    /// `pgward:plugin@0.4`, the current contract.
+    /// `pgward:plugin@0.4`: no `cache-verdict`.
     V0_4,
+    /// `pgward:plugin@0.5`, the current contract.
+    V0_5,
 }
 
 impl Contract {
@@ -27,6 +30,7 @@ impl Contract {
         match (major, minor) {
             (0, 3) => Some(Contract::V0_3),
             (0, 4) => Some(Contract::V0_4),
+            (0, 5) => Some(Contract::V0_5),
             _ => None,
         }
     }
@@ -130,8 +134,12 @@ impl PluginPre {
         info.typed::<(), (wit::PluginInfo,)>(&*store)?;
         init.typed::<(&str,), (Result<(), String>,)>(&*store)?;
         match self.contract {
-            Contract::V0_4 => drop(open_session.typed::<(&wit::Session,), ()>(&*store)?),
-            Contract::V0_3 => drop(open_session.typed::<(&SessionV03,), ()>(&*store)?),
+            Contract::V0_4 | Contract::V0_5 => {
+                open_session.typed::<(&wit::Session,), ()>(&*store)?;
+            }
+            Contract::V0_3 => {
+                open_session.typed::<(&SessionV03,), ()>(&*store)?;
+            }
         }
         close_session.typed::<(u64,), ()>(&*store)?;
         on_connect.typed::<(u64,), (wit::ConnectVerdict,)>(&*store)?;
@@ -192,7 +200,7 @@ impl Exports {
         session: &wit::Session,
     ) -> wasmtime::Result<()> {
         match self.contract {
-            Contract::V0_4 => {
+            Contract::V0_4 | Contract::V0_5 => {
                 let f =
                     unsafe { TypedFunc::<(&wit::Session,), ()>::new_unchecked(self.open_session) };
                 f.call_async(store, (session,)).await

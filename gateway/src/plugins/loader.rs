@@ -170,6 +170,7 @@ fn load(
         config,
         pre,
         failures: Default::default(),
+        verdicts: super::verdicts::VerdictCache::new(host.settings().verdict_cache),
         metrics: Default::default(),
     };
     // Probe: instantiate, ask for the plugin's info and run init with its config, under a
@@ -295,7 +296,7 @@ fn check_contract(host: &PluginHost, component: &Component) -> Result<super::Con
         }
         found = contract;
     }
-    Ok(found.unwrap_or(super::Contract::V0_4))
+    Ok(found.unwrap_or(super::Contract::V0_5))
 }
 
 /// Writes the status of every plugin file for `pgward plugins list`.

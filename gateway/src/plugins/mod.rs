@@ -22,6 +22,7 @@
 mod convert;
 mod loader;
 mod ticker;
+pub mod verdicts;
 
 use crate::config::PluginsConfig;
 use arc_swap::ArcSwap;
@@ -55,7 +56,7 @@ pub mod bindings {
 use bindings::pgward::plugin::types as wit;
 
 /// The contract version this gateway speaks (`package pgward:plugin@...` in `wit/`).
-pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 4, 0);
+pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 5, 0);
 
 /// Length of one epoch tick: how often a running call's budget is checked.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -105,6 +106,8 @@ pub struct LoadedPlugin {
     config: String,
     pre: exports::PluginPre,
     failures: AtomicU64,
+    /// Verdicts it marked cacheable (contract 0.5), dropped with this load.
+    pub verdicts: verdicts::VerdictCache,
     /// Metric handles per hook (on-connect, on-query, on-result-schema, on-batch), made on
     /// first use, so a call costs no label lookup.
     metrics: [std::sync::OnceLock<HookMetrics>; 4],
@@ -115,6 +118,8 @@ struct HookMetrics {
     calls: prometheus_client::metrics::counter::Counter,
     failures: prometheus_client::metrics::counter::Counter,
     seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Calls answered from the verdict cache instead.
+    cached: prometheus_client::metrics::counter::Counter,
 }
 
 impl LoadedPlugin {
@@ -135,6 +140,7 @@ impl LoadedPlugin {
                 calls: m.plugin_calls.get_or_create(&labels).clone(),
                 failures: m.plugin_failures.get_or_create(&labels).clone(),
                 seconds: m.plugin_call_seconds.get_or_create(&labels).clone(),
+                cached: m.plugin_cached_verdicts.get_or_create(&labels).clone(),
             }
         })
     }
@@ -198,6 +204,8 @@ pub struct HostState {
     limits: StoreLimits,
     plugin: Arc<str>,
     budget: CallBudget,
+    /// The running on-query call marked its verdict cacheable (`cache-verdict`).
+    cache_verdict: bool,
 }
 
 /// The deadline of one call, in CPU time of the calling thread. Wall-clock time alone would
@@ -321,6 +329,10 @@ impl bindings::pgward::plugin::host::Host for HostState {
             wit::Level::Warn => tracing::warn!(plugin, "{message}"),
             wit::Level::Error => tracing::error!(plugin, "{message}"),
         }
+    }
+
+    fn cache_verdict(&mut self) {
+        self.cache_verdict = true;
     }
 }
 
@@ -502,6 +514,8 @@ pub struct PluginHost {
     reload_lock: Mutex<()>,
     /// The current chain's generation, for a cheap "has the chain changed" on every call.
     generation: AtomicU64,
+    /// Session identities as numbers, for the verdict caches.
+    identities: verdicts::Identities,
 }
 
 /// Why the plugin runtime could not start.
@@ -545,20 +559,27 @@ impl PluginHost {
             |s| s,
         )
         .map_err(|e| StartError(e.to_string()))?;
-        // Contract 0.3 components import the same host interface under its old version.
-        linker
-            .instance("pgward:plugin/host@0.3.0")
-            .and_then(|mut host| {
-                host.func_wrap(
-                    "log",
-                    |mut store: wasmtime::StoreContextMut<'_, HostState>,
-                     (level, message): (wit::Level, String)| {
-                        bindings::pgward::plugin::host::Host::log(store.data_mut(), level, message);
-                        Ok(())
-                    },
-                )
-            })
-            .map_err(|e| StartError(e.to_string()))?;
+        // Contract 0.3 and 0.4 components import the host interface under its old versions,
+        // which had `log` alone.
+        for version in ["0.3.0", "0.4.0"] {
+            linker
+                .instance(&format!("pgward:plugin/host@{version}"))
+                .and_then(|mut host| {
+                    host.func_wrap(
+                        "log",
+                        |mut store: wasmtime::StoreContextMut<'_, HostState>,
+                         (level, message): (wit::Level, String)| {
+                            bindings::pgward::plugin::host::Host::log(
+                                store.data_mut(),
+                                level,
+                                message,
+                            );
+                            Ok(())
+                        },
+                    )
+                })
+                .map_err(|e| StartError(e.to_string()))?;
+        }
         static NEXT_HOST: AtomicU64 = AtomicU64::new(1);
         let ticker = EpochTicker::start(engine.clone(), EPOCH_TICK)
             .map_err(|e| StartError(format!("cannot start the epoch ticker: {e}")))?;
@@ -573,6 +594,7 @@ impl PluginHost {
             status: Mutex::new(Vec::new()),
             reload_lock: Mutex::new(()),
             generation: AtomicU64::new(0),
+            identities: verdicts::Identities::default(),
         });
         host.reload();
         if host.settings.watch {
@@ -631,6 +653,7 @@ impl PluginHost {
                 limits,
                 plugin: Arc::from(plugin.name.as_str()),
                 budget: CallBudget::start(self.settings.batch_deadline),
+                cache_verdict: false,
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -755,6 +778,8 @@ impl PluginHost {
 
     fn record_failure(&self, plugin: &LoadedPlugin, hook: &str, e: &CallError) -> Refusal {
         let n = plugin.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        // What it said before may not hold: ask it again.
+        plugin.verdicts.clear();
         error!(plugin = %plugin.name, hook, failures = n, error = %e, "plugin failed: statement denied");
         Refusal {
             plugin: plugin.name.clone(),
@@ -835,32 +860,72 @@ impl PluginHost {
     }
 
     /// Runs on-query through the chain. `analyse` analyses a rewritten text for the next plugin.
+    /// The number [`on_query`](Self::on_query) knows a session's identity by (user, groups,
+    /// database), for the verdict caches: once per session.
+    pub fn identity_id(&self, session: &wit::Session) -> u64 {
+        self.identities.id(session)
+    }
+
+    /// Runs the statement through the chain's on-query hooks. A plugin's verdict it marked
+    /// cacheable for this identity (`identity`, from [`identity_id`](Self::identity_id)) and
+    /// statement shape answers without a call.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_query(
         &self,
         chain: &Chain,
         session: &wit::Session,
+        identity: u64,
         sql: &str,
         analysis: &Arc<pgward_sql::Analysis>,
         protocol: wit::Protocol,
         analyse: impl Fn(&str) -> Arc<pgward_sql::Analysis>,
     ) -> QueryDecision {
         let deadline = self.settings.query_deadline;
+        let extended = protocol == wit::Protocol::Extended;
         let mut rewritten: Option<(String, wit::Query)> = None;
         for p in chain.plugins.iter().filter(|p| p.hooks.on_query) {
-            let ask = |query: &wit::Query| {
+            // Only a shape-only analysis, as the chain's first plugins saw it, may be answered
+            // for other texts of its shape.
+            let cacheable = analysis.shape_only && rewritten.is_none() && p.verdicts.enabled();
+            if cacheable {
+                if let Some(hit) = p.verdicts.get(identity, extended, &analysis.fingerprint) {
+                    p.hook_metrics("on-query").cached.inc();
+                    match hit {
+                        verdicts::Cached::Allow => continue,
+                        verdicts::Cached::Deny(r) => return QueryDecision::Deny(r),
+                        verdicts::Cached::RequireApproval(a) => {
+                            return QueryDecision::RequireApproval(a)
+                        }
+                    }
+                }
+            }
+            let mut marked = false;
+            let mut ask = |query: &wit::Query| {
                 self.call(p, "on-query", session, deadline, |store, inst| {
-                    poll_once(inst.call_on_query(store, session.id, query))
+                    store.data_mut().cache_verdict = false;
+                    let verdict = poll_once(inst.call_on_query(store, session.id, query));
+                    marked = store.data().cache_verdict;
+                    verdict
                 })
             };
             let verdict = match &rewritten {
                 Some((_, query)) => ask(query),
                 None => convert::with_query(sql, analysis, protocol, ask),
             };
+            let keep = |v: verdicts::Cached| {
+                if cacheable && marked {
+                    p.verdicts
+                        .insert(identity, extended, &analysis.fingerprint, v);
+                }
+            };
             match verdict {
-                Ok(wit::Verdict::Allow) => {}
+                Ok(wit::Verdict::Allow) => keep(verdicts::Cached::Allow),
                 Ok(wit::Verdict::Deny(d)) => {
                     return QueryDecision::Deny(match self.validate_deny(p, d) {
-                        Ok(r) => r,
+                        Ok(r) => {
+                            keep(verdicts::Cached::Deny(r.clone()));
+                            r
+                        }
                         Err(e) => self.record_failure(p, "on-query", &e),
                     })
                 }
@@ -893,14 +958,16 @@ impl PluginHost {
                         );
                         return QueryDecision::Deny(self.record_failure(p, "on-query", &e));
                     }
-                    return QueryDecision::RequireApproval(ApprovalAsk {
+                    let ask = ApprovalAsk {
                         plugin: p.name.clone(),
                         reason: a.reason,
                         approver_group: a.approver_group,
                         rule: a.rule,
                         defer: a.mode == wit::ApprovalMode::Defer,
                         quorum: a.quorum.clamp(1, 16),
-                    });
+                    };
+                    keep(verdicts::Cached::RequireApproval(ask.clone()));
+                    return QueryDecision::RequireApproval(ask);
                 }
                 Err(e) => return QueryDecision::Deny(self.record_failure(p, "on-query", &e)),
             }

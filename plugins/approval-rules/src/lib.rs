@@ -226,6 +226,8 @@ impl Plugin for ApprovalRules {
     }
 
     fn on_query(&mut self, session: &Session, query: &Query) -> Verdict {
+        // The verdict depends on the config, the identity and the statement's shape only.
+        cache_verdict();
         let rules: Vec<&Rule> = self
             .config
             .rules

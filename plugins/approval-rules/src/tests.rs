@@ -299,3 +299,21 @@ fn bad_configs_are_refused_with_the_key_named() {
     assert!(e.contains("must not be empty"), "{e}");
     assert!(TestHarness::<ApprovalRules>::new("").is_ok());
 }
+
+/// Every verdict follows from the config, the identity and the statement's shape (the plugin
+/// keeps no session state), so every one is cacheable: held or allowed alike.
+#[test]
+fn every_verdict_is_cacheable() {
+    let Fixture { mut h, agent, dev } = fixture();
+    for (s, sql) in [
+        (
+            &agent,
+            "UPDATE billing.invoices SET paid = true WHERE id = 1",
+        ),
+        (&agent, "SELECT * FROM billing.invoices"),
+        (&dev, "UPDATE billing.invoices SET paid = true WHERE id = 1"),
+    ] {
+        h.query(s, sql);
+        assert!(h.cacheable(), "{sql}");
+    }
+}

@@ -326,6 +326,15 @@ impl Plugin for Guardrails {
     }
 
     fn on_query(&mut self, session: &Session, query: &Query) -> Verdict {
+        // The verdict holds for the statement's shape and the identity (its profile) unless it
+        // reads or changes the prepared statements this plugin tracks per session.
+        if !query
+            .statements
+            .iter()
+            .any(|s| tracks_session_state(s.kind))
+        {
+            cache_verdict();
+        }
         let profile = self.profile(session);
         let texts = statement_text::split(&query.fingerprint, query.statements.len());
         // Names prepared earlier in this string, for an EXECUTE later in it.
@@ -377,6 +386,20 @@ impl Plugin for Guardrails {
         }
         Verdict::Allow
     }
+}
+
+/// Statements whose verdict depends on, or changes, this session's prepared statements (an
+/// EXPLAIN may run an EXECUTE; DISCARD ALL is a utility statement): judged every time.
+fn tracks_session_state(kind: StatementKind) -> bool {
+    matches!(
+        kind,
+        StatementKind::Prepare
+            | StatementKind::Execute
+            | StatementKind::Deallocate
+            | StatementKind::Explain
+            | StatementKind::Utility
+            | StatementKind::Unknown
+    )
 }
 
 impl Guardrails {

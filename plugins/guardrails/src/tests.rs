@@ -736,3 +736,35 @@ fn bad_configs_are_refused_with_the_key_named() {
     let e = err("[[profiles]]\nname = \"x\"\nread_only = true\nallow_ddl = true");
     assert!(e.contains("contradict"), "{e}");
 }
+
+/// Verdicts that follow from the statement's shape and the profile are marked cacheable;
+/// those that read or change the prepared statements guardrails tracks per session are not, so
+/// the gateway asks again every time.
+#[test]
+fn only_verdicts_independent_of_session_state_are_cacheable() {
+    let Fixture { mut h, agent, .. } = fixture(CONFIG);
+    for sql in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+        "DROP TABLE billing.invoices",
+        "UPDATE billing.invoices SET paid = true WHERE id = 2",
+    ] {
+        h.query(&agent, sql);
+        assert!(h.cacheable(), "{sql}");
+    }
+    for sql in [
+        "PREPARE p AS SELECT 1",
+        "EXECUTE p",
+        "EXPLAIN ANALYZE EXECUTE p",
+        "DEALLOCATE p",
+        "DISCARD ALL",
+        "SELECT 1; PREPARE q AS SELECT 2",
+    ] {
+        h.query(&agent, sql);
+        assert!(!h.cacheable(), "{sql}");
+    }
+    // What the cache must not answer: EXECUTE depends on the PREPARE this session saw.
+    let other = h.session("agent", &["ai-agents"]);
+    assert!(h.query(&agent, "PREPARE r AS SELECT 1").as_deny().is_none());
+    assert!(h.query(&agent, "EXECUTE r").as_deny().is_none());
+    assert!(h.query(&other, "EXECUTE r").as_deny().is_some());
+}

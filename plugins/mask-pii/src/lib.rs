@@ -146,6 +146,11 @@ impl Plugin for MaskPii {
     }
 
     fn on_query(&mut self, session: &Session, query: &Query) -> Verdict {
+        // Judged on the analysis alone, the verdict depends on the config, the identity and
+        // the statement's shape only; a verdict that read the raw text is not reused.
+        if !statement::reads_text(query) {
+            cache_verdict();
+        }
         let active = Active::of(&self.config, session);
         statement::check(&self.config, &self.builtin, active, query)
     }

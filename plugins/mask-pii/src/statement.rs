@@ -298,6 +298,16 @@ pub fn check(
     }
 }
 
+/// Whether judging `query` reads its raw text (calls and casts need parentheses or `::`, and
+/// cursors, PREPARE and UPDATE their own tokens); otherwise the analysis alone decides.
+pub fn reads_text(query: &Query) -> bool {
+    query.sql.contains(['(', ':'])
+        || query.statements.iter().any(|s| {
+            s.is_command("DECLARE CURSOR")
+                || matches!(s.kind, StatementKind::Prepare | StatementKind::Update)
+        })
+}
+
 /// The reason to refuse `query`, and a hint.
 fn refusal(
     config: &Config,
@@ -319,11 +329,7 @@ fn refusal(
     // The text is read only when a check needs it: calls and casts need parentheses or `::`,
     // and cursors, PREPARE and UPDATE their own tokens. `SELECT a FROM t WHERE id = $1`
     // (most traffic) is judged on the analysis alone.
-    let needs_tokens = query.sql.contains(['(', ':'])
-        || query.statements.iter().any(|s| {
-            s.is_command("DECLARE CURSOR")
-                || matches!(s.kind, StatementKind::Prepare | StatementKind::Update)
-        });
+    let needs_tokens = reads_text(query);
     let tokens = if needs_tokens {
         sqlscan::tokenize(&query.sql)
     } else {

@@ -1362,3 +1362,21 @@ fn any_statement_text_gets_a_valid_verdict() {
         let _ = h.query_extended(&s, &sql);
     }
 }
+
+/// A verdict made from the analysis alone is cacheable; one that had to read the statement's
+/// raw text (calls, casts, cursors) is judged every time.
+#[test]
+fn verdicts_from_the_analysis_alone_are_cacheable() {
+    let mut h = harness();
+    let s = h.session("agent", &[]);
+    h.query(&s, "SELECT email FROM public.customers WHERE id = 7");
+    assert!(h.cacheable());
+    for sql in [
+        "SELECT lower(email) FROM public.customers",
+        "SELECT email::varchar(3) FROM public.customers",
+        "DECLARE c CURSOR FOR SELECT email FROM public.customers",
+    ] {
+        h.query(&s, sql);
+        assert!(!h.cacheable(), "{sql}");
+    }
+}

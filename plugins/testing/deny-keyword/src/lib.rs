@@ -6,6 +6,9 @@
 //! sqlstate = "42501"            # default
 //! message = "forbidden word"    # default: "query mentions a forbidden word"
 //! show_identity = true          # default false: append the session's identity to the message
+//! cacheable = true              # default false: look in the normalized text, and mark every
+//!                               # verdict cacheable (contract 0.5)
+//! allow_groups = ["ops"]        # sessions in these groups are allowed whatever they send
 //! ```
 #![forbid(unsafe_code)]
 
@@ -16,6 +19,8 @@ pub struct DenyKeyword {
     word: String,
     deny: Deny,
     show_identity: bool,
+    cacheable: bool,
+    allow_groups: Vec<String>,
 }
 
 /// `deny_keyword.toml`.
@@ -33,6 +38,13 @@ pub struct Config {
     /// Append who the session is and how it was proven to the message (for tests of identity).
     #[serde(default)]
     pub show_identity: bool,
+    /// Look for the word in the normalized text (so the verdict depends on the statement's
+    /// shape alone) and mark every verdict cacheable.
+    #[serde(default)]
+    pub cacheable: bool,
+    /// Groups whose sessions are allowed whatever they send.
+    #[serde(default)]
+    pub allow_groups: Vec<String>,
 }
 
 fn default_sqlstate() -> String {
@@ -59,11 +71,23 @@ impl Plugin for DenyKeyword {
             word: c.word.to_ascii_lowercase(),
             deny,
             show_identity: c.show_identity,
+            cacheable: c.cacheable,
+            allow_groups: c.allow_groups,
         })
     }
 
     fn on_query(&mut self, session: &Session, query: &Query) -> Verdict {
-        if query.sql.to_ascii_lowercase().contains(&self.word) {
+        let text = match self.cacheable {
+            true => {
+                cache_verdict();
+                &query.fingerprint
+            }
+            false => &query.sql,
+        };
+        if session.in_any_group(&self.allow_groups) {
+            return Verdict::Allow;
+        }
+        if text.to_ascii_lowercase().contains(&self.word) {
             log(Level::Info, "deny-keyword: denied a query");
             let mut deny = self.deny.clone();
             if self.show_identity {

@@ -1,4 +1,4 @@
-//! A component that speaks a contract this gateway does not: `pgward:plugin@0.5.0`. Built with
+//! A component that speaks a contract this gateway does not: `pgward:plugin@0.6.0`. Built with
 //! wit-bindgen directly (the SDK only speaks the current contract); the gateway must refuse to
 //! load it with an error naming both versions.
 // wit-bindgen's generated glue is unsafe code; this crate has nothing else.
@@ -7,7 +7,7 @@
 mod component {
     wit_bindgen::generate!({
         inline: "
-            package pgward:plugin@0.5.0;
+            package pgward:plugin@0.6.0;
             interface host {
                 log: func(message: string);
             }
