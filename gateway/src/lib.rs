@@ -11,10 +11,12 @@
 //! - [`cancel`]: the gateway's cancel keys, mapped to upstream backends.
 //! - [`sql`]: statement analysis with sqlparser, cached by normalized text (the `pgward-sql`
 //!   crate, shared with the plugin SDK's test harness).
-//! - [`plugins`]: WebAssembly policy plugins: loading, chain, hot reload, sandboxed calls.
+//! - [`plugins`]: WebAssembly policy plugins: loading, chain, hot reload, sandboxed calls, and
+//!   the cache of verdicts plugins marked cacheable.
 //! - [`results`]: result rows through plugins as Arrow batches, with lineage from the catalog.
 //! - [`approvals`]: statements held for approval: requests, their store, notifications.
-//! - [`audit`]: the hash-chained audit trail, its writer thread and verifier.
+//! - [`audit`]: the hash-chained audit trail, its writer thread and verifier, and the statement
+//!   records that wait for the server's answer.
 //! - [`admin`]: the admin HTTP server: approvals API, `/healthz`, `/readyz`.
 //! - [`cli`]: the command line's admin API client (`pgward approvals ...`).
 //! - [`metrics`]: the Prometheus metrics the admin server exports.
