@@ -131,8 +131,9 @@ enum Expect {
     /// A Describe: RowDescription or NoData (after ParameterDescription for a statement).
     /// An injected one is the gateway's own, and its answer is not relayed.
     Describe { injected: bool },
-    /// An Execute of a portal bound to this statement.
-    Execute(Sent),
+    /// An Execute of a portal bound to this statement; whether the gateway asked for its
+    /// columns (a Describe right before it), because a result plugin was active then.
+    Execute(Sent, bool),
     /// A Sync (or FunctionCall): ReadyForQuery.
     Sync,
 }
@@ -551,7 +552,7 @@ impl Prepared {
                     });
                     q.push_back(Expect::Describe { injected: true });
                 }
-                q.push_back(Expect::Execute(analysis));
+                q.push_back(Expect::Execute(analysis, wants));
             }
             b'C' => {
                 let kind = body.first().copied();
@@ -1632,6 +1633,9 @@ struct Results {
     copy: Option<CopyFilter>,
     /// A result was refused: drop what the server sends until ReadyForQuery.
     discard: bool,
+    /// The current result's columns were described (RowDescription, CopyOutResponse) or its
+    /// rows were found not to need it.
+    checked: bool,
 }
 
 impl Results {
@@ -1668,6 +1672,7 @@ impl Results {
     /// The current result is over: its rows count for the statement's record, and what the
     /// policies masked in it is recorded and counted.
     fn end(&mut self, ctx: &RelayContext<'_>, tally: &mut Tally) {
+        self.checked = false;
         let report = match (self.filter.take(), self.copy.take()) {
             (Some(f), _) => f.into_report(),
             (None, Some(c)) => c.into_report(),
@@ -1767,6 +1772,18 @@ async fn server_to_client(
                 Ok(None) => break,
                 Err(e) => return RelayEnd::ServerProtocol(e),
             };
+            if header.tag == b'D' && tracking && !results.checked && !results.discard {
+                results.checked = true;
+                if results.filter.is_none() && undescribed_rows(ctx, state) {
+                    // A result plugin became active after this Execute went upstream without
+                    // a Describe: its rows cannot be filtered, so none of them leaves.
+                    out.extend_from_slice(&buf[written..pos]);
+                    written = pos;
+                    results.refuse(&mut out, &undescribed_refusal());
+                    pass = header.frame_len;
+                    continue;
+                }
+            }
             let whole = match header.tag {
                 b'Z' | b'S' | b'E' => true,
                 b'C' | b's' | b'I' => tracking || outcomes.is_some(),
@@ -1822,7 +1839,7 @@ async fn server_to_client(
                         let mut q = state.expect();
                         while matches!(
                             q.front(),
-                            Some(Expect::Describe { .. } | Expect::Execute(_))
+                            Some(Expect::Describe { .. } | Expect::Execute(..))
                         ) {
                             q.pop_front();
                         }
@@ -1839,7 +1856,7 @@ async fn server_to_client(
                                     break;
                                 }
                                 Expect::Sync => break,
-                                Expect::Execute(a) => {
+                                Expect::Execute(a, _) => {
                                     invalidate_after_ddl(ctx, a.analysis.as_deref())
                                 }
                                 Expect::Describe { .. } => {}
@@ -1867,7 +1884,7 @@ async fn server_to_client(
                                     // Our own Describe, right before an Execute: its columns.
                                     relay = false;
                                     match q.front() {
-                                        Some(Expect::Execute(a)) => Some(a.analysis.clone()),
+                                        Some(Expect::Execute(a, _)) => Some(a.analysis.clone()),
                                         _ => None,
                                     }
                                 } else {
@@ -1880,6 +1897,8 @@ async fn server_to_client(
                             _ => None,
                         }
                     };
+                    // The columns of the result that follows (not a client's own Describe).
+                    results.checked |= front.is_some();
                     if let (Some(analysis), b'T') = (front, header.tag) {
                         let statement = if relay { results.statement } else { 0 };
                         match start_result(ctx, state, &mut known, frame, analysis, statement).await
@@ -1915,9 +1934,10 @@ async fn server_to_client(
                     written = pos + frame_len;
                 }
                 b'H' => {
+                    results.checked = true;
                     let (sent, statement) = match state.expect().front() {
                         Some(Expect::Query(s)) => (Some(s.clone()), results.statement),
-                        Some(Expect::Execute(s)) => (Some(s.clone()), 0),
+                        Some(Expect::Execute(s, _)) => (Some(s.clone()), 0),
                         _ => (None, 0),
                     };
                     match start_copy(ctx, state, frame, sent, statement).await {
@@ -1965,8 +1985,8 @@ async fn server_to_client(
                         let mut q = state.expect();
                         match q.front() {
                             Some(Expect::Query(_)) if header.tag != b's' => results.statement += 1,
-                            Some(Expect::Execute(_)) => {
-                                if let Some(Expect::Execute(a)) = q.pop_front() {
+                            Some(Expect::Execute(..)) => {
+                                if let Some(Expect::Execute(a, _)) = q.pop_front() {
                                     if header.tag == b'C' {
                                         invalidate_after_ddl(ctx, a.analysis.as_deref());
                                     }
@@ -2228,6 +2248,22 @@ fn invalidate_after_ddl(ctx: &RelayContext<'_>, analysis: Option<&Analysis>) {
 }
 
 /// Ends a result with the refusal instead of (the rest of) its rows.
+/// Rows arrive for an Execute the gateway did not describe, and a result plugin is active now
+/// (it was loaded while the Execute was in flight).
+fn undescribed_rows(ctx: &RelayContext<'_>, state: &RelayState) -> bool {
+    matches!(state.expect().front(), Some(Expect::Execute(_, false)))
+        && ctx.plugins.is_some_and(|p| p.chain().wants_results())
+}
+
+fn undescribed_refusal() -> Refusal {
+    Refusal {
+        plugin: "pgward".into(),
+        sqlstate: "58000".into(),
+        message: "a result policy became active while this statement ran, before its columns were described to it, so its rows were withheld".into(),
+        hint: Some("run the statement again: the policies now active will see its result".into()),
+    }
+}
+
 fn refuse_result(out: &mut BytesMut, refusal: &Refusal) {
     warn!(plugin = %refusal.plugin, sqlstate = %refusal.sqlstate, "result refused");
     let detail = format!("refused by result policy \"{}\"", refusal.plugin);

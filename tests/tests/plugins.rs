@@ -697,3 +697,59 @@ async fn cached_verdicts_answer_without_a_call_until_the_plugin_or_its_config_ch
     );
     assert!(gw.log().contains("contract=V0_4"), "{}", gw.log());
 }
+
+/// An Execute sent while no result plugin was active goes upstream without a Describe. A result
+/// plugin loaded while it runs never saw its columns, so its rows are withheld — never passed
+/// unfiltered — and the next statement is masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_an_execute_in_flight_when_a_result_plugin_loads_are_withheld() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("inflight").unwrap();
+    let dir = plugins_dir();
+    // An on-query plugin alone: results stay on the byte fast path.
+    install(
+        &dir,
+        "10-deny",
+        "deny_keyword",
+        Some(&deny_config("alpha_table")),
+    );
+    let gw = gateway_with(pg, &dir, "");
+    let client = std::sync::Arc::new(gw.connect("alice", &db).await.unwrap());
+    let slow = client
+        .prepare("SELECT pg_sleep(10)::text AS slept, 'ada@example.com'::text AS email")
+        .await
+        .unwrap();
+    let running = {
+        let client = client.clone();
+        tokio::spawn(async move { client.query(&slow, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    install(
+        &dir,
+        "20-mask",
+        "mask_column",
+        Some("columns = [\"email\"]\n"),
+    );
+    let reloaded = wait_for(Duration::from_secs(9), || {
+        gw.log().matches("plugin chain updated").count() >= 2
+    });
+    assert!(reloaded.is_some(), "{}", gw.log());
+    assert!(
+        !running.is_finished(),
+        "the plugin loaded only after the statement finished: the test proves nothing"
+    );
+    let e = running.await.unwrap().unwrap_err();
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "58000", "{message}");
+    assert!(
+        message.contains("before its columns were described"),
+        "{message}"
+    );
+    // The session goes on, and its next result is masked.
+    let rows = client
+        .query("SELECT 'ada@example.com'::text AS email", &[])
+        .await
+        .unwrap();
+    let email: &str = rows[0].get(0);
+    assert_ne!(email, "ada@example.com");
+}
