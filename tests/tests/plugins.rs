@@ -703,17 +703,8 @@ async fn cached_verdicts_answer_without_a_call_until_the_plugin_or_its_config_ch
 /// unfiltered — and the next statement is masked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_of_an_execute_in_flight_when_a_result_plugin_loads_are_withheld() {
-    let pg = Postgres::shared();
-    let db = pg.create_database("inflight").unwrap();
-    let dir = plugins_dir();
     // An on-query plugin alone: results stay on the byte fast path.
-    install(
-        &dir,
-        "10-deny",
-        "deny_keyword",
-        Some(&deny_config("alpha_table")),
-    );
-    let gw = gateway_with(pg, &dir, "");
+    let (_, db, dir, gw) = with_deny("10-deny", "alpha_table");
     let client = std::sync::Arc::new(gw.connect("alice", &db).await.unwrap());
     let slow = client
         .prepare("SELECT pg_sleep(10)::text AS slept, 'ada@example.com'::text AS email")
