@@ -27,7 +27,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
@@ -84,6 +84,10 @@ struct Sent {
     audit: Option<Decided>,
     /// A portal's bound parameters, when the audit trail records them.
     params: Option<Params>,
+    /// A prepared statement's columns once asked for (and the portals bound to it).
+    columns: Option<Arc<StatementColumns>>,
+    /// A portal's result formats (from its Bind), kept when its statement's columns are.
+    formats: Option<Arc<[i16]>>,
 }
 
 impl Sent {
@@ -97,6 +101,59 @@ impl Sent {
             copy_sql,
             audit,
             params: None,
+            columns: None,
+            formats: None,
+        }
+    }
+}
+
+/// A prepared statement's result columns, learned from one Describe of it and shared by the
+/// portals bound to it, so its executions need no Describe of their own. They hold for the
+/// statement's life: PostgreSQL refuses to run a prepared statement whose result types
+/// changed, and a table's oid or column numbers change only by DDL, which moves the catalog
+/// generation a description was read under.
+#[derive(Debug)]
+struct StatementColumns {
+    /// The client's pipeline (Syncs before it) the Describe went upstream in.
+    pipeline: u64,
+    described: OnceLock<Described>,
+}
+
+#[derive(Debug)]
+enum Described {
+    /// The RowDescription's body (every column in text), read under this catalog generation.
+    Rows(Box<[u8]>, u64),
+    /// The statement returns no rows.
+    NoData,
+    /// The server skipped the Describe (an earlier error in its pipeline).
+    Skipped,
+}
+
+impl StatementColumns {
+    fn new(pipeline: u64) -> Arc<StatementColumns> {
+        Arc::new(StatementColumns {
+            pipeline,
+            described: OnceLock::new(),
+        })
+    }
+
+    /// An Execute sent now in `pipeline` can take its columns from here: they are known, or
+    /// their Describe went in the same pipeline (the server answers it first, or skips both).
+    fn usable(&self, pipeline: u64, generation: u64) -> bool {
+        match self.described.get() {
+            Some(Described::Rows(_, g)) => *g == generation,
+            Some(Described::NoData) => true,
+            Some(Described::Skipped) => false,
+            None => self.pipeline == pipeline,
+        }
+    }
+
+    /// The statement must be described again (its Describe was skipped, or DDL ran since).
+    fn stale(&self, generation: u64) -> bool {
+        match self.described.get() {
+            Some(Described::Rows(_, g)) => *g != generation,
+            Some(Described::Skipped) => true,
+            Some(Described::NoData) | None => false,
         }
     }
 }
@@ -129,13 +186,38 @@ enum Expect {
     /// A Query: its results, one statement after another, then ReadyForQuery.
     Query(Sent),
     /// A Describe: RowDescription or NoData (after ParameterDescription for a statement).
-    /// An injected one is the gateway's own, and its answer is not relayed.
-    Describe { injected: bool },
-    /// An Execute of a portal bound to this statement; whether the gateway asked for its
-    /// columns (a Describe right before it), because a result plugin was active then.
-    Execute(Sent, bool),
+    Describe(Describe),
+    /// An Execute of a portal bound to this statement, and how its columns are known.
+    Execute(Sent, Columns),
     /// A Sync (or FunctionCall): ReadyForQuery.
     Sync,
+}
+
+/// Whose Describe the server answers, and what its answer is for.
+#[derive(Debug)]
+enum Describe {
+    /// The client's own: relayed, and it describes no result that follows.
+    Client,
+    /// The columns of the Execute right after it: the client's own Describe of that portal
+    /// (relayed) or the gateway's (not relayed).
+    Portal { relay: bool },
+    /// A prepared statement's columns, kept for the portals bound to it: the client's own
+    /// Describe of it (relayed) or the gateway's (not relayed).
+    Statement {
+        columns: Arc<StatementColumns>,
+        relay: bool,
+    },
+}
+
+/// How the gateway knows the columns of an Execute's rows.
+#[derive(Debug, PartialEq)]
+enum Columns {
+    /// It does not: no result plugin was active when the Execute went upstream.
+    Unknown,
+    /// From the Describe right before it.
+    Described,
+    /// From its statement's description and its portal's result formats.
+    Statement,
 }
 
 /// `text` contains `token` not followed by another digit or `_` (token `x_1` is not in `x_12`).
@@ -457,6 +539,10 @@ struct Prepared {
     /// Prepared statements whose every Bind needs approval. Never dropped for space (a Parse
     /// that would not fit is refused instead), so a Bind is never let through unjudged.
     approvals: HashMap<Vec<u8>, Arc<NeedsApproval>>,
+    /// Syncs the client sent: the number of the current pipeline.
+    pipeline: u64,
+    /// The last message was the client's Describe of the portal the next Execute runs.
+    described_next: bool,
 }
 
 /// Most prepared statements and portals remembered; past that the oldest knowledge is dropped
@@ -499,16 +585,24 @@ impl Prepared {
     }
 
     /// Tracks a Bind, Describe, Execute or Close; appends what goes upstream to `out`. A Bind
-    /// released by an approval carries that decision's record (`approved`).
+    /// released by an approval carries that decision's record (`approved`). `message` is the
+    /// frame and the bytes after it that have arrived.
+    ///
+    /// While a result plugin is active every Execute's columns must be known. They come from
+    /// the client's own Describe of the portal right before it (libpq sends one), else from
+    /// its statement's description (asked once per statement, at its first Bind, unless the
+    /// client described the statement itself), else from a Describe the gateway adds.
     fn client_message(
         &mut self,
         ctx: &RelayContext<'_>,
         state: &RelayState,
-        frame: &[u8],
+        follow: Follow,
+        (frame, next): (&[u8], &[u8]),
         approved: Option<Decided>,
         out: &mut BytesMut,
     ) {
-        let tracking = ctx.results.is_some();
+        let wants = follow.tracking && follow.wants_results;
+        let described = std::mem::take(&mut self.described_next);
         let mut body = &frame[5..];
         match frame[0] {
             b'B' => {
@@ -523,12 +617,62 @@ impl Prepared {
                     if a.audit.is_some() && ctx.audit.is_some_and(|x| x.config().parameters) {
                         a.params = Some(bind_parameters(frame).into());
                     }
+                    if wants {
+                        let stale = a
+                            .columns
+                            .as_ref()
+                            .is_none_or(|c| c.stale(follow.generation));
+                        // A named statement is bound again and again: describe it once. The
+                        // unnamed one is replaced by every Parse, so its Execute is described.
+                        if stale && !stmt.is_empty() && !next_names(next, b'D', b'P', portal) {
+                            let columns = StatementColumns::new(self.pipeline);
+                            put_describe(out, b'S', stmt);
+                            state
+                                .expect()
+                                .push_back(Expect::Describe(Describe::Statement {
+                                    columns: columns.clone(),
+                                    relay: false,
+                                }));
+                            if let Some(s) = self.statements.get_mut(stmt) {
+                                s.columns = Some(columns.clone());
+                            }
+                            a.columns = Some(columns);
+                        }
+                        if a.columns.is_some() {
+                            a.formats = read_bind(frame).map(|b| b.result_formats.into());
+                        }
+                    }
                     Self::remember(&mut self.portals, portal, a);
                 }
             }
-            b'D' if tracking => state
-                .expect()
-                .push_back(Expect::Describe { injected: false }),
+            b'D' if follow.tracking => {
+                let kind = body.first().copied();
+                body = body.get(1..).unwrap_or_default();
+                let name = protocol::take_cstr(&mut body).unwrap_or_default();
+                let describe = match kind {
+                    Some(b'P') if wants && next_names(next, b'E', 0, name) => {
+                        self.described_next = true;
+                        Describe::Portal { relay: true }
+                    }
+                    Some(b'S') if wants => match self.statements.get_mut(name) {
+                        Some(s)
+                            if s.columns
+                                .as_ref()
+                                .is_none_or(|c| c.stale(follow.generation)) =>
+                        {
+                            let columns = StatementColumns::new(self.pipeline);
+                            s.columns = Some(columns.clone());
+                            Describe::Statement {
+                                columns,
+                                relay: true,
+                            }
+                        }
+                        _ => Describe::Client,
+                    },
+                    _ => Describe::Client,
+                };
+                state.expect().push_back(Expect::Describe(describe));
+            }
             b'E' => {
                 let portal = protocol::take_cstr(&mut body).unwrap_or_default();
                 let analysis = self.portals.get(portal).cloned().unwrap_or_default();
@@ -536,23 +680,30 @@ impl Prepared {
                     let params = analysis.params.clone();
                     o.execute(analysis.audit.clone().map(|d| (d, params)));
                 }
-                if !tracking {
+                if !follow.tracking {
                     out.extend_from_slice(frame);
                     return;
                 }
-                let wants = ctx.plugins.is_some_and(|p| p.chain().wants_results());
                 let mut q = state.expect();
-                if wants {
+                let columns = if !wants {
+                    Columns::Unknown
+                } else if described {
+                    Columns::Described
+                } else if analysis.formats.is_some()
+                    && analysis
+                        .columns
+                        .as_ref()
+                        .is_some_and(|c| c.usable(self.pipeline, follow.generation))
+                {
+                    Columns::Statement
+                } else {
                     // Ask for the portal's columns right before its rows: the filter needs
                     // them, and a client need not have asked (Bind + Execute alone is valid).
-                    protocol::put_message(out, b'D', |o| {
-                        o.put_u8(b'P');
-                        o.extend_from_slice(portal);
-                        o.put_u8(0);
-                    });
-                    q.push_back(Expect::Describe { injected: true });
-                }
-                q.push_back(Expect::Execute(analysis, wants));
+                    put_describe(out, b'P', portal);
+                    q.push_back(Expect::Describe(Describe::Portal { relay: false }));
+                    Columns::Described
+                };
+                q.push_back(Expect::Execute(analysis, columns));
             }
             b'C' => {
                 let kind = body.first().copied();
@@ -571,6 +722,60 @@ impl Prepared {
         }
         out.extend_from_slice(frame);
     }
+}
+
+/// What the client side follows for the messages of one read (fixed for that read).
+#[derive(Debug, Clone, Copy)]
+struct Follow {
+    /// Result filtering is configured: the server's answers are matched to the requests.
+    tracking: bool,
+    /// A result plugin is active: every Execute's columns must be known.
+    wants_results: bool,
+    /// The catalog generation that statement descriptions are read under.
+    generation: u64,
+}
+
+impl Follow {
+    fn now(ctx: &RelayContext<'_>) -> Follow {
+        let tracking = ctx.results.is_some();
+        Follow {
+            tracking,
+            wants_results: tracking && ctx.plugins.is_some_and(|p| p.chain().wants_results()),
+            generation: catalog_generation(ctx),
+        }
+    }
+}
+
+fn catalog_generation(ctx: &RelayContext<'_>) -> u64 {
+    ctx.results.as_ref().map_or(0, |r| r.catalog.generation())
+}
+
+/// Appends a Describe of the portal (`P`) or statement (`S`) `name`.
+fn put_describe(out: &mut BytesMut, kind: u8, name: &[u8]) {
+    protocol::put_message(out, b'D', |o| {
+        o.put_u8(kind);
+        o.extend_from_slice(name);
+        o.put_u8(0);
+    });
+}
+
+/// `rest` starts with a complete `tag` message (with `kind` as its first byte unless 0) for
+/// the portal or statement `name`: a Describe or an Execute that follows the current frame.
+fn next_names(rest: &[u8], tag: u8, kind: u8, name: &[u8]) -> bool {
+    let Ok(Some(h)) = protocol::frame_header(rest, MAX_PROTOCOL_MESSAGE) else {
+        return false;
+    };
+    let Some(frame) = rest.get(..h.frame_len).filter(|_| h.tag == tag) else {
+        return false;
+    };
+    let mut body = &frame[5..];
+    if kind != 0 {
+        match body.split_first() {
+            Some((&k, b)) if k == kind => body = b,
+            _ => return false,
+        }
+    }
+    protocol::take_cstr(&mut body) == Some(name)
 }
 
 async fn client_to_server(
@@ -599,6 +804,7 @@ async fn client_to_server(
         if n == 0 {
             return RelayEnd::ClientEof;
         }
+        let mut follow = Follow::now(ctx);
         let mut pos = 0;
         let mut terminated = false;
         loop {
@@ -646,9 +852,12 @@ async fn client_to_server(
                                     return RelayEnd::ServerIo(e);
                                 }
                                 let end = pos + header.frame_len;
-                                match gate(ctx, state, &needs, Vec::new(), client, &mut buf, end)
-                                    .await
-                                {
+                                let gated =
+                                    gate(ctx, state, &needs, Vec::new(), client, &mut buf, end)
+                                        .await;
+                                // Policies may have changed while it waited.
+                                follow = Follow::now(ctx);
+                                match gated {
                                     Gate::Run(record) => {
                                         out.extend_from_slice(&frame);
                                         let a = Some(needs.analysis.clone());
@@ -706,7 +915,10 @@ async fn client_to_server(
                             return RelayEnd::ServerIo(e);
                         }
                         let end = pos + header.frame_len;
-                        match gate(ctx, state, &needs, params, client, &mut buf, end).await {
+                        let gated = gate(ctx, state, &needs, params, client, &mut buf, end).await;
+                        // Policies may have changed while it waited.
+                        follow = Follow::now(ctx);
+                        match gated {
                             Gate::Run(record) => approved = record,
                             Gate::Refuse(r) => {
                                 // The Bind fails on the server in its place; the pipeline is
@@ -725,8 +937,8 @@ async fn client_to_server(
                         }
                     }
                     if run {
-                        let frame = &buf[pos..pos + header.frame_len];
-                        prepared.client_message(ctx, state, frame, approved, &mut out);
+                        let message = buf[pos..].split_at(header.frame_len);
+                        prepared.client_message(ctx, state, follow, message, approved, &mut out);
                     }
                     state.unsynced.store(true, Ordering::Release);
                     pos += header.frame_len;
@@ -737,6 +949,7 @@ async fn client_to_server(
                             if tracking {
                                 state.expect().push_back(Expect::Sync);
                             }
+                            prepared.pipeline += 1;
                             if let Some(o) = ctx.outcomes {
                                 o.sync();
                             }
@@ -1166,62 +1379,72 @@ fn deny_prepared(
     deny(ctx, state, refusal, b'P', name, out);
 }
 
-/// The parameter values of a Bind: text as it is, binary as `\x` and hex, NULL as `None`.
-fn bind_parameters(frame: &[u8]) -> Vec<Option<String>> {
-    let mut body = &frame[5..];
-    let (Some(_), Some(_)) = (
-        protocol::take_cstr(&mut body),
-        protocol::take_cstr(&mut body),
-    ) else {
-        return Vec::new();
-    };
-    let take_i16 = |b: &mut &[u8]| -> Option<i16> {
+/// The parts of a Bind message after its portal and statement names, read in place.
+struct BindParts<'a> {
+    param_formats: Vec<i16>,
+    params: Vec<Option<&'a [u8]>>,
+    result_formats: Vec<i16>,
+}
+
+/// Reads a Bind frame; `None` when it is malformed (the server refuses it then).
+fn read_bind(frame: &[u8]) -> Option<BindParts<'_>> {
+    let mut body = frame.get(5..)?;
+    protocol::take_cstr(&mut body)?;
+    protocol::take_cstr(&mut body)?;
+    fn take_i16(b: &mut &[u8]) -> Option<i16> {
         let v = i16::from_be_bytes(b.get(..2)?.try_into().ok()?);
         *b = &b[2..];
         Some(v)
-    };
-    let Some(nformats) = take_i16(&mut body) else {
-        return Vec::new();
-    };
-    let mut formats = Vec::new();
-    for _ in 0..nformats.max(0) {
-        match take_i16(&mut body) {
-            Some(f) => formats.push(f),
-            None => return Vec::new(),
-        }
     }
-    let Some(nparams) = take_i16(&mut body) else {
-        return Vec::new();
-    };
-    let mut params = Vec::new();
-    for i in 0..nparams.max(0) as usize {
-        let Some(len) = body
-            .get(..4)
-            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        else {
-            break;
-        };
-        body = &body[4..];
+    fn take_formats(b: &mut &[u8]) -> Option<Vec<i16>> {
+        let n = take_i16(b)?.max(0);
+        (0..n).map(|_| take_i16(b)).collect()
+    }
+    let param_formats = take_formats(&mut body)?;
+    let nparams = take_i16(&mut body)?.max(0) as usize;
+    let mut params = Vec::with_capacity(nparams);
+    for _ in 0..nparams {
+        let len = protocol::take_i32(&mut body)?;
         if len < 0 {
             params.push(None);
             continue;
         }
-        let Some(value) = body.get(..len as usize) else {
-            break;
-        };
+        let value = body.get(..len as usize)?;
         body = &body[len as usize..];
-        let binary = match formats.len() {
-            0 => false,
-            1 => formats[0] == 1,
-            _ => formats.get(i) == Some(&1),
-        };
-        params.push(Some(if binary {
-            format!("\\x{}", approval::hex(value))
-        } else {
-            String::from_utf8_lossy(value).into_owned()
-        }));
+        params.push(Some(value));
     }
-    params
+    let result_formats = take_formats(&mut body)?;
+    Some(BindParts {
+        param_formats,
+        params,
+        result_formats,
+    })
+}
+
+/// The parameter values of a Bind: text as it is, binary as `\x` and hex, NULL as `None`.
+fn bind_parameters(frame: &[u8]) -> Vec<Option<String>> {
+    let Some(bind) = read_bind(frame) else {
+        return Vec::new();
+    };
+    let formats = &bind.param_formats;
+    bind.params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let binary = match formats.len() {
+                0 => false,
+                1 => formats[0] == 1,
+                _ => formats.get(i) == Some(&1),
+            };
+            p.map(|value| {
+                if binary {
+                    format!("\\x{}", approval::hex(value))
+                } else {
+                    String::from_utf8_lossy(value).into_owned()
+                }
+            })
+        })
+        .collect()
 }
 
 /// What became of a statement that needed approval.
@@ -1774,12 +1997,26 @@ async fn server_to_client(
             };
             if header.tag == b'D' && tracking && !results.checked && !results.discard {
                 results.checked = true;
-                if results.filter.is_none() && undescribed_rows(ctx, state) {
+                let started = match execute_columns(ctx, state) {
+                    ExecuteColumns::Known => Ok(()),
+                    ExecuteColumns::Statement(description, analysis) => {
+                        match start_result(ctx, state, &mut known, &description, analysis, 0).await
+                        {
+                            Ok(filter) => {
+                                results.filter = filter;
+                                Ok(())
+                            }
+                            Err(r) => Err(r),
+                        }
+                    }
                     // A result plugin became active after this Execute went upstream without
                     // a Describe: its rows cannot be filtered, so none of them leaves.
+                    ExecuteColumns::Missing => Err(undescribed_refusal()),
+                };
+                if let Err(r) = started {
                     out.extend_from_slice(&buf[written..pos]);
                     written = pos;
-                    results.refuse(&mut out, &undescribed_refusal());
+                    results.refuse(&mut out, &r);
                     pass = header.frame_len;
                     continue;
                 }
@@ -1787,7 +2024,7 @@ async fn server_to_client(
             let whole = match header.tag {
                 b'Z' | b'S' | b'E' => true,
                 b'C' | b's' | b'I' => tracking || outcomes.is_some(),
-                b'T' | b'n' | b'H' => tracking,
+                b'T' | b'n' | b'H' | b't' => tracking,
                 b'D' => results.filter.is_some(),
                 b'd' | b'c' => results.copy.is_some(),
                 // No other message may overtake rows held in a batch (a notice raised
@@ -1837,11 +2074,10 @@ async fn server_to_client(
                     if tracking {
                         // The server skips the rest of an extended pipeline up to Sync.
                         let mut q = state.expect();
-                        while matches!(
-                            q.front(),
-                            Some(Expect::Describe { .. } | Expect::Execute(..))
-                        ) {
-                            q.pop_front();
+                        while matches!(q.front(), Some(Expect::Describe(_) | Expect::Execute(..))) {
+                            if let Some(Expect::Describe(d)) = q.pop_front() {
+                                d.skipped();
+                            }
                         }
                     }
                     observe_server_message(state, frame);
@@ -1859,7 +2095,7 @@ async fn server_to_client(
                                 Expect::Execute(a, _) => {
                                     invalidate_after_ddl(ctx, a.analysis.as_deref())
                                 }
-                                Expect::Describe { .. } => {}
+                                Expect::Describe(d) => d.skipped(),
                             }
                         }
                         results.statement = 0;
@@ -1873,34 +2109,53 @@ async fn server_to_client(
                     observe_server_message(state, frame);
                 }
                 b'S' => observe_server_message(state, frame),
+                b't' => {
+                    if let Some(Expect::Describe(Describe::Statement { relay: false, .. })) =
+                        state.expect().front()
+                    {
+                        // Our own Describe of a statement: its parameters are the client's.
+                        relay = false;
+                    }
+                }
                 b'T' | b'n' => {
                     let front = {
                         let mut q = state.expect();
-                        match q.front() {
-                            Some(Expect::Describe { injected }) => {
-                                let injected = *injected;
-                                q.pop_front();
-                                if injected {
-                                    // Our own Describe, right before an Execute: its columns.
-                                    relay = false;
-                                    match q.front() {
-                                        Some(Expect::Execute(a, _)) => Some(a.analysis.clone()),
-                                        _ => None,
-                                    }
-                                } else {
-                                    None
+                        match q.pop_front() {
+                            Some(Expect::Describe(Describe::Portal { relay: r })) => {
+                                // A Describe right before an Execute: its columns.
+                                relay &= r;
+                                match q.front() {
+                                    Some(Expect::Execute(a, _)) => Some((a.analysis.clone(), 0)),
+                                    _ => None,
                                 }
                             }
-                            Some(Expect::Query(a)) if header.tag == b'T' => {
-                                Some(a.analysis.clone())
+                            Some(Expect::Describe(Describe::Statement { columns, relay: r })) => {
+                                relay &= r;
+                                let described = match header.tag {
+                                    b'T' => {
+                                        Described::Rows(frame[5..].into(), catalog_generation(ctx))
+                                    }
+                                    _ => Described::NoData,
+                                };
+                                let _ = columns.described.set(described);
+                                None
                             }
-                            _ => None,
+                            Some(Expect::Describe(Describe::Client)) => None,
+                            Some(Expect::Query(a)) if header.tag == b'T' => {
+                                let front = Some((a.analysis.clone(), results.statement));
+                                q.push_front(Expect::Query(a));
+                                front
+                            }
+                            Some(other) => {
+                                q.push_front(other);
+                                None
+                            }
+                            None => None,
                         }
                     };
                     // The columns of the result that follows (not a client's own Describe).
                     results.checked |= front.is_some();
-                    if let (Some(analysis), b'T') = (front, header.tag) {
-                        let statement = if relay { results.statement } else { 0 };
+                    if let (Some((analysis, statement)), b'T') = (front, header.tag) {
                         match start_result(ctx, state, &mut known, frame, analysis, statement).await
                         {
                             Ok(filter) => results.filter = filter,
@@ -2250,9 +2505,53 @@ fn invalidate_after_ddl(ctx: &RelayContext<'_>, analysis: Option<&Analysis>) {
 /// Ends a result with the refusal instead of (the rest of) its rows.
 /// Rows arrive for an Execute the gateway did not describe, and a result plugin is active now
 /// (it was loaded while the Execute was in flight).
-fn undescribed_rows(ctx: &RelayContext<'_>, state: &RelayState) -> bool {
-    matches!(state.expect().front(), Some(Expect::Execute(_, false)))
-        && ctx.plugins.is_some_and(|p| p.chain().wants_results())
+/// How the rows arriving now (the first of a result not described by a RowDescription) can
+/// be filtered.
+fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns {
+    let q = state.expect();
+    match q.front() {
+        Some(Expect::Execute(a, Columns::Statement)) => {
+            let description = match (
+                a.columns.as_ref().and_then(|c| c.described.get()),
+                &a.formats,
+            ) {
+                (Some(Described::Rows(body, generation)), Some(formats))
+                    if *generation == catalog_generation(ctx) =>
+                {
+                    results::portal_row_description(body, formats)
+                }
+                _ => None,
+            };
+            match description {
+                Some(d) => ExecuteColumns::Statement(d, a.analysis.clone()),
+                None => ExecuteColumns::Missing,
+            }
+        }
+        Some(Expect::Execute(_, Columns::Unknown))
+            if ctx.plugins.is_some_and(|p| p.chain().wants_results()) =>
+        {
+            ExecuteColumns::Missing
+        }
+        _ => ExecuteColumns::Known,
+    }
+}
+
+enum ExecuteColumns {
+    /// Described already, or no result plugin is active: the rows go on as they are.
+    Known,
+    /// A RowDescription made from the statement's description and the portal's formats.
+    Statement(Vec<u8>, Option<Arc<Analysis>>),
+    /// They cannot be filtered: withhold them.
+    Missing,
+}
+
+impl Describe {
+    /// The server skipped this Describe: a statement's columns must be asked for again.
+    fn skipped(self) {
+        if let Describe::Statement { columns, .. } = self {
+            let _ = columns.described.set(Described::Skipped);
+        }
+    }
 }
 
 fn undescribed_refusal() -> Refusal {
@@ -2429,30 +2728,238 @@ mod tests {
         close.extend_from_slice(b"s1\0");
         let close = frame(b'C', &close);
         let state = RelayState::new(protocol::TXN_IDLE);
-        let identity = Identity {
-            user: "u".into(),
-            ..Default::default()
+        let fixture = Fixture::new();
+        let follow = Follow {
+            tracking: false,
+            wants_results: false,
+            generation: 0,
         };
-        let session = crate::plugins::convert_session(1, &identity, "db", "127.0.0.1:1", "");
-        let analyzer = crate::sql::SqlAnalyzer::new(10);
-        let ctx = RelayContext {
-            analyzer: &analyzer,
-            max_message_size: 1 << 20,
-            idle_timeout: Duration::ZERO,
-            identity: &identity,
-            session_id: 1,
-            plugins: None,
-            plugin_session: &session,
-            results: None,
-            approvals: None,
-            cancelled: None,
-            auth_method: "trust",
-            audit: None,
-            outcomes: None,
-            policy_identity: 0,
-        };
-        p.client_message(&ctx, &state, &close, None, &mut out);
+        p.client_message(
+            &fixture.ctx(),
+            &state,
+            follow,
+            (&close, &[]),
+            None,
+            &mut out,
+        );
         assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_none());
         assert_eq!(&out[..], &close[..], "the Close itself goes upstream");
+    }
+
+    /// What a [`RelayContext`] borrows.
+    struct Fixture {
+        identity: Identity,
+        session: wit::Session,
+        analyzer: SqlAnalyzer,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let identity = Identity {
+                user: "u".into(),
+                ..Default::default()
+            };
+            let session = crate::plugins::convert_session(1, &identity, "db", "127.0.0.1:1", "");
+            Fixture {
+                identity,
+                session,
+                analyzer: SqlAnalyzer::new(10),
+            }
+        }
+
+        fn ctx(&self) -> RelayContext<'_> {
+            RelayContext {
+                analyzer: &self.analyzer,
+                max_message_size: 1 << 20,
+                idle_timeout: Duration::ZERO,
+                identity: &self.identity,
+                session_id: 1,
+                plugins: None,
+                plugin_session: &self.session,
+                results: None,
+                approvals: None,
+                cancelled: None,
+                auth_method: "trust",
+                audit: None,
+                outcomes: None,
+                policy_identity: 0,
+            }
+        }
+    }
+
+    fn describe(kind: u8, name: &str) -> Vec<u8> {
+        let mut b = vec![kind];
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        frame(b'D', &b)
+    }
+
+    fn execute(portal: &str) -> Vec<u8> {
+        let mut b = portal.as_bytes().to_vec();
+        b.push(0);
+        b.extend_from_slice(&0i32.to_be_bytes());
+        frame(b'E', &b)
+    }
+
+    /// The client side of a session with a result plugin active: `script` goes through
+    /// `client_message` as one read, and what went upstream comes back as (tag, first byte).
+    struct Client {
+        prepared: Prepared,
+        state: RelayState,
+        fixture: Fixture,
+        follow: Follow,
+    }
+
+    impl Client {
+        fn new() -> Client {
+            let mut prepared = Prepared::default();
+            prepared.statements.insert(b"s1".to_vec(), Sent::default());
+            prepared.statements.insert(b"s2".to_vec(), Sent::default());
+            Client {
+                prepared,
+                state: RelayState::new(protocol::TXN_IDLE),
+                fixture: Fixture::new(),
+                follow: Follow {
+                    tracking: true,
+                    wants_results: true,
+                    generation: 1,
+                },
+            }
+        }
+
+        fn send(&mut self, script: &[Vec<u8>]) -> Vec<(u8, u8)> {
+            let bytes = script.concat();
+            let mut out = BytesMut::new();
+            let mut at = 0;
+            let ctx = self.fixture.ctx();
+            for f in script {
+                let message = bytes[at..].split_at(f.len());
+                self.prepared.client_message(
+                    &ctx,
+                    &self.state,
+                    self.follow,
+                    message,
+                    None,
+                    &mut out,
+                );
+                at += f.len();
+            }
+            let mut sent = Vec::new();
+            let mut rest = &out[..];
+            while let Ok(Some(h)) = protocol::frame_header(rest, MAX_PROTOCOL_MESSAGE) {
+                let kind = match h.tag {
+                    b'D' => rest.get(5).copied().unwrap_or(0),
+                    _ => 0,
+                };
+                sent.push((h.tag, kind));
+                rest = &rest[h.frame_len..];
+            }
+            sent
+        }
+
+        /// The server's answers to the Describes sent so far: the statements' columns.
+        fn answer(&mut self, skip: bool) -> Vec<Columns> {
+            let mut executes = Vec::new();
+            for e in self.state.expect().drain(..) {
+                match e {
+                    Expect::Describe(d) if skip => d.skipped(),
+                    Expect::Describe(Describe::Statement { columns, .. }) => {
+                        let _ = columns
+                            .described
+                            .set(Described::Rows(Box::new([0, 0]), self.follow.generation));
+                    }
+                    Expect::Execute(_, c) => executes.push(c),
+                    _ => {}
+                }
+            }
+            executes
+        }
+
+        fn sync(&mut self) {
+            self.prepared.pipeline += 1;
+        }
+    }
+
+    const DESCRIBE_S: (u8, u8) = (b'D', b'S');
+    const DESCRIBE_P: (u8, u8) = (b'D', b'P');
+    const BIND: (u8, u8) = (b'B', 0);
+    const EXECUTE: (u8, u8) = (b'E', 0);
+
+    #[test]
+    fn a_named_statement_is_described_once_for_all_its_executions() {
+        let mut c = Client::new();
+        let run = [bind("", "s1", &[], &[]), execute("")];
+        // Its first Bind asks for its columns; the Execute after it takes them from there.
+        assert_eq!(c.send(&run), [DESCRIBE_S, BIND, EXECUTE]);
+        assert_eq!(c.answer(false), [Columns::Statement]);
+        c.sync();
+        for _ in 0..3 {
+            assert_eq!(c.send(&run), [BIND, EXECUTE]);
+            assert_eq!(c.answer(false), [Columns::Statement]);
+            c.sync();
+        }
+        // DDL through the gateway may have changed what its columns are: described again.
+        c.follow.generation += 1;
+        assert_eq!(c.send(&run), [DESCRIBE_S, BIND, EXECUTE]);
+        assert_eq!(c.answer(false), [Columns::Statement]);
+        c.sync();
+        assert_eq!(c.send(&run), [BIND, EXECUTE]);
+    }
+
+    #[test]
+    fn the_clients_own_describes_are_used_and_none_added() {
+        let mut c = Client::new();
+        // libpq: Bind, Describe of the portal, Execute.
+        let libpq = [bind("", "s1", &[], &[]), describe(b'P', ""), execute("")];
+        for _ in 0..3 {
+            assert_eq!(c.send(&libpq), [BIND, DESCRIBE_P, EXECUTE]);
+            assert_eq!(c.answer(false), [Columns::Described]);
+            c.sync();
+        }
+        // tokio-postgres: Describe of the statement when preparing, then Bind + Execute.
+        assert_eq!(c.send(&[describe(b'S', "s2")]), [DESCRIBE_S]);
+        c.answer(false);
+        c.sync();
+        assert_eq!(
+            c.send(&[bind("", "s2", &[], &[]), execute("")]),
+            [BIND, EXECUTE]
+        );
+        assert_eq!(c.answer(false), [Columns::Statement]);
+        // A portal no Describe precedes, of a statement the gateway does not know: described
+        // right before its Execute.
+        c.sync();
+        assert_eq!(
+            c.send(&[bind("p", "", &[], &[]), execute("p")]),
+            [BIND, DESCRIBE_P, EXECUTE]
+        );
+        assert_eq!(c.answer(false), [Columns::Described]);
+        // A Describe of another portal does not describe this Execute.
+        c.sync();
+        assert_eq!(
+            c.send(&[bind("p", "", &[], &[]), describe(b'P', "q"), execute("p")]),
+            [BIND, DESCRIBE_P, DESCRIBE_P, EXECUTE]
+        );
+        assert_eq!(c.answer(false), [Columns::Described]);
+    }
+
+    #[test]
+    fn a_statement_description_not_known_yet_is_not_relied_on() {
+        let mut c = Client::new();
+        let run = [bind("", "s1", &[], &[]), execute("")];
+        assert_eq!(c.send(&run), [DESCRIBE_S, BIND, EXECUTE]);
+        // The next pipeline is sent before the server answered the first: its Execute is
+        // described on its own (had the first been skipped, this one would not be).
+        c.sync();
+        assert_eq!(c.send(&run), [BIND, DESCRIBE_P, EXECUTE]);
+        // The server skipped the first pipeline (an error before it): asked again.
+        c.answer(true);
+        c.sync();
+        assert_eq!(c.send(&run), [DESCRIBE_S, BIND, EXECUTE]);
+        assert_eq!(c.answer(false), [Columns::Statement]);
+        // No result plugin: nothing is described, and the rows are known to need nothing.
+        c.follow.wants_results = false;
+        c.sync();
+        assert_eq!(c.send(&run), [BIND, EXECUTE]);
+        assert_eq!(c.answer(false), [Columns::Unknown]);
     }
 }

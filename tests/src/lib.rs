@@ -870,11 +870,25 @@ pub mod wire {
 
     /// Bind with no parameters and every result column in `format` (0 text, 1 binary).
     pub fn bind(portal: &str, stmt: &str, format: i16) -> Message {
+        bind_params(portal, stmt, &[], format)
+    }
+
+    /// Bind with text parameters (`None`: NULL) and every result column in `format`.
+    pub fn bind_params(portal: &str, stmt: &str, params: &[Option<&[u8]>], format: i16) -> Message {
         let mut b = Vec::new();
         cstr(&mut b, portal);
         cstr(&mut b, stmt);
         b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+            }
+        }
         b.extend_from_slice(&1i16.to_be_bytes());
         b.extend_from_slice(&format.to_be_bytes());
         (b'B', b)

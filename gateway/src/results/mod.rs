@@ -60,6 +60,35 @@ pub fn parse_row_description(body: &[u8]) -> Option<Vec<ResultField>> {
     Some(fields)
 }
 
+/// The RowDescription frame of a portal, from its statement's (`statement`: the body of the
+/// RowDescription a Describe of the statement answers, every column in text) and its Bind's
+/// result formats: none means every column in text, one applies to all, otherwise one per
+/// column. `None` when they do not fit (the server refuses such a Bind) or it is malformed.
+pub fn portal_row_description(statement: &[u8], formats: &[i16]) -> Option<Vec<u8>> {
+    let n = u16::from_be_bytes(statement.get(..2)?.try_into().ok()?) as usize;
+    if formats.len() > 1 && formats.len() != n {
+        return None;
+    }
+    let mut frame = Vec::with_capacity(5 + statement.len());
+    frame.push(b'T');
+    frame.extend_from_slice(&u32::try_from(statement.len() + 4).ok()?.to_be_bytes());
+    frame.extend_from_slice(statement);
+    let mut at = 5 + 2;
+    for i in 0..n {
+        at += frame.get(at..)?.iter().position(|&b| b == 0)? + 1 + 16;
+        let format = match formats {
+            [] => 0,
+            [f] => *f,
+            all => all[i],
+        };
+        frame
+            .get_mut(at..at + 2)?
+            .copy_from_slice(&format.to_be_bytes());
+        at += 2;
+    }
+    (at == frame.len()).then_some(frame)
+}
+
 /// What deciding a result's subscribers needs.
 pub struct Subscribe<'a> {
     pub host: &'a PluginHost,
@@ -883,6 +912,57 @@ mod tests {
             o.extend_from_slice(value);
         });
         out.to_vec()
+    }
+
+    fn row_description(columns: &[(&str, u32, i16)]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_i16(columns.len() as i16);
+        for (name, type_oid, format) in columns {
+            protocol::put_cstr(&mut b, name);
+            b.put_u32(16384);
+            b.put_i16(1);
+            b.put_u32(*type_oid);
+            b.put_i16(-1);
+            b.put_i32(-1);
+            b.put_i16(*format);
+        }
+        b.to_vec()
+    }
+
+    #[test]
+    fn a_portal_is_described_from_its_statement_and_its_result_formats() {
+        let statement = row_description(&[("id", 23, 0), ("email", 25, 0), ("n", 20, 0)]);
+        let formats = |f: &[i16]| {
+            let frame = portal_row_description(&statement, f)?;
+            assert_eq!(frame[0], b'T');
+            assert_eq!(
+                u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize,
+                frame.len() - 1
+            );
+            let fields = parse_row_description(&frame[5..])?;
+            assert_eq!(fields.len(), 3);
+            assert_eq!(fields[1].name, "email");
+            assert_eq!(fields[2].type_oid, 20);
+            Some(fields.iter().map(|f| f.binary).collect::<Vec<_>>())
+        };
+        assert_eq!(formats(&[]), Some(vec![false, false, false]));
+        assert_eq!(formats(&[1]), Some(vec![true, true, true]));
+        assert_eq!(formats(&[0, 1, 0]), Some(vec![false, true, false]));
+        // The server refuses a Bind whose formats do not fit the columns.
+        assert_eq!(formats(&[1, 0]), None);
+        // A truncated description is refused, never read past its end.
+        for cut in 0..statement.len() {
+            assert_eq!(
+                portal_row_description(&statement[..cut], &[1]),
+                None,
+                "cut {cut}"
+            );
+        }
+        let empty = row_description(&[]);
+        assert_eq!(
+            portal_row_description(&empty, &[]).map(|f| f.len()),
+            Some(7)
+        );
     }
 
     #[test]
