@@ -636,9 +636,9 @@ fn reseal_without(lines: &[&str], skip: usize) -> String {
         m.insert("prev".into(), Value::String(prev.clone()));
         let h = chain::record_hash(&m);
         m.insert("hash".into(), Value::String(h.clone()));
-        let mut text = String::new();
+        let mut text = Vec::new();
         chain::canonical(&Value::Object(m), &mut text);
-        out.push_str(&text);
+        out.push_str(std::str::from_utf8(&text).unwrap());
         out.push('\n');
         prev = h;
     }

@@ -17,7 +17,6 @@
 //! one.
 
 use serde_json::Value;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The `schema` field of every record.
@@ -25,56 +24,85 @@ pub const SCHEMA: &str = "pgward.audit/1";
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Canonical serialization: object keys sorted at every level, no whitespace.
-pub fn canonical(v: &Value, out: &mut String) {
+/// Canonical serialization: object keys sorted at every level, no whitespace, serde_json's
+/// escaping. Written straight into `out`: no key or value is copied on the way.
+pub fn canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => canonical_object(map, None, out),
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        Value::String(s) => json_str(s, out),
+        // Numbers, booleans and null have one form.
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
     }
+}
+
+/// `s` as a JSON string, escaped as serde_json escapes it.
+pub fn json_str(s: &str, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// SHA-256 hex of `record`'s canonical form without its `hash` field.
 pub fn record_hash(record: &serde_json::Map<String, Value>) -> String {
-    let mut text = String::with_capacity(512);
+    let mut text = Vec::with_capacity(512);
     canonical_without_hash(record, &mut text);
-    hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+    hex(ring::digest::digest(&ring::digest::SHA256, &text).as_ref())
 }
 
 /// The canonical form of `record` leaving out its top-level `hash`.
-pub fn canonical_without_hash(record: &serde_json::Map<String, Value>, out: &mut String) {
+pub fn canonical_without_hash(record: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
     canonical_object(record, Some("hash"), out);
 }
 
 /// An object with its keys sorted, leaving out `skip`.
-fn canonical_object(map: &serde_json::Map<String, Value>, skip: Option<&str>, out: &mut String) {
-    let mut keys: Vec<&String> = map.keys().filter(|k| Some(k.as_str()) != skip).collect();
-    keys.sort();
-    out.push('{');
-    for (i, k) in keys.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&Value::String(k.clone()).to_string());
-        out.push(':');
-        canonical(&map[k], out);
+fn canonical_object(map: &serde_json::Map<String, Value>, skip: Option<&str>, out: &mut Vec<u8>) {
+    let kept = |(k, _): &(&String, &Value)| Some(k.as_str()) != skip;
+    // serde_json's map iterates in key order unless its `preserve_order` feature is on
+    // (features unify across the dependency tree): sort only when it is not.
+    let sorted = map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b);
+    if sorted {
+        canonical_entries(map.iter().filter(kept), out);
+    } else {
+        let mut entries: Vec<(&String, &Value)> = map.iter().filter(kept).collect();
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        canonical_entries(entries.into_iter(), out);
     }
-    out.push('}');
+}
+
+/// An object of `entries`, in the order given (sorted by key, no key twice).
+pub fn canonical_entries<'a, K: AsRef<str> + 'a>(
+    entries: impl Iterator<Item = (K, &'a Value)>,
+    out: &mut Vec<u8>,
+) {
+    out.push(b'{');
+    for (i, (k, v)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str(k.as_ref(), out);
+        out.push(b':');
+        canonical(v, out);
+    }
+    out.push(b'}');
 }
 
 pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
     }
     s
 }
@@ -280,11 +308,14 @@ mod tests {
 
     #[test]
     fn canonical_form_sorts_keys_at_every_level() {
-        let mut s = String::new();
+        let mut s = Vec::new();
         canonical(
             &json!({"b": 1, "a": {"d": [1, {"z": 0, "y": "é\n"}], "c": null}}),
             &mut s,
         );
-        assert_eq!(s, r#"{"a":{"c":null,"d":[1,{"y":"é\n","z":0}]},"b":1}"#);
+        assert_eq!(
+            String::from_utf8(s).unwrap(),
+            r#"{"a":{"c":null,"d":[1,{"y":"é\n","z":0}]},"b":1}"#
+        );
     }
 }

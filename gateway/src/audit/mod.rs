@@ -24,7 +24,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +41,23 @@ pub enum AuditError {
     Other(String),
 }
 
+/// One record on its way to the writer, which numbers, chains and serializes it.
+pub struct Event {
+    kind: &'static str,
+    time: SystemTime,
+    /// The name of the gateway that emitted it (checkpoints, the writer's own, carry none).
+    from_gateway: bool,
+    /// Fields shared with other records (a prepared statement's decided part, the same for
+    /// each of its executions): read where they are, not copied.
+    shared: Option<Arc<Map<String, Value>>>,
+    /// This record's own fields.
+    own: Map<String, Value>,
+    /// Own fields whose names are fixed (no name to allocate).
+    fixed: Vec<(&'static str, Value)>,
+}
+
 enum Msg {
-    Event(Map<String, Value>),
+    Event(Event),
     /// Write and sync everything queued before it, then answer.
     Flush(mpsc::Sender<()>),
 }
@@ -54,7 +69,6 @@ pub struct Audit {
     refuse_when_unhealthy: bool,
     dropped: AtomicU64,
     config: AuditConfig,
-    gateway: String,
 }
 
 impl Audit {
@@ -79,7 +93,6 @@ impl Audit {
             refuse_when_unhealthy: config.on_failure == AuditFailure::Refuse,
             dropped: AtomicU64::new(0),
             config: config.clone(),
-            gateway: gateway.to_owned(),
         }))
     }
 
@@ -90,13 +103,32 @@ impl Audit {
     /// Queues an event of `kind` with `fields` (an object); never blocks. A full queue marks
     /// the trail unhealthy and the event is counted as dropped.
     pub fn emit(&self, kind: &'static str, fields: Value) {
-        let mut event = match fields {
+        let own = match fields {
             Value::Object(m) => m,
             _ => Map::new(),
         };
-        event.insert("kind".into(), Value::String(kind.into()));
-        event.insert("time".into(), Value::String(now_rfc3339()));
-        event.insert("gateway".into(), Value::String(self.gateway.clone()));
+        self.send(Event {
+            own,
+            ..Event::new(kind)
+        });
+    }
+
+    /// Queues an event of `kind` made of `shared` fields, which other events carry too, and
+    /// its own `fixed` ones; never blocks.
+    pub fn emit_shared(
+        &self,
+        kind: &'static str,
+        shared: Arc<Map<String, Value>>,
+        fixed: Vec<(&'static str, Value)>,
+    ) {
+        self.send(Event {
+            shared: Some(shared),
+            fixed,
+            ..Event::new(kind)
+        });
+    }
+
+    fn send(&self, event: Event) {
         let m = &crate::metrics::METRICS;
         m.audit_records.inc();
         if self.tx.try_send(Msg::Event(event)).is_ok() {
@@ -136,8 +168,21 @@ impl Audit {
     }
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+impl Event {
+    fn new(kind: &'static str) -> Event {
+        Event {
+            kind,
+            time: SystemTime::now(),
+            from_gateway: true,
+            shared: None,
+            own: Map::new(),
+            fixed: Vec::new(),
+        }
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_micros(time).to_string()
 }
 
 /// Reads an Ed25519 PKCS#8 key (`pgward audit keygen` writes one).
@@ -181,6 +226,9 @@ struct Writer {
     pending_since_sync: bool,
     last_sync: Instant,
     pg: Option<postgres::PgSink>,
+    /// Every record's `schema`, and `gateway` of the events the gateway emits.
+    schema: Value,
+    gateway: Value,
 }
 
 impl Writer {
@@ -222,6 +270,8 @@ impl Writer {
             pending: Vec::new(),
             pending_since_sync: false,
             last_sync: Instant::now(),
+            schema: Value::String(chain::SCHEMA.into()),
+            gateway: Value::String(gateway.to_owned()),
         };
         if !config.file {
             // The table is the trail: continue its chain.
@@ -345,44 +395,76 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, mut event: Map<String, Value>) {
+    fn append(&mut self, event: Event) {
         self.seq += 1;
-        event.insert("schema".into(), Value::String(chain::SCHEMA.into()));
-        event.insert("seq".into(), Value::from(self.seq));
-        event.insert("prev".into(), Value::String(self.last_hash.clone()));
-        // One canonical serialization: it is hashed, and the hash appended to it is the line
-        // (key order in a line does not matter to the verifier, which re-canonicalizes).
-        let mut line = String::with_capacity(768);
-        chain::canonical_without_hash(&event, &mut line);
-        let hash =
-            chain::hex(ring::digest::digest(&ring::digest::SHA256, line.as_bytes()).as_ref());
-        line.pop();
-        if line.len() > 1 {
-            line.push(',');
+        let kind = Value::String(event.kind.to_owned());
+        let time = Value::String(rfc3339(event.time));
+        let seq = Value::from(self.seq);
+        let prev = Value::String(std::mem::take(&mut self.last_hash));
+        let shared = event.shared.as_deref();
+        let mut fields: Vec<(&str, &Value)> = Vec::with_capacity(
+            8 + event.fixed.len() + event.own.len() + shared.map_or(0, Map::len),
+        );
+        // The writer's fields first: of a name given twice, the first is kept.
+        fields.extend([
+            ("schema", &self.schema),
+            ("seq", &seq),
+            ("prev", &prev),
+            ("kind", &kind),
+            ("time", &time),
+        ]);
+        if event.from_gateway {
+            fields.push(("gateway", &self.gateway));
         }
-        line.push_str("\"hash\":\"");
-        line.push_str(&hash);
-        line.push_str("\"}\n");
+        fields.extend(event.fixed.iter().map(|(k, v)| (*k, v)));
+        fields.extend(event.own.iter().map(|(k, v)| (k.as_str(), v)));
+        if let Some(s) = shared {
+            fields.extend(s.iter().map(|(k, v)| (k.as_str(), v)));
+        }
+        fields.retain(|(k, _)| *k != "hash");
+        fields.sort_by(|a, b| a.0.cmp(b.0));
+        fields.dedup_by(|later, first| later.0 == first.0);
+        // One canonical serialization, written where the line goes: it is hashed, and the
+        // hash appended to it makes the line.
+        let mut scratch = Vec::new();
+        let buf = if self.config.file {
+            &mut self.pending
+        } else {
+            &mut scratch
+        };
+        let start = buf.len();
+        chain::canonical_entries(fields.iter().copied(), buf);
+        let hash = chain::hex(ring::digest::digest(&ring::digest::SHA256, &buf[start..]).as_ref());
+        buf.pop();
+        if buf.len() - start > 1 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(b"\"hash\":\"");
+        buf.extend_from_slice(hash.as_bytes());
+        buf.extend_from_slice(b"\"}\n");
+        let line = &buf[start..];
         if self.config.stdout {
-            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+            let _ = std::io::stdout().lock().write_all(line);
         }
         if let Some(pg) = &mut self.pg {
             if pg.pending.len() < postgres::MAX_PENDING {
-                pg.pending.push(postgres::Row::of(&event, line.trim_end()));
+                let get = |key: &str| {
+                    fields
+                        .binary_search_by(|(k, _)| (*k).cmp(key))
+                        .ok()
+                        .map(|i| fields[i].1)
+                };
+                let text = String::from_utf8_lossy(line);
+                pg.pending.push(postgres::Row::of(get, text.trim_end()));
             } else {
                 crate::metrics::METRICS.audit_dropped.inc();
             }
         }
-        if !self.config.file {
-            self.last_hash = hash;
-            return;
-        }
-        self.pending.extend_from_slice(line.as_bytes());
         self.last_hash = hash;
     }
 
     /// Appends an event, and a checkpoint when `checkpoint_every` records have passed.
-    fn append_event(&mut self, event: Map<String, Value>) {
+    fn append_event(&mut self, event: Event) {
         self.append(event);
         self.since_checkpoint += 1;
         if self.config.checkpoint_every > 0 && self.since_checkpoint >= self.config.checkpoint_every
@@ -405,15 +487,18 @@ impl Writer {
         let signature =
             base64::engine::general_purpose::STANDARD.encode(key.sign(message.as_bytes()));
         let public = chain::hex(key.public_key().as_ref());
-        let mut event = Map::new();
-        event.insert("kind".into(), "checkpoint".into());
-        event.insert("time".into(), Value::String(now_rfc3339()));
-        event.insert("origin".into(), Value::String(self.origin.clone()));
-        event.insert("size".into(), Value::from(self.seq));
-        event.insert("root".into(), Value::String(self.last_hash.clone()));
-        event.insert("signature".into(), Value::String(signature));
-        event.insert("public_key".into(), Value::String(public));
-        self.append(event);
+        let fixed = vec![
+            ("origin", Value::String(self.origin.clone())),
+            ("size", Value::from(self.seq)),
+            ("root", Value::String(self.last_hash.clone())),
+            ("signature", Value::String(signature)),
+            ("public_key", Value::String(public)),
+        ];
+        self.append(Event {
+            from_gateway: false,
+            fixed,
+            ..Event::new("checkpoint")
+        });
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
     }

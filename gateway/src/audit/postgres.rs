@@ -19,24 +19,15 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn of(record: &serde_json::Map<String, Value>, line: &str) -> Row {
+    /// The row of a record whose fields `get` looks up, written as `line`.
+    pub fn of<'a>(get: impl Fn(&str) -> Option<&'a Value>, line: &str) -> Row {
+        let text = |k| get(k).and_then(Value::as_str);
         Row {
-            seq: record.get("seq").and_then(Value::as_i64).unwrap_or(0),
-            time: record
-                .get("time")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            kind: record
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            user: record
-                .get("user")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            session: record.get("session").and_then(Value::as_i64),
+            seq: get("seq").and_then(Value::as_i64).unwrap_or(0),
+            time: text("time").unwrap_or_default().to_owned(),
+            kind: text("kind").unwrap_or_default().to_owned(),
+            user: text("user").map(str::to_owned),
+            session: get("session").and_then(Value::as_i64),
             record: line.to_owned(),
         }
     }

@@ -230,35 +230,29 @@ impl<'a> Outcomes<'a> {
         let Some((decided, params)) = open.record else {
             return;
         };
-        let mut record = Arc::try_unwrap(decided).unwrap_or_else(|shared| (*shared).clone());
-        record.insert("session".into(), Value::from(self.session));
+        // The decided part is shared by every execution of a prepared statement: the record
+        // refers to it, and adds what this execution did.
+        let mut fixed = Vec::with_capacity(8);
+        fixed.push(("session", Value::from(self.session)));
         if let Some(p) = params {
-            record.insert(
-                "parameters".into(),
-                Value::Array(
-                    p.iter()
-                        .map(|v| v.as_deref().map_or(Value::Null, Value::from))
-                        .collect(),
-                ),
-            );
+            let values = p
+                .iter()
+                .map(|v| v.as_deref().map_or(Value::Null, Value::from));
+            fixed.push(("parameters", Value::Array(values.collect())));
         }
-        record.insert("outcome".into(), Value::from(outcome.as_str()));
+        fixed.push(("outcome", Value::from(outcome.as_str())));
         if let Some(s) = open.sqlstate {
-            record.insert("sqlstate".into(), Value::from(s));
+            fixed.push(("sqlstate", Value::from(s)));
         }
-        record.insert("rows".into(), Value::from(open.rows));
-        record.insert("bytes".into(), Value::from(open.bytes));
-        record.insert(
-            "duration_us".into(),
-            Value::from(open.started.elapsed().as_micros() as u64),
-        );
+        fixed.push(("rows", Value::from(open.rows)));
+        fixed.push(("bytes", Value::from(open.bytes)));
+        let duration = open.started.elapsed().as_micros() as u64;
+        fixed.push(("duration_us", Value::from(duration)));
         if !open.tags.is_empty() {
-            record.insert(
-                "results".into(),
-                Value::Array(open.tags.into_iter().map(Value::from).collect()),
-            );
+            let tags = open.tags.into_iter().map(Value::from).collect();
+            fixed.push(("results", Value::Array(tags)));
         }
-        self.audit.emit("statement", Value::Object(record));
+        self.audit.emit_shared("statement", decided, fixed);
     }
 }
 
