@@ -522,6 +522,22 @@ async fn main() -> Result<()> {
     if let Some(g) = &audit_gw {
         targets.push(target_of("pgward+audit", g));
     }
+    // And without the sync: what the records cost apart from the disk's flush.
+    let audit_nosync_gw = if suite("pgbench") {
+        let dir =
+            std::env::temp_dir().join(format!("pgward-bench-audit-nosync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let toml = format!(
+            "[audit]\ndirectory = \"{}\"\nfsync = \"never\"\n",
+            dir.display()
+        );
+        Some(bench_gateway_with(&pg, None, toml)?)
+    } else {
+        None
+    };
+    if let Some(g) = &audit_nosync_gw {
+        targets.push(target_of("pgward+audit fsync=never", g));
+    }
     if !skip_bouncer {
         let (child, port) = start_pgbouncer(&pg, &db, &gw.dir.join("pgbouncer"))?;
         targets.push(Target {

@@ -9,6 +9,7 @@
 
 use crate::approvals::request::{self as approval, ApprovalRequest, Mode, Status, Timestamp};
 use crate::approvals::{Approvals, Deferred, WaitOutcome};
+use crate::audit::fields::Fields;
 use crate::audit::statement::{Decided, Outcomes, Params, Tally};
 use crate::auth::Identity;
 use crate::error::ClientError;
@@ -1249,10 +1250,10 @@ fn refused(ctx: &RelayContext<'_>, record: Option<Decided>) {
 /// Writes a statement's record now, with `outcome`.
 fn record_now(ctx: &RelayContext<'_>, record: Option<Decided>, outcome: &str) {
     if let (Some(audit), Some(record)) = (ctx.audit, record) {
-        let mut record = Arc::unwrap_or_clone(record);
-        record.insert("session".into(), serde_json::Value::from(ctx.session_id));
-        record.insert("outcome".into(), serde_json::Value::from(outcome));
-        audit.emit("statement", serde_json::Value::Object(record));
+        let mut own = Fields::with_capacity(2, 32);
+        own.u64("session", ctx.session_id);
+        own.str("outcome", outcome);
+        audit.emit_fields("statement", record, own);
     }
 }
 
@@ -1329,29 +1330,41 @@ fn audit_statement(
             *request,
         ),
     };
-    let fields = serde_json::json!({
-        "statement": number,
-        "user": ctx.identity.user,
-        "groups": ctx.identity.groups,
-        "protocol": protocol,
-        "text": shown,
-        "fingerprint_id": analysis.map(|a| a.fingerprint_id.as_str()),
-        "commands": analysis.map(|a| a.statements.iter().map(|s| s.command.as_str()).collect::<Vec<_>>()),
-        "reads": analysis.map(|a| a.statements.iter().flat_map(|s| s.reads.iter().map(|r| r.to_string())).collect::<Vec<_>>()),
-        "writes": analysis.map(|a| a.statements.iter().flat_map(|s| s.writes.iter().map(|w| format!("{} {}", w.action.as_str(), w.relation))).collect::<Vec<_>>()),
-        "verdict": verdict,
-        "plugin": plugin,
-        "sqlstate": sqlstate,
-        "message": message,
-        "approval_request": request,
-    });
-    let serde_json::Value::Object(mut fields) = fields else {
-        return None;
-    };
-    if let (true, Some(p)) = (cfg.parameters, params) {
-        fields.insert("parameters".into(), serde_json::json!(p));
+    let mut f = Fields::with_capacity(16, 192 + shown.len());
+    f.u64("statement", number);
+    f.str("user", &ctx.identity.user);
+    f.strs("groups", ctx.identity.groups.iter().map(Some));
+    f.str("protocol", protocol);
+    f.str("text", &shown);
+    match analysis {
+        Some(a) => {
+            f.str("fingerprint_id", &a.fingerprint_id);
+            let statements = || a.statements.iter();
+            f.strs("commands", statements().map(|s| Some(s.command.as_str())));
+            let reads = statements().flat_map(|s| s.reads.iter().map(|r| Some(r.to_string())));
+            f.strs("reads", reads);
+            let writes = statements().flat_map(|s| {
+                s.writes
+                    .iter()
+                    .map(|w| Some(format!("{} {}", w.action.as_str(), w.relation)))
+            });
+            f.strs("writes", writes);
+        }
+        None => {
+            for name in ["fingerprint_id", "commands", "reads", "writes"] {
+                f.null(name);
+            }
+        }
     }
-    Some(Arc::new(fields))
+    f.str("verdict", verdict);
+    f.opt_str("plugin", plugin);
+    f.opt_str("sqlstate", sqlstate);
+    f.opt_str("message", message);
+    f.opt_str("approval_request", request);
+    if let (true, Some(p)) = (cfg.parameters, params) {
+        f.strs("parameters", p.iter().map(Option::as_deref));
+    }
+    Some(Arc::new(f))
 }
 
 fn too_many_held_statements() -> Refusal {

@@ -31,7 +31,8 @@ pub fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
-fn unique_dir(prefix: &str) -> PathBuf {
+/// A new empty directory of this test process under the system's temporary directory.
+pub fn unique_dir(prefix: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("pgward-test-{}-{prefix}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -14,10 +14,12 @@
 //! writer has caught up again.
 
 pub mod chain;
+pub mod fields;
 pub mod postgres;
 pub mod statement;
 
 use crate::config::{AuditConfig, AuditFailure, Fsync};
+use fields::Fields;
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -49,11 +51,11 @@ pub struct Event {
     from_gateway: bool,
     /// Fields shared with other records (a prepared statement's decided part, the same for
     /// each of its executions): read where they are, not copied.
-    shared: Option<Arc<Map<String, Value>>>,
+    shared: Option<Arc<Fields>>,
     /// This record's own fields.
     own: Map<String, Value>,
-    /// Own fields whose names are fixed (no name to allocate).
-    fixed: Vec<(&'static str, Value)>,
+    /// Own fields serialized already.
+    fields: Fields,
 }
 
 enum Msg {
@@ -114,16 +116,11 @@ impl Audit {
     }
 
     /// Queues an event of `kind` made of `shared` fields, which other events carry too, and
-    /// its own `fixed` ones; never blocks.
-    pub fn emit_shared(
-        &self,
-        kind: &'static str,
-        shared: Arc<Map<String, Value>>,
-        fixed: Vec<(&'static str, Value)>,
-    ) {
+    /// its own `fields`; never blocks.
+    pub fn emit_fields(&self, kind: &'static str, shared: Arc<Fields>, fields: Fields) {
         self.send(Event {
             shared: Some(shared),
-            fixed,
+            fields,
             ..Event::new(kind)
         });
     }
@@ -176,7 +173,7 @@ impl Event {
             from_gateway: true,
             shared: None,
             own: Map::new(),
-            fixed: Vec::new(),
+            fields: Fields::default(),
         }
     }
 }
@@ -396,30 +393,33 @@ impl Writer {
     }
 
     fn append(&mut self, event: Event) {
+        /// A field's value: to serialize, or serialized already.
+        enum Piece<'a> {
+            Value(&'a Value),
+            Raw(&'a [u8]),
+        }
         self.seq += 1;
         let kind = Value::String(event.kind.to_owned());
         let time = Value::String(rfc3339(event.time));
         let seq = Value::from(self.seq);
         let prev = Value::String(std::mem::take(&mut self.last_hash));
         let shared = event.shared.as_deref();
-        let mut fields: Vec<(&str, &Value)> = Vec::with_capacity(
-            8 + event.fixed.len() + event.own.len() + shared.map_or(0, Map::len),
-        );
+        let mut fields: Vec<(&str, Piece)> = Vec::with_capacity(32);
         // The writer's fields first: of a name given twice, the first is kept.
         fields.extend([
-            ("schema", &self.schema),
-            ("seq", &seq),
-            ("prev", &prev),
-            ("kind", &kind),
-            ("time", &time),
+            ("schema", Piece::Value(&self.schema)),
+            ("seq", Piece::Value(&seq)),
+            ("prev", Piece::Value(&prev)),
+            ("kind", Piece::Value(&kind)),
+            ("time", Piece::Value(&time)),
         ]);
         if event.from_gateway {
-            fields.push(("gateway", &self.gateway));
+            fields.push(("gateway", Piece::Value(&self.gateway)));
         }
-        fields.extend(event.fixed.iter().map(|(k, v)| (*k, v)));
-        fields.extend(event.own.iter().map(|(k, v)| (k.as_str(), v)));
+        fields.extend(event.fields.entries().map(|(k, v)| (k, Piece::Raw(v))));
+        fields.extend(event.own.iter().map(|(k, v)| (k.as_str(), Piece::Value(v))));
         if let Some(s) = shared {
-            fields.extend(s.iter().map(|(k, v)| (k.as_str(), v)));
+            fields.extend(s.entries().map(|(k, v)| (k, Piece::Raw(v))));
         }
         fields.retain(|(k, _)| *k != "hash");
         fields.sort_by(|a, b| a.0.cmp(b.0));
@@ -433,7 +433,19 @@ impl Writer {
             &mut scratch
         };
         let start = buf.len();
-        chain::canonical_entries(fields.iter().copied(), buf);
+        buf.push(b'{');
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            chain::json_str(k, buf);
+            buf.push(b':');
+            match v {
+                Piece::Value(v) => chain::canonical(v, buf),
+                Piece::Raw(r) => buf.extend_from_slice(r),
+            }
+        }
+        buf.push(b'}');
         let hash = chain::hex(ring::digest::digest(&ring::digest::SHA256, &buf[start..]).as_ref());
         buf.pop();
         if buf.len() - start > 1 {
@@ -449,10 +461,11 @@ impl Writer {
         if let Some(pg) = &mut self.pg {
             if pg.pending.len() < postgres::MAX_PENDING {
                 let get = |key: &str| {
-                    fields
-                        .binary_search_by(|(k, _)| (*k).cmp(key))
-                        .ok()
-                        .map(|i| fields[i].1)
+                    let i = fields.binary_search_by(|(k, _)| (*k).cmp(key)).ok()?;
+                    match fields[i].1 {
+                        Piece::Value(v) => Some(v.clone()),
+                        Piece::Raw(r) => serde_json::from_slice(r).ok(),
+                    }
                 };
                 let text = String::from_utf8_lossy(line);
                 pg.pending.push(postgres::Row::of(get, text.trim_end()));
@@ -487,16 +500,15 @@ impl Writer {
         let signature =
             base64::engine::general_purpose::STANDARD.encode(key.sign(message.as_bytes()));
         let public = chain::hex(key.public_key().as_ref());
-        let fixed = vec![
-            ("origin", Value::String(self.origin.clone())),
-            ("size", Value::from(self.seq)),
-            ("root", Value::String(self.last_hash.clone())),
-            ("signature", Value::String(signature)),
-            ("public_key", Value::String(public)),
-        ];
+        let mut fields = Fields::with_capacity(5, 256);
+        fields.str("origin", &self.origin);
+        fields.u64("size", self.seq);
+        fields.str("root", &self.last_hash);
+        fields.str("signature", &signature);
+        fields.str("public_key", &public);
         self.append(Event {
             from_gateway: false,
-            fixed,
+            fields,
             ..Event::new("checkpoint")
         });
         self.since_checkpoint = 0;

@@ -20,14 +20,14 @@ pub struct Row {
 
 impl Row {
     /// The row of a record whose fields `get` looks up, written as `line`.
-    pub fn of<'a>(get: impl Fn(&str) -> Option<&'a Value>, line: &str) -> Row {
-        let text = |k| get(k).and_then(Value::as_str);
+    pub fn of(get: impl Fn(&str) -> Option<Value>, line: &str) -> Row {
+        let text = |k| get(k).and_then(|v| v.as_str().map(str::to_owned));
         Row {
-            seq: get("seq").and_then(Value::as_i64).unwrap_or(0),
-            time: text("time").unwrap_or_default().to_owned(),
-            kind: text("kind").unwrap_or_default().to_owned(),
-            user: text("user").map(str::to_owned),
-            session: get("session").and_then(Value::as_i64),
+            seq: get("seq").and_then(|v| v.as_i64()).unwrap_or(0),
+            time: text("time").unwrap_or_default(),
+            kind: text("kind").unwrap_or_default(),
+            user: text("user"),
+            session: get("session").and_then(|v| v.as_i64()),
             record: line.to_owned(),
         }
     }

@@ -11,15 +11,15 @@
 //! are held statements that were not released. A statement still open when the session ends
 //! is written with `outcome = "unfinished"`.
 
+use super::fields::Fields;
 use super::Audit;
-use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The decided part of a statement's record, shared by every execution of a prepared
 /// statement.
-pub type Decided = Arc<Map<String, Value>>;
+pub type Decided = Arc<Fields>;
 
 /// Bound parameter values of one Bind, as recorded.
 pub type Params = Arc<[Option<String>]>;
@@ -138,8 +138,7 @@ impl<'a> Outcomes<'a> {
         };
         open.record
             .as_ref()
-            .and_then(|(d, _)| d.get("statement"))
-            .and_then(Value::as_u64)
+            .and_then(|(d, _)| d.get_u64("statement"))
     }
 
     /// CommandComplete with `tag`, or EmptyQueryResponse (`None`).
@@ -232,27 +231,22 @@ impl<'a> Outcomes<'a> {
         };
         // The decided part is shared by every execution of a prepared statement: the record
         // refers to it, and adds what this execution did.
-        let mut fixed = Vec::with_capacity(8);
-        fixed.push(("session", Value::from(self.session)));
+        let mut own = Fields::with_capacity(8, 128);
+        own.u64("session", self.session);
         if let Some(p) = params {
-            let values = p
-                .iter()
-                .map(|v| v.as_deref().map_or(Value::Null, Value::from));
-            fixed.push(("parameters", Value::Array(values.collect())));
+            own.strs("parameters", p.iter().map(Option::as_deref));
         }
-        fixed.push(("outcome", Value::from(outcome.as_str())));
+        own.str("outcome", outcome.as_str());
         if let Some(s) = open.sqlstate {
-            fixed.push(("sqlstate", Value::from(s)));
+            own.str("sqlstate", &s);
         }
-        fixed.push(("rows", Value::from(open.rows)));
-        fixed.push(("bytes", Value::from(open.bytes)));
-        let duration = open.started.elapsed().as_micros() as u64;
-        fixed.push(("duration_us", Value::from(duration)));
+        own.u64("rows", open.rows);
+        own.u64("bytes", open.bytes);
+        own.u64("duration_us", open.started.elapsed().as_micros() as u64);
         if !open.tags.is_empty() {
-            let tags = open.tags.into_iter().map(Value::from).collect();
-            fixed.push(("results", Value::Array(tags)));
+            own.strs("results", open.tags.iter().map(Some));
         }
-        self.audit.emit_shared("statement", decided, fixed);
+        self.audit.emit_fields("statement", decided, own);
     }
 }
 
@@ -287,10 +281,12 @@ mod tests {
     use crate::config::AuditConfig;
     use std::time::Duration;
 
+    use serde_json::Value;
+
     fn decided(n: u64) -> Decided {
-        let mut m = Map::new();
-        m.insert("statement".into(), Value::from(n));
-        Arc::new(m)
+        let mut f = Fields::default();
+        f.u64("statement", n);
+        Arc::new(f)
     }
 
     /// Drives `Outcomes` as the relay does and reads back the records it wrote.
