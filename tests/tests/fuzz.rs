@@ -192,7 +192,7 @@ fn frontend_message(rng: &mut Rng) -> Vec<u8> {
         }
         4 | 5 => {
             cstr(&mut b, name);
-            cstr(&mut b, *rng.pick(NAMES));
+            cstr(&mut b, rng.pick::<&[u8]>(NAMES));
             let formats = rng.below(3);
             b.extend_from_slice(&(formats as i16).to_be_bytes());
             for _ in 0..formats {
@@ -490,7 +490,7 @@ fn backend_message(rng: &mut Rng) -> Vec<u8> {
             for i in 0..n {
                 cstr(
                     &mut b,
-                    *rng.pick(&[&b"email"[..], b"id", b"name", b"\xc3("]),
+                    rng.pick::<&[u8]>(&[b"email", b"id", b"name", b"\xc3("]),
                 );
                 let any = rng.next() as u32;
                 let table = *rng.pick(&[0u32, 16384, any]);
@@ -531,7 +531,7 @@ fn backend_message(rng: &mut Rng) -> Vec<u8> {
         }
         7 => {
             const TAGS: [&[u8]; 5] = [b"SELECT 1", b"INSERT 0 1", b"COPY 2", b"", b"SELECT x"];
-            cstr(&mut b, *rng.pick(&TAGS));
+            cstr(&mut b, rng.pick::<&[u8]>(&TAGS));
             b'C'
         }
         8 | 9 => {
