@@ -7,7 +7,8 @@
 //! `BENCH_ROWS` for the large result (default 3000000), `BENCH_SCALE` pgbench scale (default 10),
 //! `BENCH_SKIP_PGBOUNCER=1` when PgBouncer is not installed, `BENCH_SUITES` (comma-separated,
 //! default `pgbench,stream,results`), `BENCH_WIDE_ROWS` for the wide result through result
-//! plugins (default 2000000), `BENCH_MEMORY_ROWS` for the peak-memory run (default 10000000).
+//! plugins (default 2000000), `BENCH_MEMORY_ROWS` for the peak-memory run (default 10000000),
+//! `BENCH_TARGETS` to keep only the named pgbench targets (besides direct and bare pgward).
 //!
 //! For profiling by hand: `loadbench serve` starts every target and prints where it listens;
 //! `loadbench query PORT USER PASSWORD DB SQL [TIMES]` streams one query's rows (binary, as the
@@ -548,6 +549,12 @@ async fn main() -> Result<()> {
             proxy_pid: Some(child.id()),
         });
         bouncer_child = Some(child);
+    }
+    // `BENCH_TARGETS` (comma-separated names) keeps only some pgbench targets besides direct
+    // and bare pgward: fewer targets per round, so a comparison drifts less with the machine.
+    if let Ok(only) = std::env::var("BENCH_TARGETS") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        targets.retain(|t| t.name == "direct" || t.name == "pgward" || only.contains(&t.name));
     }
     // Result plugins: an identity transform of every column, and masking of one column.
     let mut result_gws: Vec<(&'static str, Gateway)> = Vec::new();

@@ -190,8 +190,11 @@ enum Expect {
     Describe(Describe),
     /// An Execute of a portal bound to this statement, and how its columns are known.
     Execute(Sent, Columns),
-    /// A Sync (or FunctionCall): ReadyForQuery.
-    Sync,
+    /// A Sync (or FunctionCall): ReadyForQuery. `during_copy`: sent after an Execute or Query
+    /// with no CopyDone or CopyFail since. If that statement starts a COPY FROM STDIN, the
+    /// server ignores this Sync (as the protocol says it does in copy-in mode) and no
+    /// ReadyForQuery answers it: libpq and tokio-postgres send Bind, Execute, Sync at once.
+    Sync { during_copy: bool },
 }
 
 /// Whose Describe the server answers, and what its answer is for.
@@ -356,8 +359,9 @@ impl RelayState {
     }
 
     /// Nothing is in flight and no transaction is open: closing now loses nothing. Errs on
-    /// the side of busy (after a Sync sent during COPY IN, which the server ignores, the session
-    /// never looks idle again; it is then closed only at the shutdown deadline).
+    /// the side of busy (after a Sync sent during COPY IN, which the server ignores, a session
+    /// the relay does not follow — no result plugin, no audit trail — never looks idle again;
+    /// it is then closed only at the shutdown deadline).
     pub fn is_idle(&self) -> bool {
         self.pending.load(Ordering::Acquire) == 0
             && !self.holding.load(Ordering::Acquire)
@@ -791,6 +795,9 @@ async fn client_to_server(
     // The extended protocol's messages are followed for result filtering or the audit trail.
     let extended = tracking || ctx.outcomes.is_some();
     let mut prepared = Prepared::default();
+    // An Execute or Query went upstream and no CopyDone or CopyFail since: a Sync now is one
+    // the server ignores if that statement started a COPY FROM STDIN (see `Expect::Sync`).
+    let mut copy_window = false;
     // Bytes of the current frame still to copy through without looking at them.
     let mut pass = 0usize;
     loop {
@@ -873,11 +880,12 @@ async fn client_to_server(
                             }
                         };
                     let frame = &buf[pos..pos + header.frame_len];
+                    copy_window |= tag == b'Q';
                     if let Some(o) = ctx.outcomes {
                         match tag {
                             b'Q' => o.query(analysis.audit.clone()),
                             b'P' => {}
-                            _ => o.sync(),
+                            _ => o.sync(false),
                         }
                     }
                     match tag {
@@ -888,7 +896,9 @@ async fn client_to_server(
                             Prepared::remember(&mut prepared.statements, name, analysis);
                         }
                         b'Q' if tracking => state.expect().push_back(Expect::Query(analysis)),
-                        b'F' if tracking => state.expect().push_back(Expect::Sync),
+                        b'F' if tracking => state
+                            .expect()
+                            .push_back(Expect::Sync { during_copy: false }),
                         _ => {}
                     }
                     pos += header.frame_len;
@@ -937,6 +947,7 @@ async fn client_to_server(
                             Gate::ClientGone => return RelayEnd::ClientEof,
                         }
                     }
+                    copy_window |= tag == b'E';
                     if run {
                         let message = buf[pos..].split_at(header.frame_len);
                         prepared.client_message(ctx, state, follow, message, approved, &mut out);
@@ -948,11 +959,13 @@ async fn client_to_server(
                     match tag {
                         b'S' => {
                             if tracking {
-                                state.expect().push_back(Expect::Sync);
+                                state.expect().push_back(Expect::Sync {
+                                    during_copy: copy_window,
+                                });
                             }
                             prepared.pipeline += 1;
                             if let Some(o) = ctx.outcomes {
-                                o.sync();
+                                o.sync(copy_window);
                             }
                             state.pending.fetch_add(1, Ordering::AcqRel);
                             state.unsynced.store(false, Ordering::Release);
@@ -960,6 +973,7 @@ async fn client_to_server(
                         b'B' | b'E' | b'D' | b'C' | b'H' => {
                             state.unsynced.store(true, Ordering::Release)
                         }
+                        b'c' | b'f' => copy_window = false,
                         _ => {}
                     }
                     pass = header.frame_len;
@@ -2038,6 +2052,7 @@ async fn server_to_client(
                 b'Z' | b'S' | b'E' => true,
                 b'C' | b's' | b'I' => tracking || outcomes.is_some(),
                 b'T' | b'n' | b'H' | b't' => tracking,
+                b'G' => tracking || outcomes.is_some(),
                 b'D' => results.filter.is_some(),
                 b'd' | b'c' => results.copy.is_some(),
                 // No other message may overtake rows held in a batch (a notice raised
@@ -2104,7 +2119,7 @@ async fn server_to_client(
                                     invalidate_after_ddl(ctx, a.analysis.as_deref());
                                     break;
                                 }
-                                Expect::Sync => break,
+                                Expect::Sync { .. } => break,
                                 Expect::Execute(a, _) => {
                                     invalidate_after_ddl(ctx, a.analysis.as_deref())
                                 }
@@ -2120,6 +2135,25 @@ async fn server_to_client(
                         o.ready(&mut tally);
                     }
                     observe_server_message(state, frame);
+                }
+                b'G' => {
+                    // COPY FROM STDIN began: the Syncs sent right after its statement are
+                    // ignored by the server and get no ReadyForQuery.
+                    let mut ignored = 0;
+                    if tracking {
+                        ignored = drop_syncs_during_copy(&mut state.expect());
+                    }
+                    if let Some(o) = outcomes {
+                        ignored = ignored.max(o.copy_in_started());
+                    }
+                    if ignored > 0 {
+                        let _ =
+                            state
+                                .pending
+                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                                    Some(p.saturating_sub(ignored))
+                                });
+                    }
                 }
                 b'S' => observe_server_message(state, frame),
                 b't' => {
@@ -2591,6 +2625,17 @@ fn refuse_result(out: &mut BytesMut, refusal: &Refusal) {
     );
 }
 
+/// Removes the Syncs queued right after the statement at the front, which started COPY FROM
+/// STDIN, that were sent before its CopyDone or CopyFail; returns how many.
+fn drop_syncs_during_copy(queue: &mut VecDeque<Expect>) -> u32 {
+    let mut dropped = 0;
+    while matches!(queue.get(1), Some(Expect::Sync { during_copy: true })) {
+        queue.remove(1);
+        dropped += 1;
+    }
+    dropped
+}
+
 fn observe_server_message(state: &RelayState, frame: &[u8]) {
     let body = &frame[5..];
     match frame[0] {
@@ -2757,6 +2802,23 @@ mod tests {
         );
         assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_none());
         assert_eq!(&out[..], &close[..], "the Close itself goes upstream");
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_are_dropped_when_the_copy_starts() {
+        let mut q = VecDeque::from([
+            Expect::Execute(Sent::default(), Columns::Unknown),
+            Expect::Sync { during_copy: true },
+            Expect::Sync { during_copy: true },
+            Expect::Sync { during_copy: false },
+            Expect::Sync { during_copy: true },
+        ]);
+        assert_eq!(drop_syncs_during_copy(&mut q), 2);
+        assert_eq!(q.len(), 3);
+        assert!(matches!(q[1], Expect::Sync { during_copy: false }));
+        // The one after CopyDone answers this COPY; a later one flagged is another
+        // statement's.
+        assert_eq!(drop_syncs_during_copy(&mut q), 0);
     }
 
     /// What a [`RelayContext`] borrows.

@@ -40,6 +40,17 @@ pub fn unique_dir(prefix: &str) -> PathBuf {
     dir
 }
 
+/// Whether a process exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s[s.rfind(')')? + 2..].chars().next()?;
+            Some(state != 'Z')
+        })
+        .unwrap_or(false)
+}
+
 /// Removes temp dirs of earlier test processes that are gone.
 fn clean_stale_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
@@ -141,6 +152,8 @@ pub struct Postgres {
     pub bin: PathBuf,
     pub socket_dir: PathBuf,
     as_user: Option<(u32, u32)>,
+    /// Extra `name=value` server settings, given on every (re)start.
+    settings: Vec<String>,
 }
 
 impl Postgres {
@@ -161,6 +174,12 @@ impl Postgres {
 
     /// initdb into a fresh directory and start the server on a free port.
     pub fn start() -> Result<Postgres> {
+        Self::start_with(&[])
+    }
+
+    /// [`Postgres::start`] with extra `name=value` settings (`max_connections=20`), which
+    /// override the defaults here.
+    pub fn start_with(settings: &[&str]) -> Result<Postgres> {
         clean_stale_dirs();
         let bin = pg_bin_dir()?;
         let dir = unique_dir("pg");
@@ -180,8 +199,9 @@ impl Postgres {
             bin,
             socket_dir,
             as_user,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
         };
-        let data = pg.dir.join("data");
+        let data = pg.data_dir();
         let out = pg
             .command("initdb")
             .args([
@@ -214,7 +234,11 @@ impl Postgres {
     }
 
     fn spawn_server(&self, data: &Path) -> Result<bool> {
-        let log = std::fs::File::create(self.dir.join("postgres.log"))?;
+        // Appended to, so a restarted server's log follows the first one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("postgres.log"))?;
         if let Some((uid, gid)) = self.as_user {
             std::os::unix::fs::chown(self.dir.join("postgres.log"), Some(uid), Some(gid))?;
         }
@@ -223,8 +247,11 @@ impl Postgres {
             .args(["-k", self.socket_dir.to_str().unwrap()])
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
-            .args(["-c", "max_connections=300", "-c", "shared_buffers=128MB"])
-            .stdin(Stdio::null())
+            .args(["-c", "max_connections=300", "-c", "shared_buffers=128MB"]);
+        for setting in &self.settings {
+            cmd.args(["-c", setting]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         die_with_parent(&mut cmd, libc::SIGQUIT);
@@ -232,12 +259,15 @@ impl Postgres {
         // spawned from a thread that lives as long as the test process.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let child = cmd.spawn();
-            let ok = child.is_ok();
-            let _ = tx.send(child.map(|c| c.id()));
-            if ok {
-                loop {
-                    std::thread::park();
+            match cmd.spawn() {
+                Ok(mut child) => {
+                    let _ = tx.send(Ok(child.id()));
+                    // Reaped here, so a server stopped or killed by a test leaves no zombie
+                    // that a restart would take for a running postmaster.
+                    let _ = child.wait();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
                 }
             }
         });
@@ -263,6 +293,87 @@ impl Postgres {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(false)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The postmaster's process id, from its pid file (`None` when it is not running).
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Stops the server with `pg_ctl stop -m MODE` (`fast`: backends end with 57P01).
+    pub fn stop(&self, mode: &str) -> Result<()> {
+        let data = self.data_dir();
+        let out = self
+            .command("pg_ctl")
+            .args(["stop", "-w", "-t", "30", "-m", mode, "-D"])
+            .arg(&data)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// `kill -9` of the postmaster and every process it started, as a crash would; waits until
+    /// they are gone.
+    pub fn kill9(&self) -> Result<()> {
+        let pid = self.postmaster_pid().context("the server is not running")?;
+        let children: Vec<i32> = std::fs::read_dir("/proc")?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        // The parent pid is the second field after the parenthesised name.
+                        let rest = &s[s.rfind(')')? + 2..];
+                        rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                    })
+                    == Some(pid)
+            })
+            .collect();
+        for p in std::iter::once(pid).chain(children.iter().copied()) {
+            // SAFETY: kill with pids of the server this harness started.
+            unsafe {
+                libc::kill(p, libc::SIGKILL);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::iter::once(pid)
+            .chain(children.iter().copied())
+            .any(alive)
+        {
+            if Instant::now() > deadline {
+                bail!("the killed server processes are still there");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port and data, after [`Postgres::stop`] or
+    /// [`Postgres::kill9`] (crash recovery runs then).
+    pub fn restart(&self) -> Result<()> {
+        let data = self.data_dir();
+        // A killed postmaster leaves its pid file; nothing of it runs any more.
+        if self.postmaster_pid().is_some_and(|p| !alive(p)) {
+            let _ = std::fs::remove_file(data.join("postmaster.pid"));
+        }
+        if !self.spawn_server(&data)? {
+            bail!(
+                "PostgreSQL did not start again; see {}",
+                self.dir.join("postgres.log").display()
+            );
+        }
+        Ok(())
     }
 
     fn bootstrap(&self) -> Result<()> {
@@ -400,15 +511,20 @@ pub fn pgward_bin() -> PathBuf {
     bin
 }
 
-/// A plugin built by `scripts/build-plugins.sh` (`target/plugins/NAME.wasm`).
-pub fn plugin_wasm(name: &str) -> PathBuf {
+/// The cargo target directory the tests were built in (where `scripts/build-plugins.sh` puts
+/// the plugins and `scripts/prereqs.sh` the npm drivers).
+pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let target = exe
-        .ancestors()
+    exe.ancestors()
         .find(|p| p.join("plugins").is_dir() && p.file_name().is_some_and(|n| n == "target"))
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("plugins").join(format!("{name}.wasm"));
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// A plugin built by `scripts/build-plugins.sh` (`target/plugins/NAME.wasm`).
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let path = target_dir().join("plugins").join(format!("{name}.wasm"));
     assert!(
         path.exists(),
         "{} is missing: build the plugins first (scripts/build-plugins.sh)",
@@ -420,6 +536,32 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
 /// A fresh, empty plugins directory for one test.
 pub fn plugins_dir() -> PathBuf {
     unique_dir("plugins")
+}
+
+/// A fresh plugins directory with the example policies: guardrails and mask-pii with its
+/// example configuration (`plugins/mask-pii/mask_pii.toml`), which allows one more function to
+/// masked identities: `pg_sleep`, so tests have a statement that runs until it is cancelled or
+/// the server goes away (mask-pii refuses it by default: a sleep whose length depends on a
+/// value is a timing channel).
+pub fn policy_plugins_dir() -> PathBuf {
+    let dir = plugins_dir();
+    let example = include_str!("../../plugins/mask-pii/mask_pii.toml");
+    let config = example.replace(
+        "\nallow_functions = []\n",
+        "\nallow_functions = [\"pg_sleep\"]\n",
+    );
+    assert_ne!(
+        config, example,
+        "mask_pii.toml no longer has `allow_functions = []`"
+    );
+    std::fs::write(dir.join("20-mask_pii.toml"), config).expect("writing the mask-pii config");
+    for (wasm, file) in [("guardrails", "10-guardrails"), ("mask_pii", "20-mask_pii")] {
+        // Copied aside and renamed, as a deployment would, so no half-written file is loaded.
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::copy(plugin_wasm(wasm), &tmp).expect("copying a plugin");
+        std::fs::rename(&tmp, dir.join(format!("{file}.wasm"))).expect("installing a plugin");
+    }
+    dir
 }
 
 /// A running `pgward` process.

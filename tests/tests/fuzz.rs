@@ -15,9 +15,7 @@
 //! audit trail still verifies. The seed is printed; `PGWARD_FUZZ_SEED` replays one and
 //! `PGWARD_FUZZ_ITERATIONS` sets the number of sessions (the README has the long run).
 
-use pgward_e2e::{
-    plugin_wasm, plugins_dir, Gateway, GatewayOptions, Postgres, RawClient, TestUser,
-};
+use pgward_e2e::{policy_plugins_dir, Gateway, GatewayOptions, Postgres, RawClient, TestUser};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -372,21 +370,6 @@ INSERT INTO customers VALUES (1, 'Ada Lovelace', 'ada@example.com', '078-05-1120
 CREATE TABLE scratch (v text);
 ";
 
-fn policies_dir() -> std::path::PathBuf {
-    let dir = plugins_dir();
-    std::fs::write(
-        dir.join("20-mask_pii.toml"),
-        include_str!("../../plugins/mask-pii/mask_pii.toml"),
-    )
-    .unwrap();
-    for (wasm, file) in [("guardrails", "10-guardrails"), ("mask_pii", "20-mask_pii")] {
-        let tmp = dir.join(format!(".{file}.tmp"));
-        std::fs::copy(plugin_wasm(wasm), &tmp).unwrap();
-        std::fs::rename(&tmp, dir.join(format!("{file}.wasm"))).unwrap();
-    }
-    dir
-}
-
 #[test]
 fn fuzzed_client_messages_never_break_the_gateway() {
     let pg = Postgres::shared();
@@ -399,7 +382,7 @@ fn fuzzed_client_messages_never_break_the_gateway() {
         GatewayOptions {
             trust: true,
             users: vec![TestUser::new("alice", "alice-pw", &["analysts"])],
-            plugins_dir: Some(policies_dir()),
+            plugins_dir: Some(policy_plugins_dir()),
             plugins_extra: "batch_rows = 3\n".into(),
             extra_toml: format!(
                 "[audit]\ndirectory = \"{}\"\nparameters = true\n",
@@ -745,7 +728,7 @@ fn a_malformed_server_stream_never_breaks_the_gateway() {
             users: vec![TestUser::new("alice", "alice-pw", &["analysts"])],
             upstream_port: Some(upstream),
             upstream_extra: "auth_methods = [\"trust\"]\n".into(),
-            plugins_dir: Some(policies_dir()),
+            plugins_dir: Some(policy_plugins_dir()),
             plugins_extra: "batch_rows = 2\n".into(),
             log_level: "info".into(),
             ..Default::default()

@@ -30,8 +30,9 @@ enum Awaited {
     Query(Open),
     /// An Execute: CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
     Execute(Open),
-    /// A Sync or FunctionCall: ReadyForQuery.
-    Sync,
+    /// A Sync or FunctionCall: ReadyForQuery. `during_copy`: sent before the CopyDone of a
+    /// statement that may start COPY FROM STDIN, when the server ignores it.
+    Sync { during_copy: bool },
 }
 
 struct Open {
@@ -124,9 +125,21 @@ impl<'a> Outcomes<'a> {
         self.queue().push_back(Awaited::Execute(Open::new(record)));
     }
 
-    /// A Sync or FunctionCall went upstream.
-    pub fn sync(&self) {
-        self.queue().push_back(Awaited::Sync);
+    /// A Sync or FunctionCall went upstream; `during_copy` as for the relay's queue.
+    pub fn sync(&self, during_copy: bool) {
+        self.queue().push_back(Awaited::Sync { during_copy });
+    }
+
+    /// COPY FROM STDIN began for the statement at the front: the Syncs sent right after it
+    /// get no ReadyForQuery. Returns how many were dropped.
+    pub fn copy_in_started(&self) -> u32 {
+        let mut q = self.queue();
+        let mut dropped = 0;
+        while matches!(q.get(1), Some(Awaited::Sync { during_copy: true })) {
+            q.remove(1);
+            dropped += 1;
+        }
+        dropped
     }
 
     /// The statement the server is answering for, as the audit trail numbers it.
@@ -134,7 +147,7 @@ impl<'a> Outcomes<'a> {
         let q = self.queue();
         let open = match q.front()? {
             Awaited::Query(o) | Awaited::Execute(o) => o,
-            Awaited::Sync => return None,
+            Awaited::Sync { .. } => return None,
         };
         open.record
             .as_ref()
@@ -209,7 +222,7 @@ impl<'a> Outcomes<'a> {
                     break;
                 }
                 Awaited::Execute(open) => self.write(open, Outcome::Skipped),
-                Awaited::Sync => break,
+                Awaited::Sync { .. } => break,
             }
         }
         *tally = Tally::default();
@@ -310,7 +323,7 @@ mod tests {
         o.execute(Some((decided(1), Some(params))));
         o.execute(Some((decided(1), None)));
         o.execute(Some((decided(2), None)));
-        o.sync();
+        o.sync(false);
         t.rows = 2;
         t.bytes = 60;
         o.completed(Some("SELECT 2"), &mut t);

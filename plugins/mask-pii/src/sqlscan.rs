@@ -715,6 +715,11 @@ fn operand_before(toks: &[Tok], cast: usize) -> std::ops::Range<usize> {
                 let Some(open) = open else {
                     return 0..end;
                 };
+                // `agg(x) FILTER (WHERE ..)::int`, `f(x) OVER (..)::int`: the cast applies to
+                // the call's value, not to what the clause compares.
+                if open > 0 && (toks[open - 1].is("filter") || toks[open - 1].is("over")) {
+                    return operand_before(toks, open - 1);
+                }
                 start = open;
                 // A call or an array subscript: take the callee or subscripted expression too.
                 if start > 0
@@ -1181,6 +1186,13 @@ mod tests {
                 ("x".into(), "text".into(), false),
                 ("x :: text".into(), "int".into(), false),
                 ("arr _ _ _".into(), "int8".into(), false),
+            ]
+        );
+        assert_eq!(
+            cast_list("SELECT count(*) FILTER (WHERE name = 'x')::int, max(ssn) OVER (ORDER BY name)::int FROM t"),
+            [
+                ("count ( * )".to_owned(), "int".to_owned(), false),
+                ("max ( ssn )".into(), "int".into(), false),
             ]
         );
         assert_eq!(
