@@ -303,6 +303,10 @@ pub struct PluginsConfig {
     pub batch_bytes: usize,
     /// Verdicts kept per plugin that it marked cacheable (contract 0.5); 0 turns caching off.
     pub verdict_cache: usize,
+    /// The server's errors and notices while a result plugin is loaded: `values` (default)
+    /// strips what can quote row values, `generic` keeps only severity and SQLSTATE, `pass`
+    /// relays them as they are.
+    pub server_messages: crate::results::server_messages::ServerMessages,
 }
 
 impl Default for PluginsConfig {
@@ -319,6 +323,7 @@ impl Default for PluginsConfig {
             batch_rows: 4096,
             batch_bytes: 1 << 20,
             verdict_cache: 4096,
+            server_messages: Default::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::plugins::bindings::pgward::plugin::types as wit;
 use crate::plugins::{ApprovalAsk, PluginHost, QueryDecision, Refusal};
 use crate::protocol::{self, FrameError};
 use crate::results::catalog::Catalog;
+use crate::results::server_messages::{self, ServerMessages};
 use crate::results::types::Styles;
 use crate::results::{self, CopyFilter, Filter};
 use crate::server::ShutdownSignal;
@@ -405,6 +406,8 @@ pub struct ResultsContext<'a> {
     pub database: &'a str,
     pub batch_rows: usize,
     pub batch_bytes: usize,
+    /// What becomes of the server's errors and notices while a result plugin is loaded.
+    pub server_messages: ServerMessages,
 }
 
 /// Why the relay stopped.
@@ -1985,6 +1988,10 @@ async fn server_to_client(
     let mut known = Subscriptions::default();
     let tracking = ctx.results.is_some();
     let outcomes = ctx.outcomes;
+    let server_messages = ctx
+        .results
+        .as_ref()
+        .map_or(ServerMessages::Pass, |r| r.server_messages);
     // Rows and bytes of the statement being answered, for its audit record.
     let mut tally = Tally::default();
     let mut pass = 0usize;
@@ -2053,6 +2060,7 @@ async fn server_to_client(
                 b'C' | b's' | b'I' => tracking || outcomes.is_some(),
                 b'T' | b'n' | b'H' | b't' => tracking,
                 b'G' => tracking || outcomes.is_some(),
+                b'N' => server_messages != ServerMessages::Pass || results.holds_rows(),
                 b'D' => results.filter.is_some(),
                 b'd' | b'c' => results.copy.is_some(),
                 // No other message may overtake rows held in a batch (a notice raised
@@ -2098,6 +2106,13 @@ async fn server_to_client(
                         out.extend_from_slice(&refusal);
                         written = pos + header.frame_len;
                         relay = false;
+                    } else if relay {
+                        if let Some(reduced) = reduce_server_message(ctx, server_messages, frame) {
+                            out.extend_from_slice(&buf[written..pos]);
+                            out.extend_from_slice(&reduced);
+                            written = pos + header.frame_len;
+                            relay = false;
+                        }
                     }
                     if tracking {
                         // The server skips the rest of an extended pipeline up to Sync.
@@ -2153,6 +2168,14 @@ async fn server_to_client(
                                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
                                     Some(p.saturating_sub(ignored))
                                 });
+                    }
+                }
+                b'N' if relay => {
+                    if let Some(reduced) = reduce_server_message(ctx, server_messages, frame) {
+                        out.extend_from_slice(&buf[written..pos]);
+                        out.extend_from_slice(&reduced);
+                        written = pos + header.frame_len;
+                        relay = false;
                     }
                 }
                 b'S' => observe_server_message(state, frame),
@@ -2623,6 +2646,19 @@ fn refuse_result(out: &mut BytesMut, refusal: &Refusal) {
             hint: refusal.hint.as_deref(),
         },
     );
+}
+
+/// The server's ErrorResponse or NoticeResponse `frame` as the client may see it while a
+/// result plugin is loaded (`plugins.server_messages`); `None`: unchanged.
+fn reduce_server_message(
+    ctx: &RelayContext<'_>,
+    mode: ServerMessages,
+    frame: &[u8],
+) -> Option<BytesMut> {
+    if mode == ServerMessages::Pass || !ctx.plugins.is_some_and(|p| p.chain().wants_results()) {
+        return None;
+    }
+    server_messages::reduce(frame, mode)
 }
 
 /// Removes the Syncs queued right after the statement at the front, which started COPY FROM

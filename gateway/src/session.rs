@@ -213,6 +213,7 @@ pub async fn serve(
             database: &plugin_session.database,
             batch_rows: gw.config.plugins.batch_rows,
             batch_bytes: gw.config.plugins.batch_bytes,
+            server_messages: gw.config.plugins.server_messages,
         }),
         approvals: gw.approvals.as_ref(),
         cancelled: Some(&cancelled),

@@ -40,6 +40,18 @@ pub fn unique_dir(prefix: &str) -> PathBuf {
     dir
 }
 
+/// Polls `f` every 50 ms until it holds or `timeout` passes; whether it held.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
 /// Whether a process exists and is not a zombie.
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -326,6 +338,13 @@ impl Postgres {
     /// they are gone.
     pub fn kill9(&self) -> Result<()> {
         let pid = self.postmaster_pid().context("the server is not running")?;
+        // The postmaster is stopped first, so that it forks nothing more and neither it (crash
+        // recovery: 57P02) nor a backend (postmaster death: 57P01) can say anything before all
+        // of them are gone.
+        // SAFETY: kill with pids of the server this harness started.
+        unsafe {
+            libc::kill(pid, libc::SIGSTOP);
+        }
         let children: Vec<i32> = std::fs::read_dir("/proc")?
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -340,8 +359,8 @@ impl Postgres {
                     == Some(pid)
             })
             .collect();
-        for p in std::iter::once(pid).chain(children.iter().copied()) {
-            // SAFETY: kill with pids of the server this harness started.
+        for p in children.iter().copied().chain(std::iter::once(pid)) {
+            // SAFETY: as above.
             unsafe {
                 libc::kill(p, libc::SIGKILL);
             }

@@ -7,7 +7,8 @@
 //! their own.
 
 use pgward_e2e::{
-    policy_plugins_dir, sqlstate, stdout_ok, Gateway, GatewayOptions, Postgres, RawClient,
+    policy_plugins_dir, sqlstate, stdout_ok, wait_until, Gateway, GatewayOptions, Postgres,
+    RawClient,
 };
 use std::time::{Duration, Instant};
 
@@ -84,17 +85,6 @@ fn last_error(messages: &[(u8, Vec<u8>)]) -> Option<String> {
         .rev()
         .find(|m| m.0 == b'E')
         .map(|m| sqlstate(&m.1))
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
 }
 
 /// The clients' server sessions in `db` (not the gateway's own catalog connections).

@@ -1,7 +1,7 @@
 //! Bad input, limits, cancellation, shutdown and a dead upstream: clear errors, no panics, and
 //! the gateway keeps serving.
 
-use pgward_e2e::{sqlstate, stdout_ok, Gateway, GatewayOptions, Postgres, RawClient};
+use pgward_e2e::{sqlstate, stdout_ok, wait_until, Gateway, GatewayOptions, Postgres, RawClient};
 use std::time::{Duration, Instant};
 
 fn trust_gateway(pg: &Postgres, listen_extra: &str) -> Gateway {
@@ -31,17 +31,6 @@ fn backends_of(pg: &Postgres, db: &str) -> u32 {
     .trim()
     .parse()
     .unwrap()
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
 }
 
 #[test]

@@ -10,6 +10,7 @@
 
 pub mod catalog;
 pub mod copy;
+pub mod server_messages;
 pub mod types;
 
 use crate::plugins::bindings::pgward::plugin::types as wit;
