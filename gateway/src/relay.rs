@@ -2083,6 +2083,8 @@ async fn server_to_client(
             let mut frame_len = header.frame_len;
             // What to do with the frame: relay it as it is, or replace it with `out`'s new bytes.
             let mut relay = !results.discard;
+            // Bytes that go out in the frame's place: a stand-in refusal, a reduced message.
+            let mut replacement: Option<BytesMut> = None;
             if !matches!(header.tag, b'D' | b'd') && results.holds_rows() {
                 // Held rows go out, filtered, before the message after them (CommandComplete,
                 // an error, a notice, ...).
@@ -2101,19 +2103,11 @@ async fn server_to_client(
                     if let Some(o) = outcomes {
                         o.failed(&protocol::parse_error_body(&frame[5..]).code, &mut tally);
                     }
-                    if let Some(refusal) = state.take_substitution(frame) {
-                        out.extend_from_slice(&buf[written..pos]);
-                        out.extend_from_slice(&refusal);
-                        written = pos + header.frame_len;
-                        relay = false;
-                    } else if relay {
-                        if let Some(reduced) = reduce_server_message(ctx, server_messages, frame) {
-                            out.extend_from_slice(&buf[written..pos]);
-                            out.extend_from_slice(&reduced);
-                            written = pos + header.frame_len;
-                            relay = false;
-                        }
-                    }
+                    replacement = state.take_substitution(frame).or_else(|| {
+                        relay
+                            .then(|| reduce_server_message(ctx, server_messages, frame))
+                            .flatten()
+                    });
                     if tracking {
                         // The server skips the rest of an extended pipeline up to Sync.
                         let mut q = state.expect();
@@ -2170,14 +2164,7 @@ async fn server_to_client(
                                 });
                     }
                 }
-                b'N' if relay => {
-                    if let Some(reduced) = reduce_server_message(ctx, server_messages, frame) {
-                        out.extend_from_slice(&buf[written..pos]);
-                        out.extend_from_slice(&reduced);
-                        written = pos + header.frame_len;
-                        relay = false;
-                    }
-                }
+                b'N' if relay => replacement = reduce_server_message(ctx, server_messages, frame),
                 b'S' => observe_server_message(state, frame),
                 b't' => {
                     if let Some(Expect::Describe(Describe::Statement { relay: false, .. })) =
@@ -2322,6 +2309,12 @@ async fn server_to_client(
                     }
                 }
                 _ => {}
+            }
+            if let Some(r) = replacement {
+                out.extend_from_slice(&buf[written..pos]);
+                out.extend_from_slice(&r);
+                written = pos + header.frame_len;
+                relay = false;
             }
             if !relay {
                 // Drop the frame: send what came before it first.

@@ -54,13 +54,14 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// Whether a process exists and is not a zombie.
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let state = s[s.rfind(')')? + 2..].chars().next()?;
-            Some(state != 'Z')
-        })
-        .unwrap_or(false)
+    proc_stat(pid).is_some_and(|f| f.first().is_some_and(|state| state != "Z"))
+}
+
+/// The fields of `/proc/PID/stat` after the parenthesised command name: state, parent pid, ….
+fn proc_stat(pid: i32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.get(s.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
 /// Removes temp dirs of earlier test processes that are gone.
@@ -348,16 +349,7 @@ impl Postgres {
         let children: Vec<i32> = std::fs::read_dir("/proc")?
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/stat"))
-                    .ok()
-                    .and_then(|s| {
-                        // The parent pid is the second field after the parenthesised name.
-                        let rest = &s[s.rfind(')')? + 2..];
-                        rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                    })
-                    == Some(pid)
-            })
+            .filter(|&p| proc_stat(p).and_then(|f| f.get(1)?.parse::<i32>().ok()) == Some(pid))
             .collect();
         for p in children.iter().copied().chain(std::iter::once(pid)) {
             // SAFETY: as above.
