@@ -4,7 +4,9 @@
 //! - [`config`]: the TOML configuration, parsed strictly, with errors naming file and key.
 //! - [`server`]: the listener, connection limit and graceful shutdown.
 //! - [`session`]: one client: TLS, startup, SCRAM authentication, upstream login.
-//! - [`relay`]: the message pump of an established session (bytes in, bytes out).
+//! - [`relay`]: the message pump of an established session (bytes in, bytes out); its
+//!   `commit_guard` keeps what the server commits in line with what a refused result told the
+//!   client.
 //! - [`upstream`]: connecting and logging in to PostgreSQL with the gateway's credentials.
 //! - [`protocol`]: wire-protocol framing and the few messages the gateway builds or reads.
 //! - [`auth`]: identities and SCRAM-SHA-256 (server and client side).

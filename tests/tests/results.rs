@@ -478,3 +478,247 @@ fn a_plugin_that_asks_for_nothing_leaves_results_untouched() {
         );
     }
 }
+
+/// What a client is told about a refused result and what the database keeps agree: nothing
+/// after the refusal in the same string or pipeline commits, and a refusal inside a
+/// transaction block fails the block. Every case that is refused here committed its write
+/// before the commit guard (the server ran the rest of the string or pipeline regardless).
+#[test]
+fn nothing_after_a_refused_result_commits() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("res_guard").unwrap();
+    pg.superuser_sql(
+        &db,
+        "SET ROLE pgward_gw; CREATE TABLE people (id int, secret text); \
+         INSERT INTO people VALUES (1, 'hunter2'); CREATE TABLE log (x int);",
+    )
+    .unwrap();
+    let dir = plugins_dir();
+    install_transform(&dir, "mode = \"abort\"\ncolumns = [\"secret\"]\n");
+    let gw = gateway(pg, &dir);
+    let mut c = gateway_client(&gw, &db);
+    let logged = |x: i32| -> bool {
+        let out = pg
+            .superuser_sql(&db, &format!("SELECT count(*) FROM log WHERE x = {x}"))
+            .unwrap();
+        out.trim() == "1"
+    };
+    let tags = |got: &[Message]| -> String {
+        got.iter()
+            .map(|(t, b)| match t {
+                b'E' => format!("E{}", sqlstate(b)),
+                b'Z' => format!("Z{}", b[0] as char),
+                b'C' => format!("C{}", String::from_utf8_lossy(&b[..b.len() - 1])),
+                t => (*t as char).to_string(),
+            })
+            .filter(|t| !matches!(t.as_str(), "1" | "2" | "T" | "D" | "n" | "t" | "N"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    use msg::*;
+    let statement = |sql: &str| vec![parse("", sql), bind("", "", 0), execute("", 0)];
+
+    // Outside a transaction block: a write after the refused read is rolled back, and the
+    // same string whose result is not refused commits.
+    let got = run(
+        &mut c,
+        &[query(
+            "SELECT secret FROM people; INSERT INTO log VALUES (1)",
+        )],
+    );
+    assert_eq!(tags(&got), "E42501 ZI");
+    assert!(!logged(1), "the write after the refused result committed");
+    let got = run(
+        &mut c,
+        &[query("SELECT id FROM people; INSERT INTO log VALUES (2)")],
+    );
+    assert_eq!(tags(&got), "CSELECT 1 CINSERT 0 1 ZI");
+    assert!(logged(2));
+    // A write whose own result is refused does not commit either.
+    let got = run(
+        &mut c,
+        &[query("INSERT INTO log VALUES (3) RETURNING x AS secret")],
+    );
+    assert_eq!(tags(&got), "E42501 ZI");
+    assert!(!logged(3));
+
+    // In a block, the refusal fails the block as an error would.
+    let got = run(
+        &mut c,
+        &[
+            query("BEGIN"),
+            query("SELECT secret FROM people"),
+            query("INSERT INTO log VALUES (4)"),
+            query("COMMIT"),
+        ],
+    );
+    assert_eq!(tags(&got), "CBEGIN ZT E42501 ZE E25P02 ZE CROLLBACK ZI");
+    assert!(!logged(4));
+
+    // An extended pipeline: the write after the refused Execute is rolled back at its Sync.
+    let mut script = statement("SELECT secret FROM people");
+    script.extend(statement("INSERT INTO log VALUES (5)"));
+    script.push(sync());
+    let got = run(&mut c, &script);
+    assert_eq!(tags(&got), "E42501 ZI");
+    assert!(!logged(5));
+    let mut script = statement("SELECT id FROM people");
+    script.extend(statement("INSERT INTO log VALUES (6)"));
+    script.push(sync());
+    let got = run(&mut c, &script);
+    assert_eq!(tags(&got), "CSELECT 1 CINSERT 0 1 ZI");
+    assert!(logged(6));
+
+    // Pipelined through a block: everything after the refusal fails, the COMMIT rolls back.
+    let mut script = vec![query("BEGIN")];
+    script.extend(statement("SELECT secret FROM people"));
+    script.push(sync());
+    script.extend(statement("INSERT INTO log VALUES (7)"));
+    script.push(sync());
+    script.push(query("COMMIT"));
+    let got = run(&mut c, &script);
+    assert_eq!(tags(&got), "CBEGIN ZT E42501 ZE E25P02 ZE CROLLBACK ZI");
+    assert!(!logged(7));
+
+    // A COMMIT inside a pipeline after the refused result does not run.
+    let mut script = vec![query("BEGIN")];
+    script.extend(statement("INSERT INTO log VALUES (8)"));
+    script.extend(statement("SELECT secret FROM people"));
+    script.extend(statement("COMMIT"));
+    script.push(sync());
+    let got = run(&mut c, &script);
+    assert_eq!(tags(&got), "CBEGIN ZT CINSERT 0 1 E42501 ZE");
+    let got = run(&mut c, &[query("ROLLBACK")]);
+    assert_eq!(tags(&got), "CROLLBACK ZI");
+    assert!(!logged(8));
+
+    // A string that would commit after a result is refused before it runs; one that commits
+    // nothing it did runs.
+    let got = run(
+        &mut c,
+        &[query(
+            "SELECT id FROM people; INSERT INTO log VALUES (9); COMMIT",
+        )],
+    );
+    assert_eq!(tags(&got), "E0A000 ZI");
+    assert!(!logged(9));
+    let got = run(&mut c, &[query("BEGIN; SELECT secret FROM people; COMMIT")]);
+    assert_eq!(tags(&got), "CBEGIN E42501 ZI");
+    let got = run(&mut c, &[query("BEGIN; SELECT id FROM people; COMMIT")]);
+    assert_eq!(tags(&got), "CBEGIN CSELECT 1 CCOMMIT ZI");
+
+    // The session is as the client believes: idle, and working.
+    let got = run(&mut c, &[query("INSERT INTO log VALUES (10)")]);
+    assert_eq!(tags(&got), "CINSERT 0 1 ZI");
+    assert!(logged(10));
+}
+
+/// A COPY TO STDOUT is filtered by the columns the session itself reads: a temporary table or
+/// a `search_path` of the session's own that shadows a table of the same name is described as
+/// the session sees it, not as the gateway's catalog connection would.
+#[test]
+fn a_copy_is_described_as_the_session_sees_its_table() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("res_copy_names").unwrap();
+    pg.superuser_sql(
+        &db,
+        "SET ROLE pgward_gw; CREATE TABLE items (id int, label text); \
+         INSERT INTO items VALUES (1, 'label'); CREATE SCHEMA s2; \
+         CREATE TABLE s2.items (id int, name text); INSERT INTO s2.items VALUES (2, 'schema');",
+    )
+    .unwrap();
+    let dir = plugins_dir();
+    install_transform(&dir, "mode = \"upper\"\ncolumns = [\"name\"]\n");
+    let gw = gateway(pg, &dir);
+    let copied = |got: &[Message]| -> Result<String, String> {
+        if let Some(e) = got.iter().find(|m| m.0 == b'E') {
+            return Err(sqlstate(&e.1));
+        }
+        Ok(got
+            .iter()
+            .filter(|m| m.0 == b'd')
+            .map(|m| String::from_utf8_lossy(&m.1).into_owned())
+            .collect())
+    };
+    use msg::*;
+
+    // Before the session changes anything, both protocols read the table the catalog sees.
+    let mut c = gateway_client(&gw, &db);
+    assert_eq!(
+        copied(&run(&mut c, &[query("COPY items TO STDOUT")])),
+        Ok("1\tlabel\n".into())
+    );
+
+    // A temporary table shadows `items`: its `name` column is the plugin's.
+    let got = run(
+        &mut c,
+        &[query(
+            "CREATE TEMP TABLE items (id int, name text); INSERT INTO items VALUES (3, 'temp')",
+        )],
+    );
+    assert!(got.iter().all(|m| m.0 != b'E'), "{}", describe(&got));
+    assert_eq!(
+        copied(&run(&mut c, &[query("COPY items TO STDOUT")])),
+        Ok("3\tTEMP\n".into())
+    );
+    assert_eq!(
+        copied(&run(
+            &mut c,
+            &[query("COPY (SELECT name FROM items) TO STDOUT")]
+        )),
+        Ok("TEMP\n".into())
+    );
+    // Through the extended protocol the gateway cannot ask the session first: an unqualified
+    // name is refused, a qualified one is read.
+    let extended = |sql: &str| vec![parse("", sql), bind("", "", 0), execute("", 0), sync()];
+    assert_eq!(
+        copied(&run(&mut c, &extended("COPY items TO STDOUT"))),
+        Err("0A000".into())
+    );
+    assert_eq!(
+        copied(&run(&mut c, &extended("COPY public.items TO STDOUT"))),
+        Ok("1\tlabel\n".into())
+    );
+    // In one string after the statement that changes the names, the COPY is refused.
+    assert_eq!(
+        copied(&run(
+            &mut c,
+            &[query("DROP TABLE pg_temp.items; COPY items TO STDOUT")]
+        )),
+        Err("0A000".into())
+    );
+
+    // A search_path of the session's own.
+    let mut c = gateway_client(&gw, &db);
+    run(&mut c, &[query("SET search_path = s2, public")]);
+    assert_eq!(
+        copied(&run(&mut c, &[query("COPY items TO STDOUT")])),
+        Ok("2\tSCHEMA\n".into())
+    );
+    // Inside a transaction block, and after a failed statement, the session's answer holds.
+    let got = run(
+        &mut c,
+        &[
+            query("BEGIN"),
+            query("COPY items (name) TO STDOUT"),
+            query("SELECT 1/0"),
+            query("COPY items TO STDOUT"),
+            query("ROLLBACK"),
+        ],
+    );
+    let codes: Vec<String> = got
+        .iter()
+        .filter(|m| m.0 == b'E')
+        .map(|m| sqlstate(&m.1))
+        .collect();
+    assert_eq!(codes, ["22012", "25P02"], "{}", describe(&got));
+    assert!(
+        got.iter().any(|m| m.0 == b'd' && m.1 == b"SCHEMA\n"),
+        "{}",
+        describe(&got)
+    );
+    assert_eq!(
+        copied(&run(&mut c, &[query("SELECT 1")])),
+        Ok(String::new())
+    );
+}

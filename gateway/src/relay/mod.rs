@@ -22,7 +22,7 @@ use crate::results::server_messages::{self, ServerMessages};
 use crate::results::types::Styles;
 use crate::results::{self, CopyFilter, Filter};
 use crate::server::ShutdownSignal;
-use crate::sql::{Analysis, LexOptions, SqlAnalyzer, StatementKind};
+use crate::sql::{Analysis, CopyDirection, LexOptions, SqlAnalyzer, StatementKind};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream::UpstreamTarget;
 use bytes::{Buf, BufMut, BytesMut};
@@ -33,6 +33,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
+
+mod commit_guard;
+use commit_guard::{QueryPlan, Segment, SegmentStep, Traits};
 
 /// Read buffer for server messages; large so a big result moves in few system calls.
 const SERVER_READ_BUF: usize = 64 * 1024;
@@ -74,6 +77,24 @@ pub struct RelayState {
     /// Bytes written to the server and to the client.
     to_server: AtomicU64,
     to_client: AtomicU64,
+    /// Woken when the server's answers advance (an Execute answered, a ReadyForQuery): what
+    /// the commit guard's waits wait on (see [`commit_guard`]).
+    answered: tokio::sync::Notify,
+    /// A result was refused and the server's answers are dropped until its ReadyForQuery.
+    discarding: AtomicBool,
+    /// How a Query the gateway wrapped in a transaction block ended: 0 not yet, the status of
+    /// its ReadyForQuery, or `R` when a result of it was refused.
+    wrapped_end: AtomicU8,
+    /// A refusal left a transaction block open on the server that the client was told has
+    /// failed: the server's transaction fails before the client's next message goes upstream.
+    poisoned: AtomicBool,
+    /// The gateway's own Queries sent upstream whose ReadyForQuery has not come back.
+    own: AtomicU32,
+    /// The session created relations or changed its `search_path`: the gateway's catalog
+    /// connection may see other tables under the same names.
+    names_changed: AtomicBool,
+    /// The server waits for the client's COPY data (CopyInResponse came, its end has not).
+    copy_in: AtomicBool,
 }
 
 /// A statement text as it went upstream.
@@ -90,6 +111,59 @@ struct Sent {
     columns: Option<Arc<StatementColumns>>,
     /// A portal's result formats (from its Bind), kept when its statement's columns are.
     formats: Option<Arc<[i16]>>,
+    /// A Query the gateway runs inside a transaction block of its own (see [`commit_guard`]).
+    wrapped: bool,
+    /// The columns of its COPY TO STDOUT statements as the session itself described them,
+    /// right before it ran.
+    copy_described: Option<Arc<SessionDescribed>>,
+}
+
+/// The columns of a Query's COPY TO STDOUT statements, asked of the session itself before the
+/// Query runs (so temporary tables and the session's `search_path` count, which the gateway's
+/// catalog connection does not see).
+#[derive(Debug, Default)]
+struct SessionDescribed {
+    /// Statement index and what the server answered for it, in the order asked.
+    slots: Mutex<Vec<(usize, CopyColumns)>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum CopyColumns {
+    Pending,
+    /// A RowDescription body.
+    Rows(Vec<u8>),
+    Failed,
+}
+
+impl SessionDescribed {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<(usize, CopyColumns)>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next answer (a RowDescription body, or `None` for anything else) arrived.
+    fn answered(&self, rows: Option<&[u8]>) {
+        let mut slots = self.slots();
+        if let Some(slot) = slots.iter_mut().find(|s| s.1 == CopyColumns::Pending) {
+            slot.1 = rows.map_or(CopyColumns::Failed, |b| CopyColumns::Rows(b.to_vec()));
+        }
+    }
+
+    /// The server failed: what was not answered yet never will be.
+    fn failed(&self) {
+        for slot in self.slots().iter_mut() {
+            if slot.1 == CopyColumns::Pending {
+                slot.1 = CopyColumns::Failed;
+            }
+        }
+    }
+
+    /// The columns of statement `index`; `None` when they were not asked for.
+    fn get(&self, index: usize) -> Option<CopyColumns> {
+        self.slots()
+            .iter()
+            .find(|s| s.0 == index)
+            .map(|s| s.1.clone())
+    }
 }
 
 impl Sent {
@@ -105,6 +179,8 @@ impl Sent {
             params: None,
             columns: None,
             formats: None,
+            wrapped: false,
+            copy_described: None,
         }
     }
 }
@@ -196,6 +272,13 @@ enum Expect {
     /// server ignores this Sync (as the protocol says it does in copy-in mode) and no
     /// ReadyForQuery answers it: libpq and tokio-postgres send Bind, Execute, Sync at once.
     Sync { during_copy: bool },
+    /// A Query of the gateway's own (see [`commit_guard`]): its answers are dropped up to
+    /// its ReadyForQuery, or with `forward` its ErrorResponse and ReadyForQuery go to the
+    /// client (the COMMIT or ROLLBACK that ends a wrapped Query).
+    Own { forward: bool },
+    /// The gateway's own Parse, Describe and Close of the SELECTs behind a Query's COPY TO
+    /// STDOUT statements, then a Sync: the answers fill in the columns, and are dropped.
+    OwnDescribe(Arc<SessionDescribed>),
 }
 
 /// Whose Describe the server answers, and what its answer is for.
@@ -258,6 +341,13 @@ impl RelayState {
             statements: AtomicU64::new(0),
             to_server: AtomicU64::new(0),
             to_client: AtomicU64::new(0),
+            answered: tokio::sync::Notify::new(),
+            discarding: AtomicBool::new(false),
+            wrapped_end: AtomicU8::new(0),
+            poisoned: AtomicBool::new(false),
+            own: AtomicU32::new(0),
+            names_changed: AtomicBool::new(false),
+            copy_in: AtomicBool::new(false),
         }
     }
 
@@ -363,6 +453,11 @@ impl RelayState {
     /// the side of busy (after a Sync sent during COPY IN, which the server ignores, a session
     /// the relay does not follow — no result plugin, no audit trail — never looks idle again;
     /// it is then closed only at the shutdown deadline).
+    /// Outside a transaction block, with no Query or Sync awaiting its ReadyForQuery.
+    fn quiet(&self) -> bool {
+        self.txn_status() == protocol::TXN_IDLE && self.pending.load(Ordering::Acquire) == 0
+    }
+
     pub fn is_idle(&self) -> bool {
         self.pending.load(Ordering::Acquire) == 0
             && !self.holding.load(Ordering::Acquire)
@@ -572,6 +667,14 @@ impl Prepared {
             }
             None => {}
         }
+    }
+
+    /// What the statement of the portal an Execute `frame` runs may do (commit guard).
+    fn execute_traits(&self, frame: &[u8]) -> Traits {
+        let mut body = &frame[5..];
+        let portal = protocol::take_cstr(&mut body).unwrap_or_default();
+        let analysis = self.portals.get(portal).and_then(|s| s.analysis.as_deref());
+        Traits::of_prepared(analysis)
     }
 
     /// The approval a Bind of the statement in `frame` needs.
@@ -803,6 +906,10 @@ async fn client_to_server(
     let mut copy_window = false;
     // Bytes of the current frame still to copy through without looking at them.
     let mut pass = 0usize;
+    // The extended-protocol statements since the last Sync, for the commit guard.
+    let mut segment = Segment::default();
+    // The client's next message waits until what went before it is answered (commit guard).
+    let mut barrier = false;
     loop {
         if buf.capacity() - buf.len() < CLIENT_READ_BUF / 4 {
             buf.reserve(CLIENT_READ_BUF);
@@ -829,6 +936,12 @@ async fn client_to_server(
                 }
             }
             let Some(&tag) = buf.get(pos) else { break };
+            if barrier || state.poisoned.load(Ordering::Acquire) {
+                barrier = false;
+                if let Err(end) = settle(server, &mut out, state, client, &mut buf).await {
+                    return end;
+                }
+            }
             let header =
                 match protocol::frame_header(&buf[pos..], message_limit(tag, ctx.max_message_size))
                 {
@@ -847,7 +960,9 @@ async fn client_to_server(
                 b'Q' | b'P' | b'F' => {
                     let frame = &buf[pos..pos + header.frame_len];
                     let full = tag == b'P' && prepared.approvals.len() >= MAX_PREPARED;
-                    let (analysis, needs) =
+                    // Where the message's bytes start in `out`.
+                    let mut start = out.len();
+                    let (mut analysis, needs) =
                         match inspect_client_message(ctx, state, frame, &mut out) {
                             Inspected::Sent(sent) => (sent, None),
                             Inspected::Prepared(_, _) if full => {
@@ -870,6 +985,7 @@ async fn client_to_server(
                                 follow = Follow::now(ctx);
                                 match gated {
                                     Gate::Run(record) => {
+                                        start = out.len();
                                         out.extend_from_slice(&frame);
                                         let a = Some(needs.analysis.clone());
                                         (Sent::new(a, &needs.sql, record), None)
@@ -882,6 +998,62 @@ async fn client_to_server(
                                 }
                             }
                         };
+                    if tracking && !state.names_changed.load(Ordering::Relaxed) {
+                        let frame = &buf[pos..pos + header.frame_len];
+                        if analysis
+                            .analysis
+                            .as_deref()
+                            .is_some_and(|a| changes_names(a, frame))
+                        {
+                            state.names_changed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    if tag == b'Q'
+                        && follow.wants_results
+                        && !state.unsynced.load(Ordering::Acquire)
+                    {
+                        // A COPY TO STDOUT's columns, as the session itself will read them.
+                        let mut ours = BytesMut::new();
+                        let described = match (&analysis.analysis, &analysis.copy_sql) {
+                            (Some(a), Some(sql)) => describe_copies(a, sql, &mut ours),
+                            _ => None,
+                        };
+                        if let Some(d) = described {
+                            let tail = out.split_off(start);
+                            out.extend_from_slice(&ours);
+                            state.expect().push_back(Expect::OwnDescribe(d.clone()));
+                            state.own.fetch_add(1, Ordering::AcqRel);
+                            state.pending.fetch_add(1, Ordering::AcqRel);
+                            start = out.len();
+                            out.unsplit(tail);
+                            analysis.copy_described = Some(d);
+                        }
+                    }
+                    let mut wrap = false;
+                    if tag == b'Q' && follow.wants_results {
+                        let quiet = state.quiet() && !state.unsynced.load(Ordering::Acquire);
+                        let plan = analysis
+                            .analysis
+                            .as_deref()
+                            .map_or(QueryPlan::Pass, |a| commit_guard::plan_query(a, quiet));
+                        match plan {
+                            QueryPlan::Pass => {}
+                            QueryPlan::Barrier => barrier = true,
+                            QueryPlan::Wrap => {
+                                let tail = out.split_off(start);
+                                put_own_query(state, &mut out, "BEGIN", false);
+                                out.unsplit(tail);
+                                analysis.wrapped = true;
+                                wrap = true;
+                            }
+                            QueryPlan::Refuse(message) => {
+                                out.truncate(start);
+                                refused(ctx, analysis.audit.take());
+                                deny(ctx, state, &guard_refusal(message), b'Q', None, &mut out);
+                                analysis = Sent::default();
+                            }
+                        }
+                    }
                     let frame = &buf[pos..pos + header.frame_len];
                     copy_window |= tag == b'Q';
                     if let Some(o) = ctx.outcomes {
@@ -909,6 +1081,21 @@ async fn client_to_server(
                         state.unsynced.store(true, Ordering::Release);
                     } else {
                         state.pending.fetch_add(1, Ordering::AcqRel);
+                    }
+                    if wrap {
+                        // The wrapped Query runs; its end decides COMMIT or ROLLBACK.
+                        if let Err(e) = flush_to_server(server, &mut out, state).await {
+                            return RelayEnd::ServerIo(e);
+                        }
+                        let ended = |s: &RelayState| s.wrapped_end.load(Ordering::Acquire) != 0;
+                        if let Err(end) = wait_answered(state, client, &mut buf, ended).await {
+                            return end;
+                        }
+                        let end = match state.wrapped_end.swap(0, Ordering::AcqRel) {
+                            b'T' => "COMMIT",
+                            _ => "ROLLBACK",
+                        };
+                        put_own_query(state, &mut out, end, true);
                     }
                 }
                 b'X' => {
@@ -951,6 +1138,16 @@ async fn client_to_server(
                         }
                     }
                     copy_window |= tag == b'E';
+                    if run && tag == b'E' && follow.wants_results {
+                        let traits = prepared.execute_traits(&buf[pos..pos + header.frame_len]);
+                        if segment.execute(traits, state.quiet()) == SegmentStep::Gate {
+                            match gate_segment(server, &mut out, state, client, &mut buf).await {
+                                Ok(true) => segment.aborted(),
+                                Ok(false) => {}
+                                Err(end) => return end,
+                            }
+                        }
+                    }
                     if run {
                         let message = buf[pos..].split_at(header.frame_len);
                         prepared.client_message(ctx, state, follow, message, approved, &mut out);
@@ -961,6 +1158,18 @@ async fn client_to_server(
                 _ => {
                     match tag {
                         b'S' => {
+                            match segment.sync() {
+                                _ if !follow.wants_results => {}
+                                SegmentStep::Gate => {
+                                    let gated =
+                                        gate_segment(server, &mut out, state, client, &mut buf);
+                                    if let Err(end) = gated.await {
+                                        return end;
+                                    }
+                                }
+                                SegmentStep::Barrier => barrier = true,
+                                SegmentStep::Forward => {}
+                            }
                             if tracking {
                                 state.expect().push_back(Expect::Sync {
                                     during_copy: copy_window,
@@ -1902,6 +2111,7 @@ impl Results {
     /// (the result is then ended with the refusal).
     fn flush_held(
         &mut self,
+        state: &RelayState,
         host: &PluginHost,
         session: &wit::Session,
         out: &mut BytesMut,
@@ -1916,7 +2126,7 @@ impl Results {
             Err(r) => {
                 self.filter = None;
                 self.copy = None;
-                self.refuse(out, &r);
+                self.refuse(state, out, &r);
                 false
             }
         }
@@ -1967,11 +2177,12 @@ impl Results {
 
     /// Ends the current result with `refusal` (once) and drops what the server sends until
     /// ReadyForQuery.
-    fn refuse(&mut self, out: &mut BytesMut, refusal: &Refusal) {
+    fn refuse(&mut self, state: &RelayState, out: &mut BytesMut, refusal: &Refusal) {
         if !self.discard {
             refuse_result(out, refusal);
         }
         self.discard = true;
+        state.discarding.store(true, Ordering::Release);
     }
 }
 
@@ -2029,6 +2240,56 @@ async fn server_to_client(
                 Ok(None) => break,
                 Err(e) => return RelayEnd::ServerProtocol(e),
             };
+            if state.own.load(Ordering::Acquire) > 0 {
+                let own = match state.expect().front() {
+                    Some(Expect::Own { forward }) => Some((*forward, None)),
+                    Some(Expect::OwnDescribe(d)) => Some((false, Some(d.clone()))),
+                    _ => None,
+                };
+                if let Some((forward, described)) = own {
+                    // The answer to a Query of the gateway's own.
+                    if buf.len() - pos < header.frame_len {
+                        break;
+                    }
+                    let frame = &buf[pos..pos + header.frame_len];
+                    // Notifications and parameter changes are the client's whoever asked.
+                    let keep = matches!(header.tag, b'A' | b'S')
+                        || (forward && matches!(header.tag, b'E' | b'Z'));
+                    let mut replacement = None;
+                    if let Some(d) = &described {
+                        match header.tag {
+                            b'T' => d.answered(Some(&frame[5..])),
+                            b'n' => d.answered(None),
+                            b'E' => d.failed(),
+                            _ => {}
+                        }
+                    }
+                    match header.tag {
+                        b'Z' => {
+                            state.expect().pop_front();
+                            state.own.fetch_sub(1, Ordering::AcqRel);
+                            observe_server_message(state, frame);
+                            state.answered.notify_one();
+                        }
+                        b'E' | b'S' => {
+                            observe_server_message(state, frame);
+                            if keep && header.tag == b'E' {
+                                replacement = reduce_server_message(ctx, server_messages, frame);
+                            }
+                        }
+                        _ => {}
+                    }
+                    if !keep || replacement.is_some() {
+                        out.extend_from_slice(&buf[written..pos]);
+                        if let Some(r) = replacement {
+                            out.extend_from_slice(&r);
+                        }
+                        written = pos + header.frame_len;
+                    }
+                    pos += header.frame_len;
+                    continue;
+                }
+            }
             if header.tag == b'D' && tracking && !results.checked && !results.discard {
                 results.checked = true;
                 let started = match execute_columns(ctx, state) {
@@ -2050,7 +2311,7 @@ async fn server_to_client(
                 if let Err(r) = started {
                     out.extend_from_slice(&buf[written..pos]);
                     written = pos;
-                    results.refuse(&mut out, &r);
+                    results.refuse(state, &mut out, &r);
                     pass = header.frame_len;
                     continue;
                 }
@@ -2090,7 +2351,7 @@ async fn server_to_client(
                 // an error, a notice, ...).
                 out.extend_from_slice(&buf[written..pos]);
                 written = pos;
-                if !results.flush_held(host(ctx), ctx.plugin_session, &mut out) {
+                if !results.flush_held(state, host(ctx), ctx.plugin_session, &mut out) {
                     relay = false;
                 }
             }
@@ -2121,24 +2382,46 @@ async fn server_to_client(
                 }
                 b'Z' => {
                     if tracking {
+                        let mut wrapped = false;
                         let mut q = state.expect();
                         while let Some(e) = q.pop_front() {
                             match e {
                                 Expect::Query(a) => {
                                     invalidate_after_ddl(ctx, a.analysis.as_deref());
+                                    wrapped = a.wrapped;
                                     break;
                                 }
-                                Expect::Sync { .. } => break,
+                                Expect::Sync { .. }
+                                | Expect::Own { .. }
+                                | Expect::OwnDescribe(_) => break,
                                 Expect::Execute(a, _) => {
                                     invalidate_after_ddl(ctx, a.analysis.as_deref())
                                 }
                                 Expect::Describe(d) => d.skipped(),
                             }
                         }
+                        drop(q);
                         results.statement = 0;
                         results.end(ctx, &mut tally);
                         relay = true;
+                        let status = frame.get(5).copied().unwrap_or(protocol::TXN_FAILED);
+                        if wrapped {
+                            // The gateway ends the block it opened; the client gets the
+                            // ReadyForQuery of that COMMIT or ROLLBACK.
+                            relay = false;
+                            let end = if results.discard { b'R' } else { status };
+                            state.wrapped_end.store(end, Ordering::Release);
+                        } else if results.discard && status == protocol::TXN_IN_BLOCK {
+                            // The client was told a statement failed, which fails a block:
+                            // so it is told, and the server's block fails before the client's
+                            // next message runs.
+                            state.poisoned.store(true, Ordering::Release);
+                            let mut z = BytesMut::with_capacity(6);
+                            protocol::put_ready_for_query(&mut z, protocol::TXN_FAILED);
+                            replacement = Some(z);
+                        }
                         results.discard = false;
+                        state.discarding.store(false, Ordering::Release);
                     }
                     if let Some(o) = outcomes {
                         o.ready(&mut tally);
@@ -2220,7 +2503,7 @@ async fn server_to_client(
                                 out.extend_from_slice(&buf[written..pos]);
                                 written = pos + header.frame_len;
                                 relay = false;
-                                results.refuse(&mut out, &r);
+                                results.refuse(state, &mut out, &r);
                             }
                         }
                     }
@@ -2239,7 +2522,7 @@ async fn server_to_client(
                         if full {
                             if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
                                 results.filter = None;
-                                results.refuse(&mut out, &r);
+                                results.refuse(state, &mut out, &r);
                             }
                         }
                     }
@@ -2258,7 +2541,7 @@ async fn server_to_client(
                             out.extend_from_slice(&buf[written..pos]);
                             written = pos + header.frame_len;
                             relay = false;
-                            results.refuse(&mut out, &r);
+                            results.refuse(state, &mut out, &r);
                         }
                     }
                 }
@@ -2275,7 +2558,7 @@ async fn server_to_client(
                         };
                         if let Err(r) = flushed {
                             results.copy = None;
-                            results.refuse(&mut out, &r);
+                            results.refuse(state, &mut out, &r);
                         }
                     }
                 }
@@ -2309,6 +2592,16 @@ async fn server_to_client(
                     }
                 }
                 _ => {}
+            }
+            if tracking {
+                match header.tag {
+                    b'G' => state.copy_in.store(true, Ordering::Release),
+                    b'C' | b'E' | b'Z' => state.copy_in.store(false, Ordering::Release),
+                    _ => {}
+                }
+                if matches!(header.tag, b'C' | b's' | b'I' | b'E' | b'Z' | b'G') {
+                    state.answered.notify_one();
+                }
             }
             if let Some(r) = replacement {
                 out.extend_from_slice(&buf[written..pos]);
@@ -2366,7 +2659,7 @@ async fn server_to_client(
                 Ok(Err(e)) => return RelayEnd::ServerIo(e),
                 Err(_) => {}
             }
-            results.flush_held(host(ctx), ctx.plugin_session, &mut out);
+            results.flush_held(state, host(ctx), ctx.plugin_session, &mut out);
             if !out.is_empty() {
                 state.client_at_boundary.store(false, Ordering::Release);
                 let r = write_flush(client, &out, &METRICS.to_client_bytes, &state.to_client).await;
@@ -2435,9 +2728,41 @@ async fn start_copy(
         .get(6..8)
         .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
         .unwrap_or(0);
-    let mut fields = results::catalog::describe(r.upstream, r.database, &plan.select)
-        .await
-        .map_err(|e| refuse(format!("cannot determine the columns of this COPY: {e}")))?;
+    let mut fields = match sent.copy_described.as_ref().map(|d| d.get(statement)) {
+        Some(Some(CopyColumns::Rows(body))) => results::parse_row_description(&body)
+            .ok_or_else(|| refuse("malformed RowDescription from the server".into()))?,
+        Some(Some(_)) => {
+            return Err(refuse(
+                "the session could not describe the columns of this COPY".into(),
+            ))
+        }
+        Some(None) => {
+            return Err(refuse(
+                "a statement before this COPY in the same query string may change which table it reads, so its columns are unknown; send the COPY in a query of its own".into(),
+            ))
+        }
+        None => {
+            // Described on the gateway's catalog connection, which sees neither the
+            // session's temporary tables nor its search_path.
+            let qualified = sent
+                .analysis
+                .as_deref()
+                .and_then(|a| a.statements.get(statement))
+                .is_some_and(|s| {
+                    s.reads
+                        .iter()
+                        .all(|r| r.schema.as_deref().is_some_and(|s| s != "pg_temp"))
+                });
+            if state.names_changed.load(Ordering::Relaxed) && !qualified {
+                return Err(refuse(
+                    "this session created relations or changed its search_path, so the columns of a COPY sent with the extended protocol cannot be told apart from another table's; qualify its tables with their schema, or send it as a simple query".into(),
+                ));
+            }
+            results::catalog::describe(r.upstream, r.database, &plan.select)
+                .await
+                .map_err(|e| refuse(format!("cannot determine the columns of this COPY: {e}")))?
+        }
+    };
     if fields.len() != columns {
         return Err(refuse(format!(
             "this COPY has {columns} columns, its description {}",
@@ -2705,6 +3030,175 @@ async fn flush_to_server(
         out.clear();
     }
     Ok(())
+}
+
+/// The name of the gateway's own statement that describes a COPY's columns on the session.
+const COPY_DESCRIBE_NAME: &[u8] = b"pgward_copy_describe";
+
+/// Appends a Parse, Describe and Close of the SELECT behind each COPY TO STDOUT of Query `a`
+/// (text `sql`), then a Sync; `None` when there is nothing to ask. A COPY after a statement
+/// of the same string that may change what its names mean is not asked for (its columns are
+/// then unknown, and it is refused if a plugin reads it).
+fn describe_copies(a: &Analysis, sql: &str, out: &mut BytesMut) -> Option<Arc<SessionDescribed>> {
+    let mut slots = Vec::new();
+    let mut changed = false;
+    for (i, st) in a.statements.iter().enumerate() {
+        let to_client = st
+            .copy
+            .as_ref()
+            .is_some_and(|c| c.direction == CopyDirection::To && c.stdio);
+        if to_client && !changed {
+            if let Ok(plan) = results::copy::plan(sql, i) {
+                put_statement(out, b'P', Some(COPY_DESCRIBE_NAME), &plan.select, &[0, 0]);
+                put_describe(out, b'S', COPY_DESCRIBE_NAME);
+                protocol::put_message(out, b'C', |o| {
+                    o.put_u8(b'S');
+                    o.extend_from_slice(COPY_DESCRIBE_NAME);
+                    o.put_u8(0);
+                });
+                slots.push((i, CopyColumns::Pending));
+            }
+        }
+        changed |= statement_changes_names(st, None);
+    }
+    if slots.is_empty() {
+        return None;
+    }
+    protocol::put_message(out, b'S', |_| {});
+    Some(Arc::new(SessionDescribed {
+        slots: Mutex::new(slots),
+    }))
+}
+
+/// Statement `st` may change which relation a name means: DDL, a `search_path` change,
+/// DISCARD, or something the gateway cannot see into. `frame` is the message's text, looked
+/// at for `search_path` only when `st` sets something.
+fn statement_changes_names(st: &crate::sql::StatementAnalysis, frame: Option<&[u8]>) -> bool {
+    use StatementKind as K;
+    let sets = st.kind == K::Set || st.functions.iter().any(|f| f.ends_with("set_config"));
+    let cursor = matches!(
+        st.command.as_str(),
+        "DECLARE CURSOR" | "FETCH" | "CLOSE CURSOR"
+    );
+    match st.kind {
+        K::Ddl | K::Unknown | K::Call | K::Execute => true,
+        K::Utility => !cursor,
+        _ if sets => frame.is_none_or(|f| {
+            f.windows(11)
+                .any(|w| w.eq_ignore_ascii_case(b"search_path"))
+        }),
+        _ => false,
+    }
+}
+
+/// Some statement of `a` (message `frame`) may change which relation a name means.
+fn changes_names(a: &Analysis, frame: &[u8]) -> bool {
+    a.statements
+        .iter()
+        .any(|st| statement_changes_names(st, Some(frame)))
+}
+
+/// The text the gateway makes the server fail to abort its transaction after a refused
+/// result (see [`commit_guard`]); the server's log shows it as a syntax error.
+const ABORT_SQL: &str = "pgward_result_refused";
+
+/// Appends a Query of the gateway's own (see [`Expect::Own`]).
+fn put_own_query(state: &RelayState, out: &mut BytesMut, sql: &str, forward: bool) {
+    put_statement(out, b'Q', None, sql, &[]);
+    state.expect().push_back(Expect::Own { forward });
+    state.own.fetch_add(1, Ordering::AcqRel);
+    state.pending.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Client bytes read while the relay waits for the server (commit guard), at most: past that
+/// the client is not read until the wait ends.
+const MAX_READ_WHILE_WAITING: usize = 1 << 20;
+
+/// Waits until `done` holds, woken as the server's answers advance. The client is read
+/// meanwhile (into `buf`, for later), so a client that goes away ends the wait and the session.
+/// It also ends when the server waits for COPY data: nothing the relay waits for comes then.
+async fn wait_answered(
+    state: &RelayState,
+    client: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+    done: impl Fn(&RelayState) -> bool,
+) -> Result<(), RelayEnd> {
+    loop {
+        if done(state) || state.copy_in.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let answered = state.answered.notified();
+        if buf.len() >= MAX_READ_WHILE_WAITING {
+            answered.await;
+            continue;
+        }
+        if buf.capacity() - buf.len() < CLIENT_READ_BUF / 4 {
+            buf.reserve(CLIENT_READ_BUF);
+        }
+        tokio::select! {
+            _ = answered => {}
+            read = client.read_buf(buf) => match read {
+                Ok(0) => return Err(RelayEnd::ClientEof),
+                Ok(_) => {}
+                Err(e) => return Err(RelayEnd::ClientIo(e)),
+            },
+        }
+    }
+}
+
+/// Before the client's next message (commit guard): waits until everything sent is
+/// answered, then makes the server's transaction fail if a refusal left it open.
+async fn settle(
+    server: &mut WriteHalf<'_>,
+    out: &mut BytesMut,
+    state: &RelayState,
+    client: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+) -> Result<(), RelayEnd> {
+    flush_to_server(server, out, state)
+        .await
+        .map_err(RelayEnd::ServerIo)?;
+    let quiet = |s: &RelayState| s.pending.load(Ordering::Acquire) == 0;
+    wait_answered(state, client, buf, quiet).await?;
+    if quiet(state) && state.poisoned.swap(false, Ordering::AcqRel) {
+        put_own_query(state, out, ABORT_SQL, false);
+    }
+    Ok(())
+}
+
+/// At a gate of an extended pipeline (commit guard): waits until its Executes are answered
+/// and, when a result of them was refused, makes the server fail the pipeline (it skips to
+/// the Sync, rolling back its implicit transaction or failing the block). True when it did.
+async fn gate_segment(
+    server: &mut WriteHalf<'_>,
+    out: &mut BytesMut,
+    state: &RelayState,
+    client: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+) -> Result<bool, RelayEnd> {
+    // The server holds its answers back until a Sync or Flush.
+    protocol::put_message(out, b'H', |_| {});
+    flush_to_server(server, out, state)
+        .await
+        .map_err(RelayEnd::ServerIo)?;
+    let answered = |s: &RelayState| !s.expect().iter().any(|e| matches!(e, Expect::Execute(..)));
+    wait_answered(state, client, buf, answered).await?;
+    if !answered(state) || !state.discarding.load(Ordering::Acquire) {
+        return Ok(false);
+    }
+    put_statement(out, b'P', Some(b"pgward_refused"), ABORT_SQL, &[0, 0]);
+    Ok(true)
+}
+
+fn guard_refusal(message: &str) -> Refusal {
+    Refusal {
+        plugin: "pgward".into(),
+        sqlstate: "0A000".into(),
+        message: message.into(),
+        hint: Some(
+            "send the statements after the one that returns rows in a query of their own".into(),
+        ),
+    }
 }
 
 async fn write_flush(
