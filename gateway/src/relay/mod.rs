@@ -638,7 +638,10 @@ fn message_limit(tag: u8, max_inspected: usize) -> usize {
 #[derive(Default)]
 struct Prepared {
     statements: HashMap<Vec<u8>, Sent>,
+    /// Named portals; the unnamed one, which most drivers bind for every execution, is kept
+    /// apart so it costs no allocation or hashing.
     portals: HashMap<Vec<u8>, Sent>,
+    unnamed_portal: Option<Sent>,
     /// Prepared statements whose every Bind needs approval. Never dropped for space (a Parse
     /// that would not fit is refused instead), so a Bind is never let through unjudged.
     approvals: HashMap<Vec<u8>, Arc<NeedsApproval>>,
@@ -673,8 +676,15 @@ impl Prepared {
     fn execute_traits(&self, frame: &[u8]) -> Traits {
         let mut body = &frame[5..];
         let portal = protocol::take_cstr(&mut body).unwrap_or_default();
-        let analysis = self.portals.get(portal).and_then(|s| s.analysis.as_deref());
+        let analysis = self.portal(portal).and_then(|s| s.analysis.as_deref());
         Traits::of_prepared(analysis)
+    }
+
+    fn portal(&self, name: &[u8]) -> Option<&Sent> {
+        match name {
+            [] => self.unnamed_portal.as_ref(),
+            _ => self.portals.get(name),
+        }
     }
 
     /// The approval a Bind of the statement in `frame` needs.
@@ -753,7 +763,10 @@ impl Prepared {
                             a.formats = read_bind(frame).map(|b| b.result_formats.into());
                         }
                     }
-                    Self::remember(&mut self.portals, portal, a);
+                    match portal {
+                        [] => self.unnamed_portal = Some(a),
+                        _ => Self::remember(&mut self.portals, portal, a),
+                    }
                 }
             }
             b'D' if follow.tracking => {
@@ -786,7 +799,7 @@ impl Prepared {
             }
             b'E' => {
                 let portal = protocol::take_cstr(&mut body).unwrap_or_default();
-                let analysis = self.portals.get(portal).cloned().unwrap_or_default();
+                let analysis = self.portal(portal).cloned().unwrap_or_default();
                 if let Some(o) = ctx.outcomes {
                     let params = analysis.params.clone();
                     o.execute(analysis.audit.clone().map(|d| (d, params)));
@@ -825,6 +838,7 @@ impl Prepared {
                             self.approvals.remove(name);
                             self.statements.remove(name)
                         }
+                        _ if name.is_empty() => self.unnamed_portal.take(),
                         _ => self.portals.remove(name),
                     };
                 }
@@ -955,6 +969,11 @@ async fn client_to_server(
                 // Grow as the bytes arrive: a header alone must not pin a large buffer.
                 buf.reserve((header.frame_len - (buf.len() - pos)).min(1 << 20));
                 break;
+            }
+            if !matches!(tag, b'd' | b'H' | b'S') {
+                // A COPY FROM STDIN the server may be in ends at CopyDone, CopyFail or any
+                // other message but CopyData, Flush and Sync; a Query or Execute opens the next.
+                copy_window = false;
             }
             match tag {
                 b'Q' | b'P' | b'F' => {
@@ -1170,22 +1189,26 @@ async fn client_to_server(
                                 SegmentStep::Barrier => barrier = true,
                                 SegmentStep::Forward => {}
                             }
-                            if tracking {
-                                state.expect().push_back(Expect::Sync {
-                                    during_copy: copy_window,
-                                });
+                            {
+                                // Both queues get the Sync under the relay queue's lock (see
+                                // `drop_ignored_syncs`).
+                                let mut q = tracking.then(|| state.expect());
+                                if let Some(q) = q.as_mut() {
+                                    q.push_back(Expect::Sync {
+                                        during_copy: copy_window,
+                                    });
+                                }
+                                if let Some(o) = ctx.outcomes {
+                                    o.sync(copy_window);
+                                }
                             }
                             prepared.pipeline += 1;
-                            if let Some(o) = ctx.outcomes {
-                                o.sync(copy_window);
-                            }
                             state.pending.fetch_add(1, Ordering::AcqRel);
                             state.unsynced.store(false, Ordering::Release);
                         }
                         b'B' | b'E' | b'D' | b'C' | b'H' => {
                             state.unsynced.store(true, Ordering::Release)
                         }
-                        b'c' | b'f' => copy_window = false,
                         _ => {}
                     }
                     pass = header.frame_len;
@@ -2358,6 +2381,12 @@ async fn server_to_client(
             if outcomes.is_some() {
                 tally.bytes += header.frame_len as u64;
             }
+            if matches!(header.tag, b'C' | b'E') && state.copy_in.load(Ordering::Acquire) {
+                state.copy_in.store(false, Ordering::Release);
+                // The copy ends. The client side may have queued Syncs of the copy after its
+                // CopyInResponse was read here; the server ignored those too.
+                drop_ignored_syncs(state, tracking, outcomes);
+            }
             match header.tag {
                 b'E' => {
                     results.end(ctx, &mut tally);
@@ -2431,21 +2460,8 @@ async fn server_to_client(
                 b'G' => {
                     // COPY FROM STDIN began: the Syncs sent right after its statement are
                     // ignored by the server and get no ReadyForQuery.
-                    let mut ignored = 0;
-                    if tracking {
-                        ignored = drop_syncs_during_copy(&mut state.expect());
-                    }
-                    if let Some(o) = outcomes {
-                        ignored = ignored.max(o.copy_in_started());
-                    }
-                    if ignored > 0 {
-                        let _ =
-                            state
-                                .pending
-                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                                    Some(p.saturating_sub(ignored))
-                                });
-                    }
+                    drop_ignored_syncs(state, tracking, outcomes);
+                    state.copy_in.store(true, Ordering::Release);
                 }
                 b'N' if relay => replacement = reduce_server_message(ctx, server_messages, frame),
                 b'S' => observe_server_message(state, frame),
@@ -2594,10 +2610,8 @@ async fn server_to_client(
                 _ => {}
             }
             if tracking {
-                match header.tag {
-                    b'G' => state.copy_in.store(true, Ordering::Release),
-                    b'C' | b'E' | b'Z' => state.copy_in.store(false, Ordering::Release),
-                    _ => {}
+                if header.tag == b'Z' {
+                    state.copy_in.store(false, Ordering::Release);
                 }
                 if matches!(header.tag, b'C' | b's' | b'I' | b'E' | b'Z' | b'G') {
                     state.answered.notify_one();
@@ -2977,6 +2991,34 @@ fn reduce_server_message(
         return None;
     }
     server_messages::reduce(frame, mode)
+}
+
+/// The request at the front of the queues started COPY FROM STDIN: the Syncs queued right
+/// behind it, sent before the client ended the copy, get no ReadyForQuery. Removes them from
+/// the relay's and the audit trail's queues and from the count of pending answers.
+///
+/// Called at the CopyInResponse and again at the copy's end, since the client side may queue
+/// such a Sync after the CopyInResponse was read. Only Syncs directly behind the front count:
+/// anything else the client sent in between ended the copy on the server.
+fn drop_ignored_syncs(state: &RelayState, tracking: bool, outcomes: Option<&Outcomes<'_>>) {
+    let mut ignored = 0;
+    // The relay's queue stays locked while the audit trail's is edited, as the client side
+    // holds it while it queues a Sync in both: the two see the same Syncs.
+    let mut q = tracking.then(|| state.expect());
+    if let Some(q) = q.as_mut() {
+        ignored = drop_syncs_during_copy(q);
+    }
+    if let Some(o) = outcomes {
+        ignored = ignored.max(o.copy_in_started());
+    }
+    drop(q);
+    if ignored > 0 {
+        let _ = state
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_sub(ignored))
+            });
+    }
 }
 
 /// Removes the Syncs queued right after the statement at the front, which started COPY FROM
