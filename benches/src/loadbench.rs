@@ -123,6 +123,40 @@ struct Sample {
     proxy_cpu: f64,
     postgres_cpu: f64,
     client_cpu: f64,
+    /// Context switches during the run: of the whole machine, and of the proxy's threads.
+    switches: u64,
+    proxy_switches: u64,
+}
+
+/// Context switches of the whole machine since boot (`ctxt` in /proc/stat).
+fn machine_switches() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .find_map(|l| l.strip_prefix("ctxt "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Context switches, voluntary and not, of every thread of `pid` (a thread that exited
+/// takes its count with it; the gateway's threads live as long as it does).
+fn proc_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        for l in status.lines() {
+            if let Some(v) = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
 }
 
 fn pgbench(t: &Target, db: &str, mode: &str, clients: u32, seconds: u64) -> Result<f64> {
@@ -623,8 +657,14 @@ async fn main() -> Result<()> {
                     t.proxy_pid.map(|p| proc_cpu(p, false)).unwrap_or(0.0),
                     postgres_cpu(postmaster),
                     reaped_children_cpu(),
+                    machine_switches(),
+                    t.proxy_pid.map(proc_switches).unwrap_or(0),
                 );
                 let tps = pgbench(t, &db, mode, *clients, seconds)?;
+                let switched = (
+                    machine_switches(),
+                    t.proxy_pid.map(proc_switches).unwrap_or(0),
+                );
                 std::thread::sleep(Duration::from_millis(300));
                 let after = (
                     t.proxy_pid.map(|p| proc_cpu(p, false)).unwrap_or(0.0),
@@ -640,6 +680,8 @@ async fn main() -> Result<()> {
                         proxy_cpu: after.0 - before.0,
                         postgres_cpu: after.1 - before.1,
                         client_cpu: after.2 - before.2,
+                        switches: switched.0.saturating_sub(before.3),
+                        proxy_switches: switched.1.saturating_sub(before.4),
                     });
             }
         }
@@ -665,6 +707,8 @@ async fn main() -> Result<()> {
                     proxy_cpu: after.0 - before.0,
                     postgres_cpu: after.1 - before.1,
                     client_cpu: 0.0,
+                    switches: 0,
+                    proxy_switches: 0,
                 });
         }
         let wide: Vec<&Target> = targets
@@ -715,6 +759,8 @@ async fn main() -> Result<()> {
                     proxy_cpu: after.0 - before.0,
                     postgres_cpu: after.1 - before.1,
                     client_cpu: 0.0,
+                    switches: 0,
+                    proxy_switches: 0,
                 });
         }
     }
@@ -794,6 +840,43 @@ async fn main() -> Result<()> {
                 },
                 if c > 0.0 {
                     format!("{c:.1}")
+                } else {
+                    "-".into()
+                },
+            );
+        }
+    }
+    // The same rounds compared one by one: each target against bare pgward in the same round,
+    // which drifts less with a noisy machine than the medians above.
+    println!("\nPer-round ratio to bare pgward (median, range) and context switches per transaction (median: whole machine, proxy)\n");
+    println!("| workload | target | ratio to pgward | range | switches / transaction | proxy switches / transaction |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for w in workloads.iter().filter(|w| w.starts_with("pgbench")) {
+        let Some(bare) = results.get(&(w.clone(), "pgward")) else {
+            continue;
+        };
+        for t in &all_targets {
+            let Some(s) = results.get(&(w.clone(), t.name)) else {
+                continue;
+            };
+            let mut ratios: Vec<f64> = s
+                .iter()
+                .zip(bare)
+                .filter(|(_, b)| b.value > 0.0)
+                .map(|(x, b)| x.value / b.value)
+                .collect();
+            let per_txn = |n: u64, x: &Sample| n as f64 / (x.value * seconds as f64).max(1.0);
+            let mut machine: Vec<f64> = s.iter().map(|x| per_txn(x.switches, x)).collect();
+            let mut proxy: Vec<f64> = s.iter().map(|x| per_txn(x.proxy_switches, x)).collect();
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(0.0, f64::max);
+            println!(
+                "| {w} | {} | {:.2}x | {lo:.2}-{hi:.2} | {:.2} | {} |",
+                t.name,
+                median(&mut ratios),
+                median(&mut machine),
+                if t.proxy_pid.is_some() {
+                    format!("{:.2}", median(&mut proxy))
                 } else {
                     "-".into()
                 },

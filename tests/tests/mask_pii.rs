@@ -242,6 +242,16 @@ fn setup(prefix: &str) -> (String, Gateway) {
 
 /// [`setup`] with another mask-pii config and more `[plugins]` keys.
 fn setup_with(prefix: &str, mask_config: &str, plugins_extra: &str) -> (String, Gateway) {
+    let (db, gw, _) = setup_in(prefix, mask_config, plugins_extra);
+    (db, gw)
+}
+
+/// [`setup_with`], and the gateway's plugins directory.
+fn setup_in(
+    prefix: &str,
+    mask_config: &str,
+    plugins_extra: &str,
+) -> (String, Gateway, std::path::PathBuf) {
     let pg = Postgres::shared();
     let db = pg.create_database(prefix).unwrap();
     pg.superuser_sql(&db, &format!("SET ROLE pgward_gw; {SEED}"))
@@ -259,14 +269,14 @@ fn setup_with(prefix: &str, mask_config: &str, plugins_extra: &str) -> (String, 
                 TestUser::new("alice", "alice-pw", &["analysts"]),
                 TestUser::new("sam", "sam-pw", &["support-lead"]),
             ],
-            plugins_dir: Some(dir),
+            plugins_dir: Some(dir.clone()),
             // Small batches: every result crosses batch boundaries.
             plugins_extra: format!("batch_rows = 2\n{plugins_extra}"),
             ..Default::default()
         },
     )
     .unwrap();
-    (db, gw)
+    (db, gw, dir)
 }
 
 fn client(gw: &Gateway, user: &str, db: &str) -> RawClient {
@@ -583,6 +593,69 @@ async fn a_prepared_statement_is_masked_from_one_description_until_ddl_changes_i
         .await
         .unwrap();
     assert_eq!(email(&row), "third-secret-value");
+}
+
+/// The gateway remembers that no plugin reads a prepared statement's rows (an exempt
+/// identity's), so later executions skip the lookup; a policy change must still reach the very
+/// next execution. Revoking the exemption by a hot reload of mask-pii's config masks the same
+/// prepared statement in the same session, in binary (tokio-postgres) and in text.
+#[tokio::test]
+async fn revoking_an_exemption_masks_the_next_execution_of_a_prepared_statement() {
+    let exempt = config().replace("users = []", "users = [\"alice\"]");
+    assert_ne!(exempt, config());
+    let (db, gw, dir) = setup_in("mask_revoke", &exempt, "");
+    let alice = gw.connect("alice", &db).await.unwrap();
+    let by_id = alice
+        .prepare("SELECT email FROM customers WHERE id = $1")
+        .await
+        .unwrap();
+    let mut raw = client(&gw, "alice", &db);
+    use msg::*;
+    let got = run(
+        &mut raw,
+        &[
+            parse("by_id", "SELECT email FROM customers WHERE id = $1"),
+            sync(),
+        ],
+    );
+    assert!(errors(&got).is_empty(), "{:?}", errors(&got));
+    let text = |raw: &mut RawClient| {
+        let got = run(
+            raw,
+            &[
+                bind_params("", "by_id", &[Some(b"1")], 0),
+                execute("", 0),
+                sync(),
+            ],
+        );
+        assert!(errors(&got).is_empty(), "{:?}", errors(&got));
+        String::from_utf8_lossy(&received(&got)).into_owned()
+    };
+    for _ in 0..3 {
+        let row = alice.query_one(&by_id, &[&1i32]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "ada@example.com");
+        assert!(text(&mut raw).contains("ada@example.com"));
+    }
+
+    let tmp = dir.join(".mask_pii.toml.tmp");
+    std::fs::write(&tmp, config()).unwrap();
+    std::fs::rename(&tmp, dir.join("mask_pii.toml")).unwrap();
+    let reloaded = pgward_e2e::wait_until(std::time::Duration::from_secs(20), || {
+        let out = gw.psql(
+            "alice",
+            &db,
+            &["-c", "SELECT email FROM customers WHERE id = 1"],
+            None,
+        );
+        !stdout_ok(&out).contains("ada@example.com")
+    });
+    assert!(reloaded, "the new config did not apply to new sessions");
+    let row = alice.query_one(&by_id, &[&1i32]).await.unwrap();
+    let email = row.get::<_, String>(0);
+    assert_ne!(email, "ada@example.com");
+    assert!(!email.contains("ada"), "{email}");
+    let text = text(&mut raw);
+    assert!(!text.contains("ada@example.com"), "{text}");
 }
 
 /// The server's errors and notices can quote row values no result plugin sees: a NOT NULL

@@ -95,6 +95,10 @@ pub struct RelayState {
     names_changed: AtomicBool,
     /// The server waits for the client's COPY data (CopyInResponse came, its end has not).
     copy_in: AtomicBool,
+    /// Shutdown has begun and waits for the session to be idle: the relay wakes it
+    /// (`idle_changed`) whenever it may have become so. Unset, that costs one load.
+    draining: AtomicBool,
+    idle_changed: tokio::sync::Notify,
 }
 
 /// A statement text as it went upstream.
@@ -195,6 +199,20 @@ struct StatementColumns {
     /// The client's pipeline (Syncs before it) the Describe went upstream in.
     pipeline: u64,
     described: OnceLock<Described>,
+    /// Its rows had no subscriber under these plugins, catalog and result formats: the next
+    /// executions under the same ones skip the result-schema lookup (the same answer).
+    unfiltered: Mutex<Option<ResultKey>>,
+}
+
+/// What decides whether a plugin subscribes to a prepared statement's rows, besides the
+/// statement itself: the plugin chain, the plugin instances, the catalog and the portal's
+/// result formats. Generations only grow, so a key made before a change never matches after.
+#[derive(Debug, Clone, PartialEq)]
+struct ResultKey {
+    chain: u64,
+    instances: u64,
+    catalog: u64,
+    formats: Arc<[i16]>,
 }
 
 #[derive(Debug)]
@@ -212,7 +230,17 @@ impl StatementColumns {
         Arc::new(StatementColumns {
             pipeline,
             described: OnceLock::new(),
+            unfiltered: Mutex::new(None),
         })
+    }
+
+    fn unfiltered(&self, key: &ResultKey) -> bool {
+        let known = self.unfiltered.lock().unwrap_or_else(|e| e.into_inner());
+        known.as_ref() == Some(key)
+    }
+
+    fn set_unfiltered(&self, key: ResultKey) {
+        *self.unfiltered.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
     }
 
     /// An Execute sent now in `pipeline` can take its columns from here: they are known, or
@@ -348,6 +376,8 @@ impl RelayState {
             own: AtomicU32::new(0),
             names_changed: AtomicBool::new(false),
             copy_in: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            idle_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -456,6 +486,16 @@ impl RelayState {
     /// Outside a transaction block, with no Query or Sync awaiting its ReadyForQuery.
     fn quiet(&self) -> bool {
         self.txn_status() == protocol::TXN_IDLE && self.pending.load(Ordering::Acquire) == 0
+    }
+
+    /// Wakes a shutdown waiting for the session to be idle, if one is: called after each
+    /// ReadyForQuery and each client read, where idleness can begin.
+    fn may_be_idle(&self) {
+        // SeqCst, as the waiter's store and its reads of the idle state: either it sees this
+        // change or this sees it waiting.
+        if self.draining.load(Ordering::SeqCst) {
+            self.idle_changed.notify_waiters();
+        }
     }
 
     pub fn is_idle(&self) -> bool {
@@ -609,6 +649,8 @@ pub async fn finish(end: RelayEnd, client: &mut Stream, server: &mut Stream, sta
     let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
 }
 
+/// Ends the session at shutdown: once it has begun, as soon as the session is idle (woken by
+/// the relay, see [`RelayState::may_be_idle`]) or at the deadline, whichever comes first.
 async fn wait_for_shutdown(mut shutdown: ShutdownSignal, state: &RelayState) -> RelayEnd {
     let deadline = loop {
         if let Some(deadline) = *shutdown.borrow_and_update() {
@@ -620,9 +662,21 @@ async fn wait_for_shutdown(mut shutdown: ShutdownSignal, state: &RelayState) -> 
         }
     };
     // Let the session finish what it is doing, up to the deadline.
-    while !state.is_idle() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    state.draining.store(true, Ordering::SeqCst);
+    let idle = async {
+        loop {
+            let changed = state.idle_changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change right after it still wakes this.
+            changed.as_mut().enable();
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if state.is_idle() {
+                return;
+            }
+            changed.await;
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, idle).await;
     RelayEnd::Shutdown
 }
 
@@ -1219,6 +1273,7 @@ async fn client_to_server(
         state
             .client_mid_frame
             .store(pass > 0 || !buf.is_empty(), Ordering::Release);
+        state.may_be_idle();
         if !out.is_empty() {
             if let Err(e) =
                 write_flush(server, &out, &METRICS.to_server_bytes, &state.to_server).await
@@ -2317,10 +2372,15 @@ async fn server_to_client(
                 results.checked = true;
                 let started = match execute_columns(ctx, state) {
                     ExecuteColumns::Known => Ok(()),
-                    ExecuteColumns::Statement(description, analysis) => {
+                    ExecuteColumns::Statement(description, analysis, columns, mut key) => {
                         match start_result(ctx, state, &mut known, &description, analysis, 0).await
                         {
                             Ok(filter) => {
+                                if filter.is_none() {
+                                    // After the answer: asking may have created instances.
+                                    key.instances = crate::plugins::instance_epoch();
+                                    columns.set_unfiltered(key);
+                                }
                                 results.filter = filter;
                                 Ok(())
                             }
@@ -2913,19 +2973,31 @@ fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns
     let q = state.expect();
     match q.front() {
         Some(Expect::Execute(a, Columns::Statement)) => {
-            let description = match (
-                a.columns.as_ref().and_then(|c| c.described.get()),
-                &a.formats,
-            ) {
-                (Some(Described::Rows(body, generation)), Some(formats))
-                    if *generation == catalog_generation(ctx) =>
-                {
-                    results::portal_row_description(body, formats)
-                }
-                _ => None,
+            let Some(host) = ctx.plugins else {
+                return ExecuteColumns::Known;
             };
-            match description {
-                Some(d) => ExecuteColumns::Statement(d, a.analysis.clone()),
+            let (Some(columns), Some(formats)) = (&a.columns, &a.formats) else {
+                return ExecuteColumns::Missing;
+            };
+            let catalog = catalog_generation(ctx);
+            let Some(Described::Rows(body, generation)) = columns.described.get() else {
+                return ExecuteColumns::Missing;
+            };
+            if *generation != catalog {
+                return ExecuteColumns::Missing;
+            }
+            let key = ResultKey {
+                chain: host.chain().generation(),
+                instances: crate::plugins::instance_epoch(),
+                catalog,
+                formats: formats.clone(),
+            };
+            if columns.unfiltered(&key) {
+                // Asked before under the same plugins and catalog: no plugin subscribes.
+                return ExecuteColumns::Known;
+            }
+            match results::portal_row_description(body, formats) {
+                Some(d) => ExecuteColumns::Statement(d, a.analysis.clone(), columns.clone(), key),
                 None => ExecuteColumns::Missing,
             }
         }
@@ -2941,8 +3013,14 @@ fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns
 enum ExecuteColumns {
     /// Described already, or no result plugin is active: the rows go on as they are.
     Known,
-    /// A RowDescription made from the statement's description and the portal's formats.
-    Statement(Vec<u8>, Option<Arc<Analysis>>),
+    /// A RowDescription made from the statement's description and the portal's formats,
+    /// and where to remember that no plugin subscribes to it.
+    Statement(
+        Vec<u8>,
+        Option<Arc<Analysis>>,
+        Arc<StatementColumns>,
+        ResultKey,
+    ),
     /// They cannot be filtered: withhold them.
     Missing,
 }
@@ -3041,7 +3119,8 @@ fn observe_server_message(state: &RelayState, frame: &[u8]) {
             }
             let _ = state
                 .pending
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1));
+            state.may_be_idle();
         }
         b'S' => {
             let mut b = body;
