@@ -19,7 +19,7 @@ use crate::approvals::request::{is_valid_id, Verdict};
 use crate::approvals::store::ListFilter;
 use crate::approvals::{request::DecideError, Approvals, DecideRefusal};
 use crate::config::AdminConfig;
-use crate::server::GatewayShared;
+use crate::shared::GatewayShared;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

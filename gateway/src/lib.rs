@@ -42,6 +42,8 @@ pub mod relay;
 pub mod results;
 pub mod server;
 pub mod session;
+pub mod shared;
+pub mod shutdown;
 pub use pgward_sql as sql;
 pub mod stream;
 pub mod tls;

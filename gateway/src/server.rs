@@ -3,6 +3,8 @@
 use crate::auth::UserEntry;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, TlsMode};
+use crate::shared::GatewayShared;
+use crate::shutdown::Shutdown;
 use crate::sql::SqlAnalyzer;
 use crate::upstream::UpstreamTarget;
 use ring::rand::SecureRandom;
@@ -12,11 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, Instrument};
-
-/// Carries the shutdown deadline to sessions once shutdown has begun.
-pub type ShutdownSignal = watch::Receiver<Option<tokio::time::Instant>>;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,31 +45,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Everything sessions share; built once at start.
-pub struct GatewayShared {
-    pub config: Config,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub upstream: UpstreamTarget,
-    pub users: HashMap<String, UserEntry>,
-    /// Rules mapping client certificates to identities.
-    pub cert_rules: crate::auth::cert::CertRules,
-    /// Verifiers of JWTs presented as the password.
-    pub tokens: Arc<crate::auth::jwt::TokenVerifier>,
-    pub analyzer: SqlAnalyzer,
-    pub cancels: CancelRegistry,
-    /// The plugin runtime, when a plugins directory is configured.
-    pub plugins: Option<Arc<crate::plugins::PluginHost>>,
-    /// Key for decoy SCRAM verifiers of unknown users; random per process.
-    pub decoy_secret: [u8; 32],
-    /// Column lineage from the upstream catalog, for result plugins.
-    pub catalog: crate::results::catalog::Catalog,
-    /// The approvals workflow, when `[approvals]` is configured.
-    pub approvals: Option<Arc<crate::approvals::Approvals>>,
-    /// The audit trail, when `[audit]` is configured.
-    pub audit: Option<Arc<crate::audit::Audit>>,
-    next_session: AtomicU64,
 }
 
 /// A bound, not yet running gateway.
@@ -225,7 +200,8 @@ impl Gateway {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let max = self.shared.config.listen.max_connections;
         let limit = Arc::new(Semaphore::new(max));
-        let (shutdown_tx, shutdown_rx) = watch::channel(None);
+        let stopping = Shutdown::new();
+        let sessions = TaskTracker::new();
         let workers = match self.shared.config.listen.workers {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -237,10 +213,10 @@ impl Gateway {
         for i in 0..workers {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
             let shared = self.shared.clone();
-            let shutdown = shutdown_rx.clone();
+            let (shutdown, tracker) = (stopping.clone(), sessions.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("pgward-worker-{i}"))
-                .spawn(move || worker(shared, rx, shutdown));
+                .spawn(move || worker(shared, rx, shutdown, tracker));
             match spawned {
                 Ok(t) => {
                     senders.push(tx);
@@ -301,12 +277,14 @@ impl Gateway {
         let grace = self.shared.config.listen.shutdown_timeout;
         let in_use = max - limit.available_permits();
         info!(sessions = in_use, grace = ?grace, "shutting down: no new connections");
-        let deadline = tokio::time::Instant::now() + grace;
-        let _ = shutdown_tx.send(Some(deadline));
-        // Workers finish when their last session has ended; sessions close themselves at the
-        // deadline, so this wait is bounded by it (plus time to write the final error).
-        let all = u32::try_from(max).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(grace + Duration::from_secs(2), limit.acquire_many(all)).await;
+        // Sessions end as soon as each is idle; at the deadline the rest are told and closed.
+        stopping.begin();
+        sessions.close();
+        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+            stopping.expire();
+            // Bounded: each session writes its final error with a timeout of its own.
+            let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
+        }
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
@@ -341,7 +319,8 @@ struct Accepted {
 fn worker(
     shared: Arc<GatewayShared>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
-    shutdown: ShutdownSignal,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -361,17 +340,17 @@ fn worker(
                     let Some(conn) = conn else { break };
                     let Ok(tcp) = tokio::net::TcpStream::from_std(conn.tcp) else { continue };
                     let shared = shared.clone();
-                    let rx = shutdown.clone();
+                    let stopping = shutdown.clone();
                     let span = info_span!("session", id = conn.id, client = %conn.peer, user = tracing::field::Empty, database = tracing::field::Empty);
                     let (id, peer, permit) = (conn.id, conn.peer, conn.permit);
-                    sessions.spawn(
+                    sessions.spawn(tracker.track_future(
                         async move {
                             let over_limit = permit.is_none();
-                            crate::session::serve(shared, tcp, id, peer, over_limit, rx).await;
+                            crate::session::serve(shared, tcp, id, peer, over_limit, stopping).await;
                             drop(permit);
                         }
                         .instrument(span),
-                    );
+                    ));
                 }
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }

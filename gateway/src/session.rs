@@ -9,7 +9,8 @@ use crate::config::{AuthMethod, ClientCertificates, TlsMode};
 use crate::error::ClientError;
 use crate::protocol::{self, StartupPacket};
 use crate::relay::{self, RelayEnd, RelayState};
-use crate::server::{GatewayShared, ShutdownSignal};
+use crate::shared::GatewayShared;
+use crate::shutdown::Shutdown;
 use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
@@ -44,7 +45,7 @@ pub async fn serve(
     id: u64,
     peer: std::net::SocketAddr,
     over_limit: bool,
-    shutdown: ShutdownSignal,
+    shutdown: Shutdown,
 ) {
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);

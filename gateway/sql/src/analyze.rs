@@ -13,6 +13,7 @@ use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::lexer::{self, LexFlags};
 use crate::lineage;
+use crate::names::{self, fold, MAX_OPERATOR_CHAIN};
 use crate::{
     Analysis, CopyDirection, CopyInfo, CopyTargetKind, LexOptions, ObjectKind, RelationName,
     StatementAnalysis, StatementKind, Write, WriteAction,
@@ -42,10 +43,6 @@ enum Unanalysable {
     #[error("expression chain longer than {MAX_OPERATOR_CHAIN} operators")]
     TooDeep,
 }
-
-/// sqlparser builds `a OR b OR ...` as a left-deep tree that it visits and drops recursively;
-/// beyond about 20 000 links that overflows a 2 MiB thread stack (tokio's default).
-pub(crate) const MAX_OPERATOR_CHAIN: usize = 5_000;
 
 pub(crate) struct Outcome {
     pub analysis: Analysis,
@@ -451,14 +448,6 @@ fn copy_info(s: &Statement) -> Option<CopyInfo> {
     })
 }
 
-/// PostgreSQL identifier folding: unquoted names are lower-cased.
-pub(crate) fn fold(ident: &Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_ascii_lowercase(),
-    }
-}
-
 /// CTE names visible at one query level. Without RECURSIVE, a CTE sees only the ones before it.
 struct CteScope {
     ctes: Vec<(String, *const Query)>,
@@ -482,26 +471,11 @@ struct Collector {
 impl Collector {
     /// The folded parts of a name.
     fn parts(&mut self, name: &ObjectName) -> Vec<String> {
-        name.0
-            .iter()
-            .map(|part| match part.as_ident() {
-                Some(ident) => {
-                    // A name taken from a string literal would make the analysis depend on it.
-                    self.literal_dependent |= !matches!(ident.quote_style, None | Some('"'));
-                    fold(ident)
-                }
-                None => part.to_string(),
-            })
-            .collect()
+        names::parts(name, &mut self.literal_dependent)
     }
 
     fn name(&mut self, name: &ObjectName) -> RelationName {
-        let mut parts = self.parts(name);
-        let name = parts.pop().unwrap_or_default();
-        RelationName {
-            schema: parts.pop(),
-            name,
-        }
+        names::relation(self.parts(name))
     }
 
     fn ident_name(&mut self, ident: &Ident) -> RelationName {

@@ -5,6 +5,8 @@
 //! - `analyze`: one statement through sqlparser into a [`StatementAnalysis`].
 //! - `cache`: [`SqlAnalyzer`], a sharded cache of analyses keyed by fingerprint.
 //! - [`lineage`]: which source columns each output column of a statement may derive from.
+//! - `names`: reading names out of sqlparser's tree as PostgreSQL folds them, and the bound on
+//!   operator chains; shared by `analyze` and `lineage`.
 //!
 //! Statement boundaries and literals are decided by our lexer, which follows PostgreSQL's, not by
 //! sqlparser. Each statement is parsed alone, and a statement whose identifiers sqlparser lexes
@@ -16,6 +18,7 @@ mod analyze;
 mod cache;
 mod lexer;
 pub mod lineage;
+mod names;
 
 use serde::Serialize;
 use std::fmt;

@@ -25,7 +25,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::analyze::{fold, MAX_OPERATOR_CHAIN};
+use crate::names::{self, MAX_OPERATOR_CHAIN};
 use crate::{lexer, LexOptions, RelationName};
 
 /// Nesting of queries and expressions followed before a subtree is over-approximated.
@@ -704,27 +704,15 @@ struct Builder {
 
 impl Builder {
     fn ident(&mut self, ident: &Ident) -> String {
-        self.literal_dependent |= !matches!(ident.quote_style, None | Some('"'));
-        fold(ident)
+        names::fold_noting(ident, &mut self.literal_dependent)
     }
 
     fn parts(&mut self, name: &ObjectName) -> Vec<String> {
-        name.0
-            .iter()
-            .map(|part| match part.as_ident() {
-                Some(ident) => self.ident(ident),
-                None => part.to_string(),
-            })
-            .collect()
+        names::parts(name, &mut self.literal_dependent)
     }
 
     fn relation(&mut self, name: &ObjectName) -> RelationName {
-        let mut parts = self.parts(name);
-        let name = parts.pop().unwrap_or_default();
-        RelationName {
-            schema: parts.pop(),
-            name,
-        }
+        names::relation(self.parts(name))
     }
 
     fn alias_columns(&mut self, alias: Option<&TableAlias>) -> Vec<String> {

@@ -21,7 +21,7 @@ use crate::results::catalog::Catalog;
 use crate::results::server_messages::{self, ServerMessages};
 use crate::results::types::Styles;
 use crate::results::{self, CopyFilter, Filter};
-use crate::server::ShutdownSignal;
+use crate::shutdown::Shutdown;
 use crate::sql::{Analysis, CopyDirection, LexOptions, SqlAnalyzer, StatementKind};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream::UpstreamTarget;
@@ -585,7 +585,7 @@ pub async fn run(
     client: &mut Stream,
     server: &mut Stream,
     state: &RelayState,
-    shutdown: ShutdownSignal,
+    shutdown: Shutdown,
 ) -> RelayEnd {
     let (mut client_r, mut client_w) = client.split();
     let (mut server_r, mut server_w) = server.split();
@@ -651,16 +651,8 @@ pub async fn finish(end: RelayEnd, client: &mut Stream, server: &mut Stream, sta
 
 /// Ends the session at shutdown: once it has begun, as soon as the session is idle (woken by
 /// the relay, see [`RelayState::may_be_idle`]) or at the deadline, whichever comes first.
-async fn wait_for_shutdown(mut shutdown: ShutdownSignal, state: &RelayState) -> RelayEnd {
-    let deadline = loop {
-        if let Some(deadline) = *shutdown.borrow_and_update() {
-            break deadline;
-        }
-        if shutdown.changed().await.is_err() {
-            // The gateway dropped the sender without shutting down: never fire.
-            std::future::pending::<()>().await;
-        }
-    };
+async fn wait_for_shutdown(shutdown: Shutdown, state: &RelayState) -> RelayEnd {
+    shutdown.begun().await;
     // Let the session finish what it is doing, up to the deadline.
     state.draining.store(true, Ordering::SeqCst);
     let idle = async {
@@ -676,7 +668,10 @@ async fn wait_for_shutdown(mut shutdown: ShutdownSignal, state: &RelayState) -> 
             changed.await;
         }
     };
-    let _ = tokio::time::timeout_at(deadline, idle).await;
+    tokio::select! {
+        _ = idle => {}
+        _ = shutdown.expired() => {}
+    }
     RelayEnd::Shutdown
 }
 
