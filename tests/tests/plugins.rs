@@ -744,3 +744,77 @@ async fn rows_of_an_execute_in_flight_when_a_result_plugin_loads_are_withheld() 
     let email: &str = rows[0].get(0);
     assert_ne!(email, "ada@example.com");
 }
+
+#[tokio::test]
+async fn rows_of_a_result_streaming_when_a_result_plugin_loads_are_withheld() {
+    use futures_util::StreamExt as _;
+    // An on-query plugin alone: results stay on the byte fast path.
+    let (_, db, dir, gw) = with_deny("10-deny", "alpha_table");
+    // Rows of 9 KB, one every 20 ms: the server sends each as it is made, so the result is
+    // still streaming when the plugin arrives.
+    let sql = "SELECT i, repeat('x', 9000) AS pad, pg_sleep(0.02)::text AS slept, \
+               'ada@example.com'::text AS email FROM generate_series(1, 300) i";
+    let simple = gw.connect("alice", &db).await.unwrap();
+    let extended = gw.connect("alice", &db).await.unwrap();
+    let mut by_query = Box::pin(simple.simple_query_raw(sql).await.unwrap());
+    let no_params: [&str; 0] = [];
+    let mut by_execute = Box::pin(extended.query_raw(sql, no_params).await.unwrap());
+    // The first rows come through as they are: no result plugin yet.
+    let first = by_query.next().await.unwrap().unwrap();
+    let tokio_postgres::SimpleQueryMessage::RowDescription(_) = first else {
+        panic!("expected the columns first");
+    };
+    for _ in 0..3 {
+        let Some(Ok(tokio_postgres::SimpleQueryMessage::Row(row))) = by_query.next().await else {
+            panic!("expected a row");
+        };
+        assert_eq!(row.get("email"), Some("ada@example.com"));
+        let row = by_execute.next().await.unwrap().unwrap();
+        assert_eq!(row.get::<_, &str>("email"), "ada@example.com");
+    }
+    install(
+        &dir,
+        "20-mask",
+        "mask_column",
+        Some("columns = [\"email\"]\n"),
+    );
+    let reloaded = wait_for(Duration::from_secs(5), || {
+        gw.log().matches("plugin chain updated").count() >= 2
+    });
+    assert!(reloaded.is_some(), "{}", gw.log());
+    // Rows the gateway sent before the plugin was active may still be on their way; after
+    // them the result ends in the refusal, long before its 300 rows.
+    let mut rows = 3;
+    let end = loop {
+        match by_query.next().await {
+            Some(Ok(tokio_postgres::SimpleQueryMessage::Row(_))) => rows += 1,
+            Some(Ok(other)) => panic!("the result went on to its end: {other:?} after {rows} rows"),
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without an error after {rows} rows"),
+        }
+    };
+    assert!(rows < 300, "{rows}");
+    let (code, message) = db_error(&end);
+    assert_eq!(code, "58000", "{message}");
+    assert!(message.contains("became active while"), "{message}");
+    let mut rows = 3;
+    let end = loop {
+        match by_execute.next().await {
+            Some(Ok(_)) => rows += 1,
+            Some(Err(e)) => break e,
+            None => panic!("the result went on to its end after {rows} rows"),
+        }
+    };
+    assert!(rows < 300, "{rows}");
+    let (code, message) = db_error(&end);
+    assert_eq!(code, "58000", "{message}");
+    // Both sessions go on, and their next results are masked.
+    for client in [&simple, &extended] {
+        let rows = client
+            .query("SELECT 'ada@example.com'::text AS email", &[])
+            .await
+            .unwrap();
+        let email: &str = rows[0].get(0);
+        assert_ne!(email, "ada@example.com");
+    }
+}

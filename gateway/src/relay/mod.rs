@@ -2171,6 +2171,37 @@ struct Results {
     /// The current result's columns were described (RowDescription, CopyOutResponse) or its
     /// rows were found not to need it.
     checked: bool,
+    /// The current result goes out unfiltered because no plugin of this chain subscribed to
+    /// it: judged again if the chain changes while its rows stream.
+    unfiltered: Option<Unfiltered>,
+    /// The RowDescription of the current Query result (a buffer kept across results).
+    description: Vec<u8>,
+}
+
+/// A result relayed unfiltered, and how to judge it again (see [`Results::unfiltered`]).
+struct Unfiltered {
+    /// The chain generation it was judged under.
+    chain: u64,
+    columns: KnownColumns,
+    analysis: Option<Arc<Analysis>>,
+    statement: usize,
+}
+
+impl Unfiltered {
+    fn new(
+        ctx: &RelayContext<'_>,
+        columns: KnownColumns,
+        analysis: Option<Arc<Analysis>>,
+        statement: usize,
+    ) -> Option<Unfiltered> {
+        let chain = ctx.plugins?.chain().generation();
+        Some(Unfiltered {
+            chain,
+            columns,
+            analysis,
+            statement,
+        })
+    }
 }
 
 impl Results {
@@ -2209,6 +2240,7 @@ impl Results {
     /// policies masked in it is recorded and counted.
     fn end(&mut self, ctx: &RelayContext<'_>, tally: &mut Tally) {
         self.checked = false;
+        self.unfiltered = None;
         let report = match (self.filter.take(), self.copy.take()) {
             (Some(f), _) => f.into_report(),
             (None, Some(c)) => c.into_report(),
@@ -2296,6 +2328,8 @@ async fn server_to_client(
         let mut pos = 0;
         // Bytes before `written` were already sent or copied to `out`.
         let mut written = 0;
+        // The plugin chain's generation, looked at once per read (see `Results::unfiltered`).
+        let mut chain_now: Option<u64> = None;
         loop {
             if pass > 0 {
                 let take = pass.min(buf.len() - pos);
@@ -2363,18 +2397,62 @@ async fn server_to_client(
                     continue;
                 }
             }
+            if header.tag == b'D'
+                && !results.discard
+                && results.unfiltered.as_ref().is_some_and(|u| {
+                    // One look at the chain per read, taken once a result is unfiltered.
+                    let now = *chain_now.get_or_insert_with(|| {
+                        ctx.plugins.map_or(0, |p| p.chain().generation())
+                    });
+                    u.chain != now
+                })
+            {
+                // The plugins changed while this result streams unfiltered: no row leaves
+                // unfiltered once a plugin that would subscribe to it is active.
+                let judged = results.unfiltered.take().expect("checked above");
+                let chain = chain_now.unwrap_or_default();
+                let again = match judged.columns.description(&results.description) {
+                    Some(d) => {
+                        let (a, st) = (judged.analysis.clone(), judged.statement);
+                        match start_result(ctx, state, &mut known, &d, a, st).await {
+                            Ok(None) => Ok(Some(Unfiltered { chain, ..judged })),
+                            Ok(Some(_)) => Err(activated_refusal()),
+                            Err(r) => Err(r),
+                        }
+                    }
+                    None if ctx.plugins.is_some_and(|p| p.chain().wants_results()) => {
+                        Err(activated_refusal())
+                    }
+                    None => Ok(Some(Unfiltered { chain, ..judged })),
+                };
+                match again {
+                    Ok(u) => results.unfiltered = u,
+                    Err(r) => {
+                        out.extend_from_slice(&buf[written..pos]);
+                        written = pos;
+                        results.refuse(state, &mut out, &r);
+                        pass = header.frame_len;
+                        continue;
+                    }
+                }
+            }
             if header.tag == b'D' && tracking && !results.checked && !results.discard {
                 results.checked = true;
                 let started = match execute_columns(ctx, state) {
-                    ExecuteColumns::Known => Ok(()),
+                    ExecuteColumns::Known(columns, analysis) => {
+                        results.unfiltered = Unfiltered::new(ctx, columns, analysis, 0);
+                        Ok(())
+                    }
                     ExecuteColumns::Statement(description, analysis, columns, mut key) => {
-                        match start_result(ctx, state, &mut known, &description, analysis, 0).await
-                        {
+                        let a = analysis.clone();
+                        match start_result(ctx, state, &mut known, &description, a, 0).await {
                             Ok(filter) => {
                                 if filter.is_none() {
                                     // After the answer: asking may have created instances.
                                     key.instances = crate::plugins::instance_epoch();
                                     columns.set_unfiltered(key);
+                                    let c = KnownColumns::Described(description);
+                                    results.unfiltered = Unfiltered::new(ctx, c, analysis, 0);
                                 }
                                 results.filter = filter;
                                 Ok(())
@@ -2567,9 +2645,18 @@ async fn server_to_client(
                     // The columns of the result that follows (not a client's own Describe).
                     results.checked |= front.is_some();
                     if let (Some((analysis, statement)), b'T') = (front, header.tag) {
-                        match start_result(ctx, state, &mut known, frame, analysis, statement).await
-                        {
-                            Ok(filter) => results.filter = filter,
+                        let a = analysis.clone();
+                        match start_result(ctx, state, &mut known, frame, a, statement).await {
+                            Ok(filter) => {
+                                if filter.is_none() {
+                                    results.description.clear();
+                                    results.description.extend_from_slice(frame);
+                                    let c = KnownColumns::Query;
+                                    results.unfiltered =
+                                        Unfiltered::new(ctx, c, analysis, statement);
+                                }
+                                results.filter = filter;
+                            }
                             Err(r) => {
                                 out.extend_from_slice(&buf[written..pos]);
                                 written = pos + header.frame_len;
@@ -2969,7 +3056,7 @@ fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns
     match q.front() {
         Some(Expect::Execute(a, Columns::Statement)) => {
             let Some(host) = ctx.plugins else {
-                return ExecuteColumns::Known;
+                return ExecuteColumns::Known(KnownColumns::Undescribed, None);
             };
             let (Some(columns), Some(formats)) = (&a.columns, &a.formats) else {
                 return ExecuteColumns::Missing;
@@ -2989,7 +3076,8 @@ fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns
             };
             if columns.unfiltered(&key) {
                 // Asked before under the same plugins and catalog: no plugin subscribes.
-                return ExecuteColumns::Known;
+                let c = KnownColumns::Statement(columns.clone(), formats.clone());
+                return ExecuteColumns::Known(c, a.analysis.clone());
             }
             match results::portal_row_description(body, formats) {
                 Some(d) => ExecuteColumns::Statement(d, a.analysis.clone(), columns.clone(), key),
@@ -3001,13 +3089,13 @@ fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns
         {
             ExecuteColumns::Missing
         }
-        _ => ExecuteColumns::Known,
+        _ => ExecuteColumns::Known(KnownColumns::Undescribed, None),
     }
 }
 
 enum ExecuteColumns {
     /// Described already, or no result plugin is active: the rows go on as they are.
-    Known,
+    Known(KnownColumns, Option<Arc<Analysis>>),
     /// A RowDescription made from the statement's description and the portal's formats,
     /// and where to remember that no plugin subscribes to it.
     Statement(
@@ -3020,12 +3108,50 @@ enum ExecuteColumns {
     Missing,
 }
 
+/// Where the columns of rows that go on as they are can be read again, should the plugins
+/// change while they stream.
+enum KnownColumns {
+    /// The RowDescription of the current Query result, kept in [`Results::description`].
+    Query,
+    /// A RowDescription the gateway made for an Execute.
+    Described(Vec<u8>),
+    /// The prepared statement's description and the portal's result formats.
+    Statement(Arc<StatementColumns>, Arc<[i16]>),
+    /// Nowhere: the result was not described (no result plugin was active when it started).
+    Undescribed,
+}
+
+impl KnownColumns {
+    /// The result's RowDescription (`query`: the current Query result's), made only when it
+    /// is needed again.
+    fn description(&self, query: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            KnownColumns::Query => Some(query.to_vec()),
+            KnownColumns::Described(d) => Some(d.clone()),
+            KnownColumns::Statement(columns, formats) => match columns.described.get()? {
+                Described::Rows(body, _) => results::portal_row_description(body, formats),
+                _ => None,
+            },
+            KnownColumns::Undescribed => None,
+        }
+    }
+}
+
 impl Describe {
     /// The server skipped this Describe: a statement's columns must be asked for again.
     fn skipped(self) {
         if let Describe::Statement { columns, .. } = self {
             let _ = columns.described.set(Described::Skipped);
         }
+    }
+}
+
+fn activated_refusal() -> Refusal {
+    Refusal {
+        plugin: "pgward".into(),
+        sqlstate: "58000".into(),
+        message: "a result plugin became active while this result was being sent; its remaining rows are withheld".into(),
+        hint: Some("run the statement again".into()),
     }
 }
 
