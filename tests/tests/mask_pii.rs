@@ -659,7 +659,8 @@ async fn revoking_an_exemption_masks_the_next_execution_of_a_prepared_statement(
 }
 
 /// The server's errors and notices can quote row values no result plugin sees: a NOT NULL
-/// violation's "Failing row contains (…)", a `RAISE NOTICE` in a function. With a result
+/// violation's "Failing row contains (…)", a `RAISE NOTICE` in a function, a `RAISE
+/// EXCEPTION` with a SQLSTATE of a class whose server messages quote nothing. With a result
 /// plugin loaded the gateway strips them (`plugins.server_messages = "values"`, the default);
 /// with `"pass"` they reach the client as the server sent them, which shows the test can fail.
 #[test]
@@ -667,7 +668,7 @@ fn server_errors_and_notices_do_not_quote_masked_values() {
     // A function masked identities may call, which echoes its argument in a notice.
     let mask_config = config().replace(
         "\nallow_functions = []\n",
-        "\nallow_functions = [\"public.shout\", \"shout\"]\n",
+        "\nallow_functions = [\"public.shout\", \"shout\", \"public.shout_error\", \"shout_error\"]\n",
     );
     let statements = [
         (
@@ -680,6 +681,11 @@ fn server_errors_and_notices_do_not_quote_masked_values() {
             "SELECT shout(ssn) FROM customers WHERE id = 1",
             "",
         ),
+        (
+            "an error raised with another class's SQLSTATE",
+            "SELECT shout_error(ssn) FROM customers WHERE id = 1",
+            "23505",
+        ),
     ];
     for (mode, leaks_expected) in [("values", false), ("generic", false), ("pass", true)] {
         let (db, gw) = setup_with(
@@ -691,7 +697,9 @@ fn server_errors_and_notices_do_not_quote_masked_values() {
             .superuser_sql(
                 &db,
                 "SET ROLE pgward_gw; CREATE FUNCTION shout(v text) RETURNS text LANGUAGE plpgsql \
-                 AS $$ BEGIN RAISE NOTICE 'value %', v; RETURN 'shouted'; END $$",
+                 AS $$ BEGIN RAISE NOTICE 'value %', v; RETURN 'shouted'; END $$; \
+                 CREATE FUNCTION shout_error(v text) RETURNS text LANGUAGE plpgsql \
+                 AS $$ BEGIN RAISE EXCEPTION 'value %', v USING ERRCODE = '23505'; END $$",
             )
             .unwrap();
         let mut alice = client(&gw, "alice", &db);

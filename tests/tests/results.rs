@@ -479,6 +479,50 @@ fn a_plugin_that_asks_for_nothing_leaves_results_untouched() {
     }
 }
 
+/// Values the contract cannot hand a plugin faithfully (multi-dimensional arrays, arrays with
+/// another lower bound, text dates under a non-ISO DateStyle) stop the column with 0A000, in
+/// text and binary format alike; nothing of the result leaks and the session goes on.
+#[test]
+fn values_the_gateway_cannot_convert_are_refused_with_0a000_in_either_format() {
+    let (_pg, db, gw) = setup("res_unconverted", "mode = \"identity\"\ncolumns = [\"*\"]\n");
+    let mut c = gateway_client(&gw, &db);
+    let refused = |got: &[Message], what: &str| {
+        let error = got.iter().find(|m| m.0 == b'E');
+        let error = error.unwrap_or_else(|| panic!("{what}: not refused: {}", describe(got)));
+        assert_eq!(sqlstate(&error.1), "0A000", "{what}");
+        assert!(!got.iter().any(|m| m.0 == b'D'), "{what}: {}", describe(got));
+    };
+    for sql in [
+        "SELECT '{{1,2},{3,4}}'::int[] AS a",
+        "SELECT '[0:1]={7,8}'::int[] AS a",
+    ] {
+        refused(&run(&mut c, &[msg::query(sql)]), sql);
+        let binary = [
+            msg::parse("", sql),
+            msg::bind("", "", 1),
+            msg::describe_portal(""),
+            msg::execute("", 0),
+            msg::sync(),
+        ];
+        refused(&run(&mut c, &binary), &format!("{sql} (binary)"));
+    }
+    let got = run(&mut c, &[msg::query("SET DateStyle = 'German'")]);
+    assert!(got.iter().any(|m| m.0 == b'C'), "{}", describe(&got));
+    refused(
+        &run(&mut c, &[msg::query("SELECT DATE '2024-01-31' AS d")]),
+        "a German date",
+    );
+    // The session goes on: ISO dates convert again.
+    run(&mut c, &[msg::query("SET DateStyle = 'ISO'")]);
+    let got = run(&mut c, &[msg::query("SELECT DATE '2024-01-31' AS d")]);
+    assert!(
+        got.iter()
+            .any(|m| m.0 == b'D' && cells(&m.1)[0].as_deref() == Some(&b"2024-01-31"[..])),
+        "{}",
+        describe(&got)
+    );
+}
+
 /// What a client is told about a refused result and what the database keeps agree: nothing
 /// after the refusal in the same string or pipeline commits, and a refusal inside a
 /// transaction block fails the block. Every case that is refused here committed its write

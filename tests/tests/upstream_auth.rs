@@ -185,6 +185,19 @@ async fn weaker_upstream_methods_are_refused_unless_allowed_and_scram_binds_to_t
         gw.log()
     );
     drop(gw);
+    // The default (`prefer`) binds too when the server offers it over TLS.
+    let gw = gateway(
+        &up,
+        (pgward_e2e::UPSTREAM_USER, pgward_e2e::UPSTREAM_PASSWORD),
+        &tls.replace("\nchannel_binding = \"require\"", ""),
+    );
+    assert_eq!(who(&gw).await.unwrap(), pgward_e2e::UPSTREAM_USER);
+    assert!(
+        log_has(&gw, "mechanism=\"SCRAM-SHA-256-PLUS\""),
+        "{}",
+        gw.log()
+    );
+    drop(gw);
 
     // `require` without TLS, or with weaker methods allowed, is a config error naming the key.
     for extra in [

@@ -19,9 +19,11 @@ pub enum ServerMessages {
     /// Without the fields that quote values (DETAIL, CONTEXT, the internal query and its
     /// position, and any field type this gateway does not know), and with a generic message
     /// and no HINT for the classes whose message itself quotes values: 22 (data exceptions),
-    /// P0 (`RAISE`), 00 and 01 (notices and warnings, which `RAISE NOTICE` sends). Severity,
-    /// SQLSTATE, the statement position, the source location and the schema, table, column,
-    /// type and constraint names stay.
+    /// P0 (`RAISE`), 00 and 01 (notices and warnings, which `RAISE NOTICE` sends), and for
+    /// any message a procedural language raised (PL/pgSQL's `RAISE ... USING ERRCODE`,
+    /// PL/Python, PL/Perl, PL/Tcl), whatever its SQLSTATE. Severity, SQLSTATE, the statement
+    /// position, the source location and the schema, table, column, type and constraint
+    /// names stay.
     #[default]
     Values,
     /// Only severity, SQLSTATE and a generic message.
@@ -30,6 +32,15 @@ pub enum ServerMessages {
 
 /// Classes (first two SQLSTATE characters) whose message can quote a value.
 const QUOTING_CLASSES: &[&[u8]] = &[b"22", b"P0", b"00", b"01"];
+
+/// Whether the message was raised by a function's own code (its text is the function's to
+/// choose, and may hold anything it read), judged by the server's source location fields.
+fn raised_by_a_function(file: Option<&[u8]>, routine: Option<&[u8]>) -> bool {
+    routine == Some(b"exec_stmt_raise")
+        || file.is_some_and(|f| {
+            matches!(f, b"pl_exec.c" | b"plperl.c" | b"pltcl.c") || f.starts_with(b"plpy_")
+        })
+}
 
 /// Fields kept in [`ServerMessages::Values`]: severity (twice), SQLSTATE, position, file, line,
 /// routine, schema, table, column, data type and constraint names.
@@ -59,7 +70,9 @@ pub fn reduce(frame: &[u8], mode: ServerMessages) -> Option<BytesMut> {
         .iter()
         .find(|(f, _)| *f == b'C')
         .map_or(&b"XX000"[..], |(_, v)| v);
-    let quoting = QUOTING_CLASSES.iter().any(|c| code.starts_with(c));
+    let field = |name: u8| fields.iter().find(|(f, _)| *f == name).map(|(_, v)| *v);
+    let quoting = QUOTING_CLASSES.iter().any(|c| code.starts_with(c))
+        || raised_by_a_function(field(b'F'), field(b'R'));
     let generic = mode == ServerMessages::Generic || quoting;
     let keep = |f: u8| match f {
         b'M' | b'H' => !generic,
@@ -199,6 +212,49 @@ mod tests {
         let out = reduce(&unique, ServerMessages::Generic).unwrap();
         let got: Vec<char> = fields(&out).into_iter().map(|(f, _)| f).collect();
         assert_eq!(got, ['S', 'C', 'M']);
+    }
+
+    #[test]
+    fn a_message_a_function_raised_is_withheld_whatever_its_sqlstate() {
+        let raised = message(
+            b'E',
+            &[
+                (b'S', "ERROR"),
+                (b'C', "23505"),
+                (b'M', "ssn 078-05-1120 is taken"),
+                (b'F', "pl_exec.c"),
+                (b'L', "3911"),
+                (b'R', "exec_stmt_raise"),
+            ],
+        );
+        let python = message(
+            b'E',
+            &[
+                (b'S', "ERROR"),
+                (b'C', "42501"),
+                (b'M', "plpy.Error: 078-05-1120"),
+                (b'F', "plpy_elog.c"),
+            ],
+        );
+        for frame in [&raised, &python] {
+            let out = reduce(frame, ServerMessages::Values).unwrap();
+            assert!(!String::from_utf8_lossy(&out).contains("078-05"), "{out:?}");
+            assert!(fields(&out)
+                .iter()
+                .any(|(f, m)| *f == 'M' && m.contains("withheld")));
+        }
+        // The server's own messages of the same class keep their text.
+        let own = message(
+            b'E',
+            &[
+                (b'S', "ERROR"),
+                (b'C', "23505"),
+                (b'M', "duplicate key value violates unique constraint \"k\""),
+                (b'F', "nbtinsert.c"),
+                (b'R', "_bt_check_unique"),
+            ],
+        );
+        assert_eq!(reduce(&own, ServerMessages::Values), None);
     }
 
     #[test]
