@@ -66,6 +66,8 @@ pub struct Metrics {
     pub audit_write_errors: Counter,
     pub audit_queue_depth: Gauge,
     pub upstream_connect_errors: Counter,
+    /// Describe messages the relay added to learn a result's columns for result plugins.
+    pub describes_added: Counter,
     pub upstream_connect_seconds: Histogram,
     pub relayed_bytes: Family<DirectionLabels, Counter>,
     /// Handles of `relayed_bytes`, so a write costs one atomic add.
@@ -157,6 +159,12 @@ impl Metrics {
             "Audit records waiting for the writer",
             audit_queue_depth.clone(),
         );
+        let describes_added = Counter::default();
+        r.register(
+            "relay_describes_added",
+            "Describe messages the gateway added to learn a prepared statement's or portal's result columns for result plugins",
+            describes_added.clone(),
+        );
         let upstream_connect_errors = Counter::default();
         r.register(
             "upstream_connect_errors",
@@ -200,6 +208,7 @@ impl Metrics {
             audit_write_errors,
             audit_queue_depth,
             upstream_connect_errors,
+            describes_added,
             upstream_connect_seconds,
             relayed_bytes,
             to_server_bytes,

@@ -478,6 +478,8 @@ pub struct GatewayOptions {
     pub plugins_extra: String,
     /// The gateway's upstream role and password, instead of [`UPSTREAM_USER`]'s.
     pub upstream_login: Option<(String, String)>,
+    /// Serve the admin HTTP server (`/metrics`) on a free port: [`Gateway::metric`].
+    pub admin: bool,
 }
 
 impl Default for GatewayOptions {
@@ -495,6 +497,7 @@ impl Default for GatewayOptions {
             plugins_dir: None,
             plugins_extra: String::new(),
             upstream_login: None,
+            admin: false,
         }
     }
 }
@@ -578,6 +581,8 @@ pub fn policy_plugins_dir() -> PathBuf {
 /// A running `pgward` process.
 pub struct Gateway {
     pub port: u16,
+    /// The admin server's port, with [`GatewayOptions::admin`].
+    pub admin_port: Option<u16>,
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub users: Vec<TestUser>,
@@ -627,8 +632,13 @@ impl Gateway {
             .unwrap_or_else(|| (UPSTREAM_USER.into(), UPSTREAM_PASSWORD.into()));
         for _ in 0..5 {
             let port = free_port();
+            let admin_port = opts.admin.then(free_port);
+            let admin = match admin_port {
+                Some(a) => format!("[admin]\naddress = \"127.0.0.1:{a}\"\n"),
+                None => String::new(),
+            };
             let config = format!(
-                "[listen]\naddress = \"127.0.0.1:{port}\"\n{}\n{tls}\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{up_user}\"\npassword = \"{up_password}\"\n{}\n\n[log]\nlevel = \"{}\"\n\n{plugins}\n{users}\n{}\n",
+                "[listen]\naddress = \"127.0.0.1:{port}\"\n{}\n{tls}\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{up_user}\"\npassword = \"{up_password}\"\n{}\n\n[log]\nlevel = \"{}\"\n\n{plugins}\n{users}\n{admin}\n{}\n",
                 opts.listen_extra,
                 opts.upstream_port.unwrap_or(pg.port),
                 opts.upstream_extra,
@@ -661,6 +671,7 @@ impl Gateway {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     return Ok(Gateway {
                         port,
+                        admin_port,
                         dir,
                         config_path,
                         users: opts.users,
@@ -680,6 +691,19 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The sum of metric `name`'s samples whose labels include `labels`, read from the admin
+    /// server's `/metrics` (needs [`GatewayOptions::admin`]).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let port = self.admin_port.expect("started with GatewayOptions::admin");
+        let text = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+            .call()
+            .expect("GET /metrics")
+            .body_mut()
+            .read_to_string()
+            .expect("a text body");
+        metric_sum(&text, name, labels)
     }
 
     /// Everything the gateway logged so far.
@@ -1080,4 +1104,23 @@ pub mod wire {
         }
         out
     }
+}
+
+/// The sum of metric `name`'s samples in Prometheus exposition `text` whose labels include
+/// `labels` (counters, gauges and untyped values). Panics when `text` does not parse.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }

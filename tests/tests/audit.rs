@@ -255,22 +255,7 @@ async fn a_scripted_session_leaves_the_expected_chained_records_and_tampering_is
         }
         std::thread::sleep(Duration::from_millis(25));
     };
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
-    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
-    };
+    let value = |name: &str, labels: &[(&str, &str)]| pgward_e2e::metric_sum(&text, name, labels);
     let statement = |kind, verdict| {
         value(
             "pgward_statements_total",

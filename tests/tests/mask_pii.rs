@@ -272,6 +272,7 @@ fn setup_in(
             plugins_dir: Some(dir.clone()),
             // Small batches: every result crosses batch boundaries.
             plugins_extra: format!("batch_rows = 2\n{plugins_extra}"),
+            admin: true,
             ..Default::default()
         },
     )
@@ -541,6 +542,8 @@ async fn a_prepared_statement_is_masked_from_one_description_until_ddl_changes_i
         .await
         .unwrap();
     let email = |row: &tokio_postgres::Row| row.get::<_, String>(1);
+    let added = || gw.metric("pgward_relay_describes_added_total", &[]);
+    let before = added();
     for round in 0..20 {
         let id = 1 + round % 2;
         let row = alice.query_one(&by_id, &[&id]).await.unwrap();
@@ -551,6 +554,9 @@ async fn a_prepared_statement_is_masked_from_one_description_until_ddl_changes_i
             email(&row)
         );
     }
+    // tokio-postgres described the statement itself when it prepared it: its executions need
+    // no Describe of the gateway's (before, each of the 20 had one).
+    assert_eq!(added() - before, 0.0, "Describes added for 20 executions");
     // The same statement with text and binary results in turn, through a raw client.
     let mut raw = client(&gw, "alice", &db);
     use msg::*;
@@ -572,10 +578,14 @@ async fn a_prepared_statement_is_masked_from_one_description_until_ddl_changes_i
         assert_eq!(got.iter().filter(|m| m.0 == b'D').count(), 1, "{got:?}");
         String::from_utf8_lossy(&received(&got)).into_owned()
     };
+    let before = added();
     for format in [0, 1, 0] {
         let text = execute_by_id(&mut raw, format);
         assert!(!text.contains("secret"), "format {format}: {text}");
     }
+    // A Parse with no Describe of the client's: the gateway asks for the statement's columns
+    // once, at its first Bind, and each format is made from that one answer.
+    assert_eq!(added() - before, 1.0, "Describes added for 3 executions");
 
     sam.batch_execute(
         "ALTER TABLE people DROP COLUMN email; ALTER TABLE people ADD COLUMN email text; \

@@ -591,7 +591,6 @@ async fn cached_verdicts_answer_without_a_call_until_the_plugin_or_its_config_ch
         )
     };
     install(&dir, "deny", "deny_keyword", Some(&config("no secrets")));
-    let admin = pgward_e2e::free_port();
     let gw = Gateway::start(
         pg,
         GatewayOptions {
@@ -600,30 +599,12 @@ async fn cached_verdicts_answer_without_a_call_until_the_plugin_or_its_config_ch
                 pgward_e2e::TestUser::new("bob", "bob-pw", &["ops"]),
             ],
             plugins_dir: Some(dir.clone()),
-            extra_toml: format!("[admin]\naddress = \"127.0.0.1:{admin}\"\n"),
+            admin: true,
             ..Default::default()
         },
     )
     .unwrap();
-    let metric = |name: &str| -> f64 {
-        let text = ureq::get(&format!("http://127.0.0.1:{admin}/metrics"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-            .expect("valid exposition text");
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && s.labels.get("plugin") == Some("deny-keyword"))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
-    };
+    let metric = |name: &str| gw.metric(name, &[("plugin", "deny-keyword")]);
     let calls = || metric("pgward_plugin_calls_total");
     let cached = || metric("pgward_plugin_cached_verdicts_total");
     let alice = gw.connect("alice", &db).await.unwrap();

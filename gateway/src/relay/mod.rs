@@ -926,6 +926,7 @@ fn catalog_generation(ctx: &RelayContext<'_>) -> u64 {
 
 /// Appends a Describe of the portal (`P`) or statement (`S`) `name`.
 fn put_describe(out: &mut BytesMut, kind: u8, name: &[u8]) {
+    METRICS.describes_added.inc();
     protocol::put_message(out, b'D', |o| {
         o.put_u8(kind);
         o.extend_from_slice(name);
