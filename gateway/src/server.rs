@@ -8,7 +8,6 @@ use crate::shutdown::Shutdown;
 use crate::sql::SqlAnalyzer;
 use crate::upstream::UpstreamTarget;
 use ring::rand::SecureRandom;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

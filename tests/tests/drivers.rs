@@ -137,7 +137,44 @@ fn psql_meta_commands_and_copy_are_neither_refused_nor_leak() {
     assert!(!text.contains("ada@example.com"), "{text}");
     // A refusal and a server error are reported as psql reports them.
     let out = gw.psql("alice", &db, &["-c", "DELETE FROM items"], None);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR"));
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(refused.contains("ERROR:  guardrails: rule"), "{refused}");
+    // A transaction: what it wrote is gone after ROLLBACK, and kept after COMMIT.
+    let count = |gw: &Gateway| {
+        let out = gw.psql(
+            "alice",
+            &db,
+            &["-tA", "-c", "SELECT count(*) FROM items"],
+            None,
+        );
+        stdout_ok(&out).trim().to_owned()
+    };
+    let before: i64 = count(&gw).parse().unwrap();
+    let out = gw.psql(
+        "alice",
+        &db,
+        &[
+            "-c",
+            "BEGIN",
+            "-c",
+            "INSERT INTO items (name) VALUES ('psql rolled back')",
+            "-c",
+            "ROLLBACK",
+            "-c",
+            "BEGIN",
+            "-c",
+            "INSERT INTO items (name) VALUES ('psql committed')",
+            "-c",
+            "COMMIT",
+        ],
+        None,
+    );
+    let text = stdout_ok(&out);
+    assert!(
+        text.contains("ROLLBACK") && text.contains("COMMIT"),
+        "{text}"
+    );
+    assert_eq!(count(&gw), (before + 1).to_string());
     let out = gw.psql(
         "alice",
         &db,

@@ -484,13 +484,20 @@ fn a_plugin_that_asks_for_nothing_leaves_results_untouched() {
 /// text and binary format alike; nothing of the result leaks and the session goes on.
 #[test]
 fn values_the_gateway_cannot_convert_are_refused_with_0a000_in_either_format() {
-    let (_pg, db, gw) = setup("res_unconverted", "mode = \"identity\"\ncolumns = [\"*\"]\n");
+    let (_pg, db, gw) = setup(
+        "res_unconverted",
+        "mode = \"identity\"\ncolumns = [\"*\"]\n",
+    );
     let mut c = gateway_client(&gw, &db);
     let refused = |got: &[Message], what: &str| {
         let error = got.iter().find(|m| m.0 == b'E');
         let error = error.unwrap_or_else(|| panic!("{what}: not refused: {}", describe(got)));
         assert_eq!(sqlstate(&error.1), "0A000", "{what}");
-        assert!(!got.iter().any(|m| m.0 == b'D'), "{what}: {}", describe(got));
+        assert!(
+            !got.iter().any(|m| m.0 == b'D'),
+            "{what}: {}",
+            describe(got)
+        );
     };
     for sql in [
         "SELECT '{{1,2},{3,4}}'::int[] AS a",

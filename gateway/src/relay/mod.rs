@@ -2402,9 +2402,8 @@ async fn server_to_client(
                 && !results.discard
                 && results.unfiltered.as_ref().is_some_and(|u| {
                     // One look at the chain per read, taken once a result is unfiltered.
-                    let now = *chain_now.get_or_insert_with(|| {
-                        ctx.plugins.map_or(0, |p| p.chain().generation())
-                    });
+                    let now = *chain_now
+                        .get_or_insert_with(|| ctx.plugins.map_or(0, |p| p.chain().generation()));
                     u.chain != now
                 })
             {
