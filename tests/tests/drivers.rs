@@ -169,11 +169,7 @@ fn psql_meta_commands_and_copy_are_neither_refused_nor_leak() {
         ],
         None,
     );
-    let text = stdout_ok(&out);
-    assert!(
-        text.contains("ROLLBACK") && text.contains("COMMIT"),
-        "{text}"
-    );
+    stdout_ok(&out);
     assert_eq!(count(&gw), (before + 1).to_string());
     let out = gw.psql(
         "alice",
