@@ -5,6 +5,7 @@ use crate::protocol::{self, ErrorFields, Severity};
 use crate::upstream::UpstreamError;
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use crate::sqlstate;
 
 /// An ErrorResponse the gateway sends on its own behalf.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,12 +51,12 @@ impl ClientError {
         match e {
             UpstreamError::Refused(se) => {
                 let code = match se.code.as_str() {
-                    "3D000" => "3D000",
-                    "53300" => "53300",
-                    "57P03" => "57P03",
-                    "42501" => "42501",
-                    "55000" => "55000",
-                    _ => "08004",
+                    sqlstate::INVALID_CATALOG_NAME => sqlstate::INVALID_CATALOG_NAME,
+                    sqlstate::TOO_MANY_CONNECTIONS => sqlstate::TOO_MANY_CONNECTIONS,
+                    sqlstate::CANNOT_CONNECT_NOW => sqlstate::CANNOT_CONNECT_NOW,
+                    sqlstate::INSUFFICIENT_PRIVILEGE => sqlstate::INSUFFICIENT_PRIVILEGE,
+                    sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE => sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    _ => sqlstate::REJECTED_CONNECTION,
                 };
                 ClientError::fatal(code, se.message.clone())
             }
@@ -65,21 +66,21 @@ impl ClientError {
             | UpstreamError::WeakAuth(_)
             | UpstreamError::NoChannelBinding => {
                 ClientError::fatal(
-                    "08004",
+                    sqlstate::REJECTED_CONNECTION,
                     "pgward could not log in to the upstream server; see the gateway log",
                 )
             }
             // The role mapping is the operator's: name no role to the client.
             UpstreamError::Role { .. } => ClientError::fatal(
-                "42501",
+                sqlstate::INSUFFICIENT_PRIVILEGE,
                 "pgward could not set the upstream role mapped to this identity; see the gateway log",
             ),
             UpstreamError::UnsupportedAuth(_) => ClientError::fatal(
-                "08004",
+                sqlstate::REJECTED_CONNECTION,
                 "upstream authentication method not supported by pgward; see the gateway log",
             ),
             _ => ClientError::fatal(
-                "08006",
+                sqlstate::CONNECTION_FAILURE,
                 "pgward could not connect to the upstream server; see the gateway log",
             ),
         }

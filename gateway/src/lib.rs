@@ -24,6 +24,8 @@
 //! - [`metrics`]: the Prometheus metrics the admin server exports.
 //! - [`tls`]: rustls configurations for both sides.
 //! - [`error`]: what a client is told when the gateway refuses something.
+//! - [`sqlstate`]: the SQLSTATE codes the gateway and the plugin SDK answer with (the
+//!   `pgward-sqlstate` crate).
 //! - [`stream`]: plain or TLS connections and their halves.
 #![deny(unsafe_code)]
 
@@ -45,6 +47,7 @@ pub mod session;
 pub mod shared;
 pub mod shutdown;
 pub use pgward_sql as sql;
+pub use pgward_sqlstate as sqlstate;
 pub mod stream;
 pub mod tls;
 pub mod upstream;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
+use crate::sqlstate;
 
 /// Largest SASL message a client may send during authentication.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;
@@ -80,7 +81,7 @@ pub async fn serve(
             return;
         }
         Err(_) => {
-            let e = ClientError::fatal("08006", "authentication timed out");
+            let e = ClientError::fatal(sqlstate::CONNECTION_FAILURE, "authentication timed out");
             info!("authentication timed out");
             let _ = e.send_and_close(&mut stream).await;
             return;
@@ -202,13 +203,10 @@ pub async fn serve(
         idle_timeout: gw.config.listen.idle_timeout,
         identity: &identity,
         session_id: id,
-        plugins: gw.plugins.as_deref(),
         plugin_session: &plugin_session,
-        policy_identity: gw
-            .plugins
-            .as_ref()
-            .map_or(0, |h| h.identity_id(&plugin_session)),
-        results: gw.plugins.as_ref().map(|_| relay::ResultsContext {
+        policies: gw.plugins.as_deref().map(|host| relay::Policies {
+            host,
+            identity: host.identity_id(&plugin_session),
             catalog: &gw.catalog,
             upstream: &gw.upstream,
             database: &plugin_session.database,
@@ -301,7 +299,7 @@ async fn startup_and_auth(
             Ok(StartupPacket::Ssl) => {
                 if stream.is_tls() {
                     return Err(ClientError::fatal(
-                        "08P01",
+                        sqlstate::PROTOCOL_VIOLATION,
                         "SSLRequest received on a TLS connection",
                     )
                     .into());
@@ -310,7 +308,7 @@ async fn startup_and_auth(
                 // a man in the middle (CVE-2021-23214): refuse them.
                 if !buf.is_empty() {
                     return Err(ClientError::fatal(
-                        "08P01",
+                        sqlstate::PROTOCOL_VIOLATION,
                         "received unencrypted data after SSL request",
                     )
                     .into());
@@ -338,15 +336,15 @@ async fn startup_and_auth(
                 return Ok(None);
             }
             Ok(StartupPacket::Startup { params }) => break params,
-            Err(e) => return Err(ClientError::fatal("08P01", e.to_string()).into()),
+            Err(e) => return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).into()),
         }
     };
     if over_limit {
-        return Err(ClientError::fatal("53300", "sorry, too many clients already").into());
+        return Err(ClientError::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already").into());
     }
     if gw.config.tls.mode == TlsMode::Required && !stream.is_tls() {
         return Err(ClientError::fatal_hint(
-            "28000",
+            sqlstate::INVALID_AUTHORIZATION,
             "pgward requires TLS for all connections",
             "connect with sslmode=require",
         )
@@ -359,14 +357,14 @@ async fn startup_and_auth(
         .filter(|u| !u.is_empty())
         .ok_or_else(|| {
             ClientError::fatal(
-                "28000",
+                sqlstate::INVALID_AUTHORIZATION,
                 "no PostgreSQL user name specified in startup packet",
             )
         })?;
     if let Some((_, v)) = params.iter().find(|(k, _)| k == "replication") {
         if !matches!(v.as_str(), "false" | "off" | "no" | "0") {
             return Err(ClientError::fatal(
-                "0A000",
+                sqlstate::FEATURE_NOT_SUPPORTED,
                 "pgward does not relay replication connections",
             )
             .into());
@@ -427,20 +425,20 @@ fn check_setting(name: &str, value: &str) -> Result<(), ClientError> {
             "change it with a statement in the session, where policies can see it"
         };
         return Err(ClientError::fatal_hint(
-            "42501",
+            sqlstate::INSUFFICIENT_PRIVILEGE,
             format!("setting {name} at connection start is not allowed through pgward"),
             hint,
         ));
     }
     if name == "client_encoding" && is_unsafe_encoding(value) {
         return Err(ClientError::fatal(
-            "22023",
+            sqlstate::INVALID_PARAMETER_VALUE,
             format!("client encoding {value} is not supported by pgward: use UTF8"),
         ));
     }
     if name.starts_with("_pq_.") {
         return Err(ClientError::fatal(
-            "08P01",
+            sqlstate::PROTOCOL_VIOLATION,
             format!("protocol extension parameter {name} is not supported by pgward"),
         ));
     }
@@ -453,7 +451,7 @@ fn check_startup_params(params: &[(String, String)]) -> Result<(), ClientError> 
     for (k, v) in params {
         if !seen.insert(k.as_str()) {
             return Err(ClientError::fatal(
-                "08P01",
+                sqlstate::PROTOCOL_VIOLATION,
                 format!("startup parameter {k} given twice"),
             ));
         }
@@ -503,13 +501,13 @@ fn check_options(options: &str) -> Result<(), ClientError> {
             rest.to_owned()
         } else {
             return Err(ClientError::fatal(
-                "42501",
+                sqlstate::INSUFFICIENT_PRIVILEGE,
                 format!("startup option {w:?} is not allowed through pgward: only -c name=value"),
             ));
         };
         let Some((name, value)) = setting.split_once('=') else {
             return Err(ClientError::fatal(
-                "08P01",
+                sqlstate::PROTOCOL_VIOLATION,
                 format!("invalid startup option {setting:?}: expected name=value"),
             ));
         };
@@ -525,7 +523,7 @@ async fn read_startup_packet(
 ) -> Result<BytesMut, SessionError> {
     loop {
         match protocol::startup_len(buf) {
-            Err(e) => return Err(ClientError::fatal("08P01", e.to_string()).into()),
+            Err(e) => return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).into()),
             Ok(Some(len)) if buf.len() >= len => return Ok(buf.split_to(len)),
             _ => {}
         }
@@ -544,11 +542,11 @@ async fn read_auth_message(
 ) -> Result<BytesMut, SessionError> {
     loop {
         match protocol::frame_header(buf, MAX_AUTH_MESSAGE) {
-            Err(e) => return Err(ClientError::fatal("08P01", e.to_string()).into()),
+            Err(e) => return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).into()),
             Ok(Some(h)) if buf.len() >= h.frame_len => {
                 if h.tag != b'p' {
                     return Err(ClientError::fatal(
-                        "08P01",
+                        sqlstate::PROTOCOL_VIOLATION,
                         format!(
                             "expected password response, got message type {:?}",
                             h.tag as char
@@ -580,7 +578,7 @@ async fn authenticate(
     let entry = gw.users.get(user);
     if gw.config.auth.method == AuthMethod::Trust {
         let entry = entry.ok_or_else(|| {
-            ClientError::fatal("28000", format!("role \"{user}\" is not known to pgward"))
+            ClientError::fatal(sqlstate::INVALID_AUTHORIZATION, format!("role \"{user}\" is not known to pgward"))
         })?;
         return Ok(with_group_role(
             gw,
@@ -597,7 +595,7 @@ async fn authenticate(
         && !stream.is_tls()
     {
         return Err(ClientError::fatal_hint(
-            "28000",
+            sqlstate::INVALID_AUTHORIZATION,
             "pgward requires TLS with a client certificate",
             "connect with sslmode=require and sslcert/sslkey",
         )
@@ -605,7 +603,7 @@ async fn authenticate(
     }
     let cert_failed = || {
         ClientError::fatal(
-            "28000",
+            sqlstate::INVALID_AUTHORIZATION,
             format!("certificate authentication failed for user \"{user}\""),
         )
     };
@@ -701,7 +699,7 @@ async fn token_exchange(
     let (tls, loopback) = (stream.is_tls(), peer.ip().is_loopback());
     if !gw.tokens.accepts_transport(tls, loopback) {
         return Err(ClientError::fatal_hint(
-            "28000",
+            sqlstate::INVALID_AUTHORIZATION,
             "token authentication requires TLS",
             "connect with sslmode=require",
         )
@@ -715,7 +713,7 @@ async fn token_exchange(
     let mut b = &msg[..];
     let token = protocol::take_cstr(&mut b)
         .and_then(|t| std::str::from_utf8(t).ok())
-        .ok_or_else(|| ClientError::fatal("08P01", "malformed password message"))?
+        .ok_or_else(|| ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "malformed password message"))?
         .to_owned();
     let verifier = gw.tokens.clone();
     // JWKS files may be re-read and URLs fetched: off the async threads.
@@ -723,7 +721,7 @@ async fn token_exchange(
         tokio::task::spawn_blocking(move || verifier.verify(&token, tls, loopback)).await;
     let failed = || {
         ClientError::fatal(
-            "28P01",
+            sqlstate::INVALID_PASSWORD,
             format!("token authentication failed for user \"{user}\""),
         )
     };
@@ -769,7 +767,7 @@ async fn scram_exchange(
     let entry = gw.users.get(user);
     let failed = || {
         ClientError::fatal(
-            "28P01",
+            sqlstate::INVALID_PASSWORD,
             format!("password authentication failed for user \"{user}\""),
         )
     };
@@ -787,24 +785,24 @@ async fn scram_exchange(
     let msg = read_auth_message(stream, buf).await?;
     let mut b = &msg[..];
     let mechanism = protocol::take_cstr(&mut b)
-        .ok_or_else(|| ClientError::fatal("08P01", "malformed SASLInitialResponse"))?;
+        .ok_or_else(|| ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse"))?;
     if mechanism != scram::MECHANISM.as_bytes() {
         return Err(ClientError::fatal(
-            "28000",
+            sqlstate::INVALID_AUTHORIZATION,
             "unsupported SASL mechanism: pgward offers SCRAM-SHA-256",
         )
         .into());
     }
     let len = protocol::take_i32(&mut b)
-        .ok_or_else(|| ClientError::fatal("08P01", "malformed SASLInitialResponse"))?;
+        .ok_or_else(|| ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse"))?;
     if len < 0 || len as usize != b.len() {
-        return Err(ClientError::fatal("08P01", "malformed SASLInitialResponse").into());
+        return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse").into());
     }
     let exchange = ServerExchange::start(verifier, b).map_err(|e| match e {
         scram::ScramError::ChannelBinding => {
-            ClientError::fatal("28000", "SCRAM channel binding is not supported by pgward")
+            ClientError::fatal(sqlstate::INVALID_AUTHORIZATION, "SCRAM channel binding is not supported by pgward")
         }
-        other => ClientError::fatal("08P01", other.to_string()),
+        other => ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, other.to_string()),
     })?;
     protocol::put_auth(&mut out, 11, exchange.server_first().as_bytes());
     stream.write_all(&out).await?;
@@ -830,7 +828,7 @@ async fn scram_exchange(
             info!(user, "password authentication failed");
             Err(failed().into())
         }
-        Err(e) => Err(ClientError::fatal("08P01", e.to_string()).into()),
+        Err(e) => Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).into()),
     }
 }
 

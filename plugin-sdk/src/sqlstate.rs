@@ -1,19 +1,10 @@
-//! SQLSTATE codes plugins commonly deny with (PostgreSQL Appendix A).
+//! SQLSTATE codes plugins commonly deny with (PostgreSQL Appendix A): the same constants the
+//! gateway answers with, from the `pgward-sqlstate` crate.
 //!
 //! Any five-character code of an error class is accepted; these are the ones clients and
-//! drivers already know how to explain.
+//! drivers already know how to explain. The usual ones for a plugin: [`INSUFFICIENT_PRIVILEGE`]
+//! (the identity may not do this), [`FEATURE_NOT_SUPPORTED`] (the statement form is not
+//! allowed), [`ACCESS_RULE_VIOLATION`], [`PROGRAM_LIMIT_EXCEEDED`], [`RAISE_EXCEPTION`], and
+//! [`INVALID_AUTHORIZATION`] to refuse a session.
 
-/// `42501` insufficient_privilege: the identity may not do this.
-pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
-/// `28000` invalid_authorization_specification: refuse a session.
-pub const INVALID_AUTHORIZATION: &str = "28000";
-/// `0A000` feature_not_supported: the statement form is not allowed through the gateway.
-pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-/// `42000` syntax_error_or_access_rule_violation: a generic policy violation.
-pub const ACCESS_RULE_VIOLATION: &str = "42000";
-/// `54000` program_limit_exceeded: the statement is too large or too broad.
-pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
-/// `P0001` raise_exception: a custom policy error.
-pub const RAISE_EXCEPTION: &str = "P0001";
-/// `58000` system_error: the plugin itself failed (used by the SDK before `init`).
-pub const SYSTEM_ERROR: &str = "58000";
+pub use pgward_sqlstate::*;

@@ -23,9 +23,10 @@ use std::time::Duration;
 use store::{ListFilter, Store, StoreError};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
+use crate::sqlstate;
 
 /// The SQLSTATE of a deferred statement: approval was requested, run it again once approved.
-pub const SQLSTATE_DEFERRED: &str = "PWA01";
+pub const SQLSTATE_DEFERRED: &str = sqlstate::APPROVAL_DEFERRED;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApprovalsError {

@@ -54,6 +54,7 @@ pub mod bindings {
 }
 
 use bindings::pgward::plugin::types as wit;
+use crate::sqlstate;
 
 /// The contract version this gateway speaks (`package pgward:plugin@...` in `wit/`).
 pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 5, 0);
@@ -451,7 +452,7 @@ impl ApprovalAsk {
     pub fn unconfigured(&self) -> Refusal {
         Refusal {
             plugin: self.plugin.clone(),
-            sqlstate: "42501".into(),
+            sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE.into(),
             message: format!("approval required: {}", self.reason),
             hint: Some(format!(
                 "a member of \"{}\" must approve this statement",
@@ -783,7 +784,7 @@ impl PluginHost {
         error!(plugin = %plugin.name, hook, failures = n, error = %e, "plugin failed: statement denied");
         Refusal {
             plugin: plugin.name.clone(),
-            sqlstate: "58000".into(),
+            sqlstate: sqlstate::SYSTEM_ERROR.into(),
             message: match (hook, e) {
                 ("on-batch" | "on-result-schema", CallError::Invalid(what)) => format!(
                     "policy plugin \"{}\" broke the result contract ({}), so the result was withheld",

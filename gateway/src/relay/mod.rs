@@ -19,7 +19,7 @@ use crate::plugins::{ApprovalAsk, PluginHost, QueryDecision, Refusal};
 use crate::protocol::{self, FrameError};
 use crate::results::catalog::Catalog;
 use crate::results::server_messages::{self, ServerMessages};
-use crate::results::types::Styles;
+use crate::results::codec::Styles;
 use crate::results::{self, CopyFilter, Filter};
 use crate::shutdown::Shutdown;
 use crate::sql::{Analysis, CopyDirection, LexOptions, SqlAnalyzer, StatementKind};
@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 mod commit_guard;
 use commit_guard::{QueryPlan, Segment, SegmentStep, Traits};
+use crate::sqlstate;
 
 /// Read buffer for server messages; large so a big result moves in few system calls.
 const SERVER_READ_BUF: usize = 64 * 1024;
@@ -414,7 +415,7 @@ impl RelayState {
             return None;
         }
         let e = protocol::parse_error_body(&frame[5..]);
-        if e.code != "42601" || !e.message.contains(DENY_TOKEN) {
+        if e.code != sqlstate::SYNTAX_ERROR || !e.message.contains(DENY_TOKEN) {
             return None;
         }
         let mut subs = self.substitutions.lock().unwrap_or_else(|e| e.into_inner());
@@ -515,13 +516,11 @@ pub struct RelayContext<'a> {
     pub idle_timeout: Duration,
     pub identity: &'a Identity,
     pub session_id: u64,
-    pub plugins: Option<&'a PluginHost>,
-    /// The session as plugins see it.
+    /// The session as plugins and approval requests see it.
     pub plugin_session: &'a wit::Session,
-    /// Its identity's number for the plugins' verdict caches ([`PluginHost::identity_id`]).
-    pub policy_identity: u64,
-    /// Result filtering; present when plugins are configured.
-    pub results: Option<ResultsContext<'a>>,
+    /// The plugin chain and result filtering: `None` when no plugins are configured, and the
+    /// relay then only relays (and audits).
+    pub policies: Option<Policies<'a>>,
     /// The approvals workflow, when configured.
     pub approvals: Option<&'a Arc<Approvals>>,
     /// Woken by a CancelRequest with this session's key.
@@ -534,8 +533,12 @@ pub struct RelayContext<'a> {
     pub outcomes: Option<&'a Outcomes<'a>>,
 }
 
-/// What filtering results through plugins needs.
-pub struct ResultsContext<'a> {
+/// What judging statements and filtering results through plugins needs.
+pub struct Policies<'a> {
+    pub host: &'a PluginHost,
+    /// The session's identity's number for the plugins' verdict caches
+    /// ([`PluginHost::identity_id`]).
+    pub identity: u64,
     pub catalog: &'a Catalog,
     pub upstream: &'a UpstreamTarget,
     pub database: &'a str,
@@ -543,6 +546,18 @@ pub struct ResultsContext<'a> {
     pub batch_bytes: usize,
     /// What becomes of the server's errors and notices while a result plugin is loaded.
     pub server_messages: ServerMessages,
+}
+
+impl<'a> RelayContext<'a> {
+    /// The plugin host, when plugins are configured.
+    fn host(&self) -> Option<&'a PluginHost> {
+        self.policies.as_ref().map(|p| p.host)
+    }
+
+    /// A result plugin is active now.
+    fn wants_results(&self) -> bool {
+        self.host().is_some_and(|h| h.chain().wants_results())
+    }
 }
 
 /// Why the relay stopped.
@@ -606,25 +621,25 @@ pub async fn finish(end: RelayEnd, client: &mut Stream, server: &mut Stream, sta
             None
         }
         RelayEnd::ServerEof | RelayEnd::ServerIo(_) => Some(ClientError::fatal(
-            "08006",
+            sqlstate::CONNECTION_FAILURE,
             "the upstream server closed the connection unexpectedly",
         )),
         RelayEnd::IdleTimeout => Some(ClientError::fatal(
-            "57P05",
+            sqlstate::IDLE_SESSION_TIMEOUT,
             "terminating connection due to idle-session timeout",
         )),
         RelayEnd::Shutdown => Some(ClientError::fatal(
-            "57P01",
+            sqlstate::ADMIN_SHUTDOWN,
             "terminating connection due to administrator command",
         )),
         RelayEnd::ClientProtocol(e) => Some(ClientError::fatal(
-            "08P01",
+            sqlstate::PROTOCOL_VIOLATION,
             format!("invalid message from client: {e}"),
         )),
         RelayEnd::ServerProtocol(e) => {
             warn!(error = %e, "protocol violation from the upstream server");
             Some(ClientError::fatal(
-                "08P01",
+                sqlstate::PROTOCOL_VIOLATION,
                 "protocol violation from the upstream server",
             ))
         }
@@ -911,17 +926,16 @@ struct Follow {
 
 impl Follow {
     fn now(ctx: &RelayContext<'_>) -> Follow {
-        let tracking = ctx.results.is_some();
         Follow {
-            tracking,
-            wants_results: tracking && ctx.plugins.is_some_and(|p| p.chain().wants_results()),
+            tracking: ctx.policies.is_some(),
+            wants_results: ctx.wants_results(),
             generation: catalog_generation(ctx),
         }
     }
 }
 
 fn catalog_generation(ctx: &RelayContext<'_>) -> u64 {
-    ctx.results.as_ref().map_or(0, |r| r.catalog.generation())
+    ctx.policies.as_ref().map_or(0, |r| r.catalog.generation())
 }
 
 /// Appends a Describe of the portal (`P`) or statement (`S`) `name`.
@@ -961,7 +975,7 @@ async fn client_to_server(
 ) -> RelayEnd {
     let mut buf = BytesMut::with_capacity(CLIENT_READ_BUF);
     let mut out = BytesMut::with_capacity(CLIENT_READ_BUF);
-    let tracking = ctx.results.is_some();
+    let tracking = ctx.policies.is_some();
     // The extended protocol's messages are followed for result filtering or the audit trail.
     let extended = tracking || ctx.outcomes.is_some();
     let mut prepared = Prepared::default();
@@ -1313,7 +1327,7 @@ fn inspect_client_message(
     frame: &[u8],
     out: &mut BytesMut,
 ) -> Inspected {
-    let chain = ctx.plugins.map(|p| p.chain());
+    let chain = ctx.host().map(|p| p.chain());
     let policing = chain.as_ref().is_some_and(|c| c.wants_query());
     let mut body = &frame[5..];
     let (name, sql) = match frame[0] {
@@ -1327,7 +1341,7 @@ fn inspect_client_message(
             if policing {
                 let refusal = Refusal {
                     plugin: "pgward".into(),
-                    sqlstate: "0A000".into(),
+                    sqlstate: sqlstate::FEATURE_NOT_SUPPORTED.into(),
                     message:
                         "the FunctionCall protocol message is not allowed while policies are active"
                             .into(),
@@ -1351,7 +1365,7 @@ fn inspect_client_message(
         // Fail closed: nothing runs that the trail cannot record.
         let refusal = Refusal {
             plugin: "pgward".into(),
-            sqlstate: "58030".into(),
+            sqlstate: sqlstate::IO_ERROR.into(),
             message: "the audit trail cannot be written, so no statement may run".into(),
             hint: Some(
                 "the gateway log has the details; statements run again once it recovers".into(),
@@ -1369,7 +1383,7 @@ fn inspect_client_message(
         if let Some(what) = crate::auth::role_change(text, analysis.as_deref()) {
             let refusal = Refusal {
                 plugin: "pgward".into(),
-                sqlstate: "42501".into(),
+                sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE.into(),
                 message: format!(
                     "this session's role is set by pgward for its identity and cannot be changed: {what}"
                 ),
@@ -1395,7 +1409,7 @@ fn inspect_client_message(
             return Inspected::Sent(Sent::default());
         }
     }
-    if let (Some(a), Some(r)) = (&analysis, &ctx.results) {
+    if let (Some(a), Some(r)) = (&analysis, &ctx.policies) {
         if a.statements.iter().any(|s| s.kind == StatementKind::Ddl) {
             r.catalog.invalidate(r.database);
         }
@@ -1413,7 +1427,7 @@ fn inspect_client_message(
     } else {
         "extended"
     };
-    let (Some(host), Some(chain)) = (ctx.plugins, chain.as_ref().filter(|_| policing)) else {
+    let (Some(policies), Some(chain)) = (&ctx.policies, chain.as_ref().filter(|_| policing)) else {
         let record = audit_statement(
             ctx,
             number,
@@ -1430,7 +1444,7 @@ fn inspect_client_message(
         // Text the gateway cannot read cannot be judged: fail closed.
         let refusal = Refusal {
             plugin: "pgward".into(),
-            sqlstate: "22021".into(),
+            sqlstate: sqlstate::CHARACTER_NOT_IN_REPERTOIRE.into(),
             message: "statement text is not valid UTF-8".into(),
             hint: None,
         };
@@ -1454,10 +1468,10 @@ fn inspect_client_message(
     } else {
         wit::Protocol::Extended
     };
-    let decision = host.on_query(
+    let decision = policies.host.on_query(
         chain,
         ctx.plugin_session,
-        ctx.policy_identity,
+        policies.identity,
         text,
         &analysis,
         protocol_kind,
@@ -1602,7 +1616,7 @@ fn audit_statement(
         Judged::NeedsApproval(a) if ctx.approvals.is_none() => (
             "deny",
             Some(a.plugin.as_str()),
-            Some("42501"),
+            Some(sqlstate::INSUFFICIENT_PRIVILEGE),
             Some(a.reason.as_str()),
             None,
         ),
@@ -1670,7 +1684,7 @@ fn audit_statement(
 fn too_many_held_statements() -> Refusal {
     Refusal {
         plugin: "pgward".into(),
-        sqlstate: "53400".into(),
+        sqlstate: sqlstate::CONFIGURATION_LIMIT_EXCEEDED.into(),
         message: format!(
             "more than {MAX_PREPARED} prepared statements of this session need approval; close some first"
         ),
@@ -1805,7 +1819,7 @@ async fn gate(
         Gate::Refuse(r) => Some(r.clone()),
         Gate::ClientGone => Some(Refusal {
             plugin: needs.ask.plugin.clone(),
-            sqlstate: "08006".into(),
+            sqlstate: sqlstate::CONNECTION_FAILURE.into(),
             message: "the client disconnected while the statement was held".into(),
             hint: None,
         }),
@@ -1852,7 +1866,7 @@ async fn decide_held(
         warn!(error = %e, "approvals store failed; statement refused");
         Gate::Refuse(Refusal {
             plugin: "pgward".into(),
-            sqlstate: "58000".into(),
+            sqlstate: sqlstate::SYSTEM_ERROR.into(),
             message: "the approval request could not be recorded, so the statement was not run"
                 .into(),
             hint: Some("the gateway log has the details".into()),
@@ -1943,7 +1957,7 @@ async fn decide_held(
             }
             return Gate::Refuse(Refusal {
                 plugin: ask.plugin.clone(),
-                sqlstate: "57014".into(),
+                sqlstate: sqlstate::QUERY_CANCELED.into(),
                 message: format!(
                     "canceling statement due to user request; approval request {id} withdrawn"
                 ),
@@ -1978,7 +1992,7 @@ async fn decide_held(
             }
             Ok(false) => Gate::Refuse(Refusal {
                 plugin: ask.plugin.clone(),
-                sqlstate: "42501".into(),
+                sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE.into(),
                 message: format!(
                     "approval request {id} is no longer valid; the statement was not run"
                 ),
@@ -1994,7 +2008,7 @@ async fn decide_held(
             info!(request = %id, approver = %who, "held statement denied");
             Gate::Refuse(Refusal {
                 plugin: ask.plugin.clone(),
-                sqlstate: "42501".into(),
+                sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE.into(),
                 message: match comment.filter(|c| !c.is_empty()) {
                     Some(c) => format!("approval request {id} was denied by {who}: {c}"),
                     None => format!("approval request {id} was denied by {who}"),
@@ -2004,7 +2018,7 @@ async fn decide_held(
         }
         WaitOutcome::Ended(r) => Gate::Refuse(Refusal {
             plugin: ask.plugin.clone(),
-            sqlstate: "57014".into(),
+            sqlstate: sqlstate::QUERY_CANCELED.into(),
             message: format!(
                 "approval request {id} is {} ({}); the statement was not run",
                 r.status.as_str(),
@@ -2016,7 +2030,7 @@ async fn decide_held(
             info!(request = %id, "held statement timed out");
             Gate::Refuse(Refusal {
                 plugin: ask.plugin.clone(),
-                sqlstate: "57014".into(),
+                sqlstate: sqlstate::QUERY_CANCELED.into(),
                 message: format!(
                     "approval request {id} was not decided within {}; the statement was not run",
                     humantime::format_duration(timeout)
@@ -2195,7 +2209,7 @@ impl Unfiltered {
         analysis: Option<Arc<Analysis>>,
         statement: usize,
     ) -> Option<Unfiltered> {
-        let chain = ctx.plugins?.chain().generation();
+        let chain = ctx.host()?.chain().generation();
         Some(Unfiltered {
             chain,
             columns,
@@ -2303,10 +2317,10 @@ async fn server_to_client(
     let mut out = BytesMut::new();
     let mut results = Results::default();
     let mut known = Subscriptions::default();
-    let tracking = ctx.results.is_some();
+    let tracking = ctx.policies.is_some();
     let outcomes = ctx.outcomes;
     let server_messages = ctx
-        .results
+        .policies
         .as_ref()
         .map_or(ServerMessages::Pass, |r| r.server_messages);
     // Rows and bytes of the statement being answered, for its audit record.
@@ -2403,7 +2417,7 @@ async fn server_to_client(
                 && results.unfiltered.as_ref().is_some_and(|u| {
                     // One look at the chain per read, taken once a result is unfiltered.
                     let now = *chain_now
-                        .get_or_insert_with(|| ctx.plugins.map_or(0, |p| p.chain().generation()));
+                        .get_or_insert_with(|| ctx.host().map_or(0, |p| p.chain().generation()));
                     u.chain != now
                 })
             {
@@ -2420,7 +2434,7 @@ async fn server_to_client(
                             Err(r) => Err(r),
                         }
                     }
-                    None if ctx.plugins.is_some_and(|p| p.chain().wants_results()) => {
+                    None if ctx.wants_results() => {
                         Err(activated_refusal())
                     }
                     None => Ok(Some(Unfiltered { chain, ..judged })),
@@ -2830,7 +2844,7 @@ async fn server_to_client(
 
 /// The plugin host; only called where a filter exists, which needs plugins.
 fn host<'a>(ctx: &RelayContext<'a>) -> &'a PluginHost {
-    ctx.plugins.expect("result filters exist only with plugins")
+    ctx.host().expect("result filters exist only with plugins")
 }
 
 fn subscriber<'a>(
@@ -2860,15 +2874,16 @@ async fn start_copy(
     sent: Option<Sent>,
     statement: usize,
 ) -> Result<Option<CopyFilter>, Refusal> {
-    let (Some(host), Some(r)) = (ctx.plugins, &ctx.results) else {
+    let Some(r) = &ctx.policies else {
         return Ok(None);
     };
+    let host = r.host;
     if !host.chain().wants_results() {
         return Ok(None);
     }
     let refuse = |message: String| Refusal {
         plugin: "pgward".into(),
-        sqlstate: "0A000".into(),
+        sqlstate: sqlstate::FEATURE_NOT_SUPPORTED.into(),
         message,
         hint: Some("read the rows with SELECT, which the result policies can filter".into()),
     };
@@ -2981,9 +2996,10 @@ async fn start_result(
     analysis: Option<Arc<Analysis>>,
     statement: usize,
 ) -> Result<Option<Filter>, Refusal> {
-    let (Some(host), Some(r)) = (ctx.plugins, &ctx.results) else {
+    let Some(r) = &ctx.policies else {
         return Ok(None);
     };
+    let host = r.host;
     let chain = {
         let c = host.chain();
         if !c.wants_results() {
@@ -3012,7 +3028,7 @@ async fn start_result(
     let Some(fields) = results::parse_row_description(&frame[5..]) else {
         return Err(Refusal {
             plugin: "pgward".into(),
-            sqlstate: "08P01".into(),
+            sqlstate: sqlstate::PROTOCOL_VIOLATION.into(),
             message: "malformed RowDescription from the server".into(),
             hint: None,
         });
@@ -3039,7 +3055,7 @@ async fn start_result(
 }
 
 fn invalidate_after_ddl(ctx: &RelayContext<'_>, analysis: Option<&Analysis>) {
-    if let (Some(a), Some(r)) = (analysis, &ctx.results) {
+    if let (Some(a), Some(r)) = (analysis, &ctx.policies) {
         if a.statements.iter().any(|s| s.kind == StatementKind::Ddl) {
             r.catalog.invalidate(r.database);
         }
@@ -3055,7 +3071,7 @@ fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns
     let q = state.expect();
     match q.front() {
         Some(Expect::Execute(a, Columns::Statement)) => {
-            let Some(host) = ctx.plugins else {
+            let Some(host) = ctx.host() else {
                 return ExecuteColumns::Known(KnownColumns::Undescribed, None);
             };
             let (Some(columns), Some(formats)) = (&a.columns, &a.formats) else {
@@ -3085,7 +3101,7 @@ fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns
             }
         }
         Some(Expect::Execute(_, Columns::Unknown))
-            if ctx.plugins.is_some_and(|p| p.chain().wants_results()) =>
+            if ctx.wants_results() =>
         {
             ExecuteColumns::Missing
         }
@@ -3149,7 +3165,7 @@ impl Describe {
 fn activated_refusal() -> Refusal {
     Refusal {
         plugin: "pgward".into(),
-        sqlstate: "58000".into(),
+        sqlstate: sqlstate::SYSTEM_ERROR.into(),
         message: "a result plugin became active while this result was being sent; its remaining rows are withheld".into(),
         hint: Some("run the statement again".into()),
     }
@@ -3158,7 +3174,7 @@ fn activated_refusal() -> Refusal {
 fn undescribed_refusal() -> Refusal {
     Refusal {
         plugin: "pgward".into(),
-        sqlstate: "58000".into(),
+        sqlstate: sqlstate::SYSTEM_ERROR.into(),
         message: "a result policy became active while this statement ran, before its columns were described to it, so its rows were withheld".into(),
         hint: Some("run the statement again: the policies now active will see its result".into()),
     }
@@ -3186,7 +3202,7 @@ fn reduce_server_message(
     mode: ServerMessages,
     frame: &[u8],
 ) -> Option<BytesMut> {
-    if mode == ServerMessages::Pass || !ctx.plugins.is_some_and(|p| p.chain().wants_results()) {
+    if mode == ServerMessages::Pass || !ctx.wants_results() {
         return None;
     }
     server_messages::reduce(frame, mode)
@@ -3435,7 +3451,7 @@ async fn gate_segment(
 fn guard_refusal(message: &str) -> Refusal {
     Refusal {
         plugin: "pgward".into(),
-        sqlstate: "0A000".into(),
+        sqlstate: sqlstate::FEATURE_NOT_SUPPORTED.into(),
         message: message.into(),
         hint: Some(
             "send the statements after the one that returns rows in a query of their own".into(),
@@ -3614,15 +3630,13 @@ mod tests {
                 idle_timeout: Duration::ZERO,
                 identity: &self.identity,
                 session_id: 1,
-                plugins: None,
                 plugin_session: &self.session,
-                results: None,
+                policies: None,
                 approvals: None,
                 cancelled: None,
                 auth_method: "trust",
                 audit: None,
                 outcomes: None,
-                policy_identity: 0,
             }
         }
     }

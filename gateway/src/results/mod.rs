@@ -11,7 +11,7 @@
 pub mod catalog;
 pub mod copy;
 pub mod server_messages;
-pub mod types;
+pub mod codec;
 
 use crate::plugins::bindings::pgward::plugin::types as wit;
 use crate::plugins::{LoadedPlugin, PluginHost, Refusal};
@@ -24,7 +24,8 @@ use bytes::{BufMut, BytesMut};
 use catalog::Catalog;
 use std::collections::HashMap;
 use std::sync::Arc;
-use types::{PgType, Styles};
+use codec::{PgType, Styles};
+use crate::sqlstate;
 
 /// One column of a RowDescription.
 #[derive(Debug, Clone)]
@@ -213,7 +214,7 @@ async fn lineage(
                 tracing::warn!(error = %e, "catalog lookup failed: result refused");
                 Refusal {
                     plugin: "pgward".into(),
-                    sqlstate: "58000".into(),
+                    sqlstate: sqlstate::SYSTEM_ERROR.into(),
                     message:
                         "cannot resolve the lineage of the result's columns, so it was not sent"
                             .into(),
@@ -486,7 +487,7 @@ impl Filter {
         let nrows = starts.len();
         let malformed = |what: &str| Refusal {
             plugin: "pgward".into(),
-            sqlstate: "08P01".into(),
+            sqlstate: sqlstate::PROTOCOL_VIOLATION.into(),
             message: format!("malformed DataRow from the server: {what}"),
             hint: None,
         };
@@ -524,7 +525,7 @@ impl Filter {
         };
         let decode_error = |c: usize, e: String| Refusal {
             plugin: "pgward".into(),
-            sqlstate: "0A000".into(),
+            sqlstate: sqlstate::FEATURE_NOT_SUPPORTED.into(),
             message: format!(
                 "column \"{}\" cannot be passed to the result policies: {e}",
                 self.sub.fields[c].name
@@ -536,7 +537,7 @@ impl Filter {
         for &c in &self.sub.needed {
             column_cells.clear();
             column_cells.extend((0..nrows).map(|r| cell(r, c)));
-            let a = types::decode_column(
+            let a = codec::decode_column(
                 self.sub.kinds[c],
                 self.sub.fields[c].binary,
                 &column_cells,
@@ -642,7 +643,7 @@ impl Filter {
             .map(|(c, a)| match (a, &original[c]) {
                 (Some(new), Some(old)) if changed.contains(&c) => {
                     // Which rows differ: one pass per column, not per cell.
-                    let differing = types::differing_rows(old.as_ref(), new.as_ref());
+                    let differing = codec::differing_rows(old.as_ref(), new.as_ref());
                     for (any, &d) in differs_any.iter_mut().zip(&differing) {
                         *any |= d;
                     }
@@ -694,7 +695,7 @@ impl Filter {
                         continue;
                     }
                     value.clear();
-                    if let Err(e) = types::encode_value(
+                    if let Err(e) = codec::encode_value(
                         self.sub.kinds[c],
                         self.sub.fields[c].binary,
                         new,
@@ -767,7 +768,7 @@ impl CopyFilter {
             }
             Err(e) => Err(Refusal {
                 plugin: "pgward".into(),
-                sqlstate: "0A000".into(),
+                sqlstate: sqlstate::FEATURE_NOT_SUPPORTED.into(),
                 message: format!("COPY data cannot be passed to the result policies: {e}"),
                 hint: None,
             }),
@@ -857,7 +858,7 @@ fn internal(e: String) -> Refusal {
     tracing::error!(error = %e, "result batch failed");
     Refusal {
         plugin: "pgward".into(),
-        sqlstate: "XX000".into(),
+        sqlstate: sqlstate::INTERNAL_ERROR.into(),
         message: format!("result batch failed: {e}"),
         hint: None,
     }
