@@ -2,7 +2,11 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration, parsed strictly, with errors naming file and key.
-//! - [`server`]: the listener, connection limit and graceful shutdown.
+//! - [`server`]: the listener, connection limit and worker threads; binds a gateway from its
+//!   config.
+//! - [`shared`]: what every session shares (config, identities, plugin host, catalog,
+//!   approvals, audit trail), built once by the server.
+//! - [`shutdown`]: graceful shutdown as sessions see it: begun (end once idle), then expired.
 //! - [`session`]: one client: TLS, startup, SCRAM authentication, upstream login.
 //! - [`relay`]: the message pump of an established session (bytes in, bytes out); its
 //!   `commit_guard` keeps what the server commits in line with what a refused result told the
@@ -15,7 +19,8 @@
 //!   crate, shared with the plugin SDK's test harness).
 //! - [`plugins`]: WebAssembly policy plugins: loading, chain, hot reload, sandboxed calls, and
 //!   the cache of verdicts plugins marked cacheable.
-//! - [`results`]: result rows through plugins as Arrow batches, with lineage from the catalog.
+//! - [`results`]: result rows through plugins as Arrow batches, with lineage from the catalog;
+//!   its `codec` converts PostgreSQL values to Arrow and back.
 //! - [`approvals`]: statements held for approval: requests, their store, notifications.
 //! - [`audit`]: the hash-chained audit trail, its writer thread and verifier, and the statement
 //!   records that wait for the server's answer.
@@ -29,25 +34,25 @@
 //! - [`stream`]: plain or TLS connections and their halves.
 #![deny(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
-pub mod cancel;
+pub(crate) mod cancel;
 pub mod cli;
 pub mod config;
-pub mod error;
-pub mod metrics;
+pub(crate) mod error;
+pub(crate) mod metrics;
 pub mod plugins;
-pub mod protocol;
-pub mod relay;
-pub mod results;
+pub(crate) mod protocol;
+pub(crate) mod relay;
+pub(crate) mod results;
 pub mod server;
-pub mod session;
-pub mod shared;
-pub mod shutdown;
+pub(crate) mod session;
+pub(crate) mod shared;
+pub(crate) mod shutdown;
 pub use pgward_sql as sql;
 pub use pgward_sqlstate as sqlstate;
-pub mod stream;
+pub(crate) mod stream;
 pub mod tls;
-pub mod upstream;
+pub(crate) mod upstream;

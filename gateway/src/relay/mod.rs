@@ -2850,7 +2850,7 @@ fn host<'a>(ctx: &RelayContext<'a>) -> &'a PluginHost {
 fn subscriber<'a>(
     host: &'a PluginHost,
     ctx: &'a RelayContext<'_>,
-    r: &'a ResultsContext<'_>,
+    r: &'a Policies<'_>,
     state: &RelayState,
 ) -> results::Subscribe<'a> {
     results::Subscribe {
