@@ -2,10 +2,10 @@
 //! a client only through these constructors, so nothing leaks by accident.
 
 use crate::protocol::{self, ErrorFields, Severity};
+use crate::sqlstate;
 use crate::upstream::UpstreamError;
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use crate::sqlstate;
 
 /// An ErrorResponse the gateway sends on its own behalf.
 #[derive(Debug, Clone, PartialEq, Eq)]

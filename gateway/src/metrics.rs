@@ -69,8 +69,7 @@ pub struct Metrics {
     /// Describe messages the relay added to learn a result's columns for result plugins.
     pub describes_added: Counter,
     pub upstream_connect_seconds: Histogram,
-    pub relayed_bytes: Family<DirectionLabels, Counter>,
-    /// Handles of `relayed_bytes`, so a write costs one atomic add.
+    /// Handles of the `relayed_bytes` family, so a write costs one atomic add.
     pub to_server_bytes: Counter,
     pub to_client_bytes: Counter,
     registry: Registry,
@@ -210,7 +209,6 @@ impl Metrics {
             upstream_connect_errors,
             describes_added,
             upstream_connect_seconds,
-            relayed_bytes,
             to_server_bytes,
             to_client_bytes,
             registry: r,
@@ -250,20 +248,6 @@ impl Metrics {
             c.inc();
             cache.push((kind, verdict, c));
         });
-    }
-
-    pub fn plugin_call(&self, plugin: &str, hook: &str, seconds: f64, failed: bool) {
-        let labels = PluginLabels {
-            plugin: plugin.to_owned(),
-            hook: hook.to_owned(),
-        };
-        self.plugin_calls.get_or_create(&labels).inc();
-        self.plugin_call_seconds
-            .get_or_create(&labels)
-            .observe(seconds);
-        if failed {
-            self.plugin_failures.get_or_create(&labels).inc();
-        }
     }
 
     pub fn masked(&self, plugin: &str, class: &str, values: u64) {

@@ -221,13 +221,6 @@ pub fn put_auth(out: &mut BytesMut, code: i32, data: &[u8]) {
     });
 }
 
-pub fn put_parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    put_message(out, b'S', |o| {
-        put_cstr(o, name);
-        put_cstr(o, value);
-    });
-}
-
 pub fn put_backend_key(out: &mut BytesMut, pid: i32, secret: i32) {
     put_message(out, b'K', |o| {
         o.put_i32(pid);

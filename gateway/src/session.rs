@@ -11,13 +11,13 @@ use crate::protocol::{self, StartupPacket};
 use crate::relay::{self, RelayEnd, RelayState};
 use crate::shared::GatewayShared;
 use crate::shutdown::Shutdown;
+use crate::sqlstate;
 use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
-use crate::sqlstate;
 
 /// Largest SASL message a client may send during authentication.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;
@@ -29,8 +29,6 @@ pub enum SessionError {
     ClientIo(#[from] std::io::Error),
     #[error("refused: {0}")]
     Refused(ClientError),
-    #[error("client took too long to authenticate")]
-    AuthTimeout,
 }
 
 impl From<ClientError> for SessionError {
@@ -241,7 +239,7 @@ pub async fn serve(
     let end = relay::run(&ctx, &mut stream, &mut upstream.stream, &state, shutdown).await;
     match &end {
         RelayEnd::ClientTerminated | RelayEnd::ClientEof => debug!("client closed the session"),
-        other => info!(end = ?other, "session ended"),
+        other => info!(end = %other, "session ended"),
     }
     if let Some(o) = &outcomes {
         o.end();
@@ -336,11 +334,17 @@ async fn startup_and_auth(
                 return Ok(None);
             }
             Ok(StartupPacket::Startup { params }) => break params,
-            Err(e) => return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).into()),
+            Err(e) => {
+                return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).into())
+            }
         }
     };
     if over_limit {
-        return Err(ClientError::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already").into());
+        return Err(ClientError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        )
+        .into());
     }
     if gw.config.tls.mode == TlsMode::Required && !stream.is_tls() {
         return Err(ClientError::fatal_hint(
@@ -523,7 +527,9 @@ async fn read_startup_packet(
 ) -> Result<BytesMut, SessionError> {
     loop {
         match protocol::startup_len(buf) {
-            Err(e) => return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).into()),
+            Err(e) => {
+                return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).into())
+            }
             Ok(Some(len)) if buf.len() >= len => return Ok(buf.split_to(len)),
             _ => {}
         }
@@ -542,7 +548,9 @@ async fn read_auth_message(
 ) -> Result<BytesMut, SessionError> {
     loop {
         match protocol::frame_header(buf, MAX_AUTH_MESSAGE) {
-            Err(e) => return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).into()),
+            Err(e) => {
+                return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).into())
+            }
             Ok(Some(h)) if buf.len() >= h.frame_len => {
                 if h.tag != b'p' {
                     return Err(ClientError::fatal(
@@ -578,7 +586,10 @@ async fn authenticate(
     let entry = gw.users.get(user);
     if gw.config.auth.method == AuthMethod::Trust {
         let entry = entry.ok_or_else(|| {
-            ClientError::fatal(sqlstate::INVALID_AUTHORIZATION, format!("role \"{user}\" is not known to pgward"))
+            ClientError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("role \"{user}\" is not known to pgward"),
+            )
         })?;
         return Ok(with_group_role(
             gw,
@@ -713,7 +724,9 @@ async fn token_exchange(
     let mut b = &msg[..];
     let token = protocol::take_cstr(&mut b)
         .and_then(|t| std::str::from_utf8(t).ok())
-        .ok_or_else(|| ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "malformed password message"))?
+        .ok_or_else(|| {
+            ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "malformed password message")
+        })?
         .to_owned();
     let verifier = gw.tokens.clone();
     // JWKS files may be re-read and URLs fetched: off the async threads.
@@ -784,8 +797,12 @@ async fn scram_exchange(
 
     let msg = read_auth_message(stream, buf).await?;
     let mut b = &msg[..];
-    let mechanism = protocol::take_cstr(&mut b)
-        .ok_or_else(|| ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse"))?;
+    let mechanism = protocol::take_cstr(&mut b).ok_or_else(|| {
+        ClientError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "malformed SASLInitialResponse",
+        )
+    })?;
     if mechanism != scram::MECHANISM.as_bytes() {
         return Err(ClientError::fatal(
             sqlstate::INVALID_AUTHORIZATION,
@@ -793,15 +810,24 @@ async fn scram_exchange(
         )
         .into());
     }
-    let len = protocol::take_i32(&mut b)
-        .ok_or_else(|| ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse"))?;
+    let len = protocol::take_i32(&mut b).ok_or_else(|| {
+        ClientError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "malformed SASLInitialResponse",
+        )
+    })?;
     if len < 0 || len as usize != b.len() {
-        return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse").into());
+        return Err(ClientError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "malformed SASLInitialResponse",
+        )
+        .into());
     }
     let exchange = ServerExchange::start(verifier, b).map_err(|e| match e {
-        scram::ScramError::ChannelBinding => {
-            ClientError::fatal(sqlstate::INVALID_AUTHORIZATION, "SCRAM channel binding is not supported by pgward")
-        }
+        scram::ScramError::ChannelBinding => ClientError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "SCRAM channel binding is not supported by pgward",
+        ),
         other => ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, other.to_string()),
     })?;
     protocol::put_auth(&mut out, 11, exchange.server_first().as_bytes());

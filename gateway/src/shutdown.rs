@@ -37,10 +37,6 @@ impl Shutdown {
     pub async fn expired(&self) {
         self.deadline.cancelled().await
     }
-
-    pub fn has_begun(&self) -> bool {
-        self.begun.is_cancelled()
-    }
 }
 
 #[cfg(test)]
@@ -61,7 +57,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!waiting.is_finished(), "nothing has begun yet");
         s.begin();
-        assert!(s.has_begun());
+        assert!(s.begun.is_cancelled());
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!waiting.is_finished(), "the deadline has not passed");
         s.expire();

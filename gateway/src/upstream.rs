@@ -5,7 +5,6 @@ use crate::config::{ChannelBinding, UpstreamAuth, UpstreamConfig, UpstreamTls};
 use crate::protocol::{self, ServerError};
 use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -424,5 +423,3 @@ async fn read_message(
         }
     }
 }
-
-pub type SharedUpstream = Arc<UpstreamTarget>;

@@ -679,6 +679,21 @@ async fn cached_verdicts_answer_without_a_call_until_the_plugin_or_its_config_ch
     assert!(gw.log().contains("contract=V0_4"), "{}", gw.log());
 }
 
+/// Drops the mask-column plugin (masking `email`) into a running gateway's plugins directory
+/// and waits until the chain has been updated with it.
+fn hot_load_email_mask(gw: &Gateway, dir: &Path, within: Duration) {
+    install(
+        dir,
+        "20-mask",
+        "mask_column",
+        Some("columns = [\"email\"]\n"),
+    );
+    let reloaded = wait_for(within, || {
+        gw.log().matches("plugin chain updated").count() >= 2
+    });
+    assert!(reloaded.is_some(), "{}", gw.log());
+}
+
 /// An Execute sent while no result plugin was active goes upstream without a Describe. A result
 /// plugin loaded while it runs never saw its columns, so its rows are withheld — never passed
 /// unfiltered — and the next statement is masked.
@@ -696,16 +711,7 @@ async fn rows_of_an_execute_in_flight_when_a_result_plugin_loads_are_withheld() 
         tokio::spawn(async move { client.query(&slow, &[]).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    install(
-        &dir,
-        "20-mask",
-        "mask_column",
-        Some("columns = [\"email\"]\n"),
-    );
-    let reloaded = wait_for(Duration::from_secs(9), || {
-        gw.log().matches("plugin chain updated").count() >= 2
-    });
-    assert!(reloaded.is_some(), "{}", gw.log());
+    hot_load_email_mask(&gw, &dir, Duration::from_secs(9));
     assert!(
         !running.is_finished(),
         "the plugin loaded only after the statement finished: the test proves nothing"
@@ -753,16 +759,7 @@ async fn rows_of_a_result_streaming_when_a_result_plugin_loads_are_withheld() {
         let row = by_execute.next().await.unwrap().unwrap();
         assert_eq!(row.get::<_, &str>("email"), "ada@example.com");
     }
-    install(
-        &dir,
-        "20-mask",
-        "mask_column",
-        Some("columns = [\"email\"]\n"),
-    );
-    let reloaded = wait_for(Duration::from_secs(5), || {
-        gw.log().matches("plugin chain updated").count() >= 2
-    });
-    assert!(reloaded.is_some(), "{}", gw.log());
+    hot_load_email_mask(&gw, &dir, Duration::from_secs(5));
     // Rows the gateway sent before the plugin was active may still be on their way; after
     // them the result ends in the refusal, long before its 300 rows.
     let mut rows = 3;

@@ -221,7 +221,7 @@ async fn idle_sessions_time_out_but_open_transactions_do_not() {
         "idle session closed"
     );
     busy.batch_execute("COMMIT").await.unwrap();
-    assert!(gw.log().contains("IdleTimeout"));
+    assert!(gw.log().contains("end=idle timeout"), "{}", gw.log());
 }
 
 #[tokio::test]

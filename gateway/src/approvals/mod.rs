@@ -16,6 +16,7 @@ pub mod store;
 pub mod webhook;
 
 use crate::config::{ApprovalStoreKind, ApprovalsConfig, ApproverConfig, Config};
+use crate::sqlstate;
 use request::{ApprovalRequest, DecideError, Decision, Status, Timestamp, Verdict};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +24,6 @@ use std::time::Duration;
 use store::{ListFilter, Store, StoreError};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
-use crate::sqlstate;
 
 /// The SQLSTATE of a deferred statement: approval was requested, run it again once approved.
 pub const SQLSTATE_DEFERRED: &str = sqlstate::APPROVAL_DEFERRED;

@@ -53,8 +53,8 @@ pub mod bindings {
     });
 }
 
-use bindings::pgward::plugin::types as wit;
 use crate::sqlstate;
+use bindings::pgward::plugin::types as wit;
 
 /// The contract version this gateway speaks (`package pgward:plugin@...` in `wit/`).
 pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 5, 0);

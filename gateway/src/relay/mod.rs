@@ -18,8 +18,8 @@ use crate::plugins::bindings::pgward::plugin::types as wit;
 use crate::plugins::{ApprovalAsk, PluginHost, QueryDecision, Refusal};
 use crate::protocol::{self, FrameError};
 use crate::results::catalog::Catalog;
-use crate::results::server_messages::{self, ServerMessages};
 use crate::results::codec::Styles;
+use crate::results::server_messages::{self, ServerMessages};
 use crate::results::{self, CopyFilter, Filter};
 use crate::shutdown::Shutdown;
 use crate::sql::{Analysis, CopyDirection, LexOptions, SqlAnalyzer, StatementKind};
@@ -35,8 +35,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 mod commit_guard;
-use commit_guard::{QueryPlan, Segment, SegmentStep, Traits};
 use crate::sqlstate;
+use commit_guard::{QueryPlan, Segment, SegmentStep, Traits};
 
 /// Read buffer for server messages; large so a big result moves in few system calls.
 const SERVER_READ_BUF: usize = 64 * 1024;
@@ -575,6 +575,17 @@ pub enum RelayEnd {
     ServerIo(std::io::Error),
     ClientProtocol(FrameError),
     ServerProtocol(FrameError),
+}
+
+impl std::fmt::Display for RelayEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())?;
+        match self {
+            RelayEnd::ClientIo(e) | RelayEnd::ServerIo(e) => write!(f, ": {e}"),
+            RelayEnd::ClientProtocol(e) | RelayEnd::ServerProtocol(e) => write!(f, ": {e}"),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl RelayEnd {
@@ -2434,9 +2445,7 @@ async fn server_to_client(
                             Err(r) => Err(r),
                         }
                     }
-                    None if ctx.wants_results() => {
-                        Err(activated_refusal())
-                    }
+                    None if ctx.wants_results() => Err(activated_refusal()),
                     None => Ok(Some(Unfiltered { chain, ..judged })),
                 };
                 match again {
@@ -3100,9 +3109,7 @@ fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns
                 None => ExecuteColumns::Missing,
             }
         }
-        Some(Expect::Execute(_, Columns::Unknown))
-            if ctx.wants_results() =>
-        {
+        Some(Expect::Execute(_, Columns::Unknown)) if ctx.wants_results() => {
             ExecuteColumns::Missing
         }
         _ => ExecuteColumns::Known(KnownColumns::Undescribed, None),
@@ -3162,22 +3169,29 @@ impl Describe {
     }
 }
 
-fn activated_refusal() -> Refusal {
+/// Rows withheld because the policies changed under a result (SQLSTATE 58000): `why`, and a
+/// hint to run the statement again.
+fn withheld_refusal(why: &str, hint: &str) -> Refusal {
     Refusal {
         plugin: "pgward".into(),
         sqlstate: sqlstate::SYSTEM_ERROR.into(),
-        message: "a result plugin became active while this result was being sent; its remaining rows are withheld".into(),
-        hint: Some("run the statement again".into()),
+        message: why.into(),
+        hint: Some(hint.into()),
     }
 }
 
+fn activated_refusal() -> Refusal {
+    withheld_refusal(
+        "a result plugin became active while this result was being sent; its remaining rows are withheld",
+        "run the statement again",
+    )
+}
+
 fn undescribed_refusal() -> Refusal {
-    Refusal {
-        plugin: "pgward".into(),
-        sqlstate: sqlstate::SYSTEM_ERROR.into(),
-        message: "a result policy became active while this statement ran, before its columns were described to it, so its rows were withheld".into(),
-        hint: Some("run the statement again: the policies now active will see its result".into()),
-    }
+    withheld_refusal(
+        "a result policy became active while this statement ran, before its columns were described to it, so its rows were withheld",
+        "run the statement again: the policies now active will see its result",
+    )
 }
 
 fn refuse_result(out: &mut BytesMut, refusal: &Refusal) {

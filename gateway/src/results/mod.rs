@@ -9,23 +9,23 @@
 //! the format the client asked for.
 
 pub mod catalog;
+pub mod codec;
 pub mod copy;
 pub mod server_messages;
-pub mod codec;
 
 use crate::plugins::bindings::pgward::plugin::types as wit;
 use crate::plugins::{LoadedPlugin, PluginHost, Refusal};
 use crate::protocol;
+use crate::sqlstate;
 use crate::upstream::UpstreamTarget;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{Field, Schema};
 use bytes::{BufMut, BytesMut};
 use catalog::Catalog;
+use codec::{PgType, Styles};
 use std::collections::HashMap;
 use std::sync::Arc;
-use codec::{PgType, Styles};
-use crate::sqlstate;
 
 /// One column of a RowDescription.
 #[derive(Debug, Clone)]
