@@ -139,7 +139,7 @@ impl Default for AuditConfig {
             max_file_size: 100 << 20,
             rotate_every: Duration::from_secs(24 * 3600),
             fsync: Fsync::Batch,
-            batch_wait: Duration::from_millis(2),
+            batch_wait: Duration::from_millis(10),
             queue: 65536,
             on_failure: AuditFailure::Refuse,
             statement_text: AuditText::Normalized,
@@ -1065,7 +1065,7 @@ impl Config {
                 _ => {}
             }
             if let Err(e) = crate::auth::cert::Rule::new(r) {
-                return Err(invalid(&key("identity"), e));
+                return Err(invalid(&key("identity"), e.to_string()));
             }
             role_ok(&key("upstream_role"), &r.upstream_role)?;
         }
@@ -1099,7 +1099,7 @@ impl Config {
                 match crate::auth::jwt::parse_algorithm(a) {
                     Ok(alg) if crate::auth::jwt::is_hmac(alg) => symmetric = true,
                     Ok(_) => asymmetric = true,
-                    Err(e) => return Err(invalid(&key("algorithms"), e)),
+                    Err(e) => return Err(invalid(&key("algorithms"), e.to_string())),
                 }
             }
             if t.secret.is_some() && t.secret_env.is_some() {

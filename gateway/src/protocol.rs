@@ -16,6 +16,51 @@ pub const TXN_IDLE: u8 = b'I';
 pub const TXN_IN_BLOCK: u8 = b'T';
 pub const TXN_FAILED: u8 = b'E';
 
+/// Message type bytes. Client and server messages share letters (`D` is the client's Describe
+/// and the server's DataRow), so each name says which message it is; match a frame's tag only
+/// against the names of its direction.
+pub mod tag {
+    // From the client.
+    pub const BIND: u8 = b'B';
+    pub const CLOSE: u8 = b'C';
+    pub const DESCRIBE: u8 = b'D';
+    pub const EXECUTE: u8 = b'E';
+    pub const FLUSH: u8 = b'H';
+    pub const FUNCTION_CALL: u8 = b'F';
+    pub const PARSE: u8 = b'P';
+    /// PasswordMessage, and the SASL initial and continued responses.
+    pub const PASSWORD: u8 = b'p';
+    pub const QUERY: u8 = b'Q';
+    pub const SYNC: u8 = b'S';
+    pub const TERMINATE: u8 = b'X';
+    // Both directions.
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    // From the server.
+    pub const AUTHENTICATION: u8 = b'R';
+    pub const BACKEND_KEY_DATA: u8 = b'K';
+    pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const COPY_IN_RESPONSE: u8 = b'G';
+    pub const COPY_OUT_RESPONSE: u8 = b'H';
+    pub const DATA_ROW: u8 = b'D';
+    pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+    pub const ERROR_RESPONSE: u8 = b'E';
+    pub const NO_DATA: u8 = b'n';
+    pub const NOTICE_RESPONSE: u8 = b'N';
+    pub const NOTIFICATION_RESPONSE: u8 = b'A';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
+    pub const PARAMETER_STATUS: u8 = b'S';
+    pub const PORTAL_SUSPENDED: u8 = b's';
+    pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const ROW_DESCRIPTION: u8 = b'T';
+}
+
+/// What a Describe or Close names (the byte after its tag and length).
+pub mod target {
+    pub const STATEMENT: u8 = b'S';
+    pub const PORTAL: u8 = b'P';
+}
+
 /// Why a byte stream is not a valid protocol stream.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
@@ -189,7 +234,7 @@ pub struct ErrorFields<'a> {
 }
 
 pub fn put_error(out: &mut BytesMut, e: &ErrorFields<'_>) {
-    put_message(out, b'E', |o| {
+    put_message(out, tag::ERROR_RESPONSE, |o| {
         o.put_u8(b'S');
         put_cstr(o, e.severity.as_str());
         o.put_u8(b'V');
@@ -211,18 +256,18 @@ pub fn put_error(out: &mut BytesMut, e: &ErrorFields<'_>) {
 }
 
 pub fn put_ready_for_query(out: &mut BytesMut, status: u8) {
-    put_message(out, b'Z', |o| o.put_u8(status));
+    put_message(out, tag::READY_FOR_QUERY, |o| o.put_u8(status));
 }
 
 pub fn put_auth(out: &mut BytesMut, code: i32, data: &[u8]) {
-    put_message(out, b'R', |o| {
+    put_message(out, tag::AUTHENTICATION, |o| {
         o.put_i32(code);
         o.extend_from_slice(data);
     });
 }
 
 pub fn put_backend_key(out: &mut BytesMut, pid: i32, secret: i32) {
-    put_message(out, b'K', |o| {
+    put_message(out, tag::BACKEND_KEY_DATA, |o| {
         o.put_i32(pid);
         o.put_i32(secret);
     });

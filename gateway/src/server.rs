@@ -34,8 +34,12 @@ pub enum StartError {
     Approvals(#[from] crate::approvals::ApprovalsError),
     #[error("the system random number generator failed; refusing to start")]
     Random,
-    #[error("{0}")]
-    Identity(String),
+    #[error("auth.certificates: {0}")]
+    Certificates(#[from] crate::auth::cert::CertError),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::jwt::IssuerError),
+    #[error("reading the token issuers' keys failed: {0}")]
+    TokenTask(String),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
     #[error("cannot start the admin server on {addr}: {source}")]
@@ -62,16 +66,14 @@ impl Gateway {
                 crate::tls::client_facing_config(&config.tls)?,
             )),
         };
-        let cert_rules = crate::auth::cert::CertRules::new(&config.auth.certificates)
-            .map_err(StartError::Identity)?;
+        let cert_rules = crate::auth::cert::CertRules::new(&config.auth.certificates)?;
         // Reads the JWKS files and fetches the JWKS URLs: blocking I/O.
         let token_configs = config.auth.tokens.clone();
         let tokens = tokio::task::spawn_blocking(move || {
             crate::auth::jwt::TokenVerifier::new(&token_configs)
         })
         .await
-        .map_err(|e| StartError::Identity(e.to_string()))?
-        .map_err(StartError::Identity)?;
+        .map_err(|e| StartError::TokenTask(e.to_string()))??;
         let password = std::env::var("PGWARD_UPSTREAM_PASSWORD")
             .ok()
             .or_else(|| config.upstream.password.clone());

@@ -552,7 +552,7 @@ async fn read_auth_message(
                 return Err(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).into())
             }
             Ok(Some(h)) if buf.len() >= h.frame_len => {
-                if h.tag != b'p' {
+                if h.tag != protocol::tag::PASSWORD {
                     return Err(ClientError::fatal(
                         sqlstate::PROTOCOL_VIOLATION,
                         format!(

@@ -190,7 +190,7 @@ impl UpstreamTarget {
         loop {
             let (tag, body) = read_message(&mut session.stream, &mut buf).await?;
             match tag {
-                b'R' => {
+                protocol::tag::AUTHENTICATION => {
                     let mut b = &body[..];
                     let code = protocol::take_i32(&mut b)
                         .ok_or(UpstreamError::Protocol("short authentication message"))?;
@@ -213,7 +213,9 @@ impl UpstreamTarget {
                         }
                         3 => {
                             let pw = self.password.as_deref().ok_or(UpstreamError::NoPassword)?;
-                            protocol::put_message(&mut out, b'p', |o| protocol::put_cstr(o, pw));
+                            protocol::put_message(&mut out, protocol::tag::PASSWORD, |o| {
+                                protocol::put_cstr(o, pw)
+                            });
                             password_sent = true;
                         }
                         5 => {
@@ -224,7 +226,7 @@ impl UpstreamTarget {
                                 .and_then(|s| s.try_into().ok())
                                 .ok_or(UpstreamError::Protocol("short md5 salt"))?;
                             let hashed = scram::md5_password(&self.config.user, pw, &salt);
-                            protocol::put_message(&mut out, b'p', |o| {
+                            protocol::put_message(&mut out, protocol::tag::PASSWORD, |o| {
                                 protocol::put_cstr(o, &hashed)
                             });
                         }
@@ -250,7 +252,7 @@ impl UpstreamTarget {
                             let ex = ClientExchange::new(pw, binding)?;
                             tracing::debug!(mechanism = ex.mechanism(), "upstream SASL login");
                             let first = ex.client_first();
-                            protocol::put_message(&mut out, b'p', |o| {
+                            protocol::put_message(&mut out, protocol::tag::PASSWORD, |o| {
                                 protocol::put_cstr(o, ex.mechanism());
                                 o.extend_from_slice(&(first.len() as i32).to_be_bytes());
                                 o.extend_from_slice(first.as_bytes());
@@ -262,7 +264,7 @@ impl UpstreamTarget {
                                 .as_mut()
                                 .ok_or(UpstreamError::Protocol("SASL continue without SASL"))?;
                             let fin = ex.client_final(b)?;
-                            protocol::put_message(&mut out, b'p', |o| {
+                            protocol::put_message(&mut out, protocol::tag::PASSWORD, |o| {
                                 o.extend_from_slice(fin.as_bytes())
                             });
                         }
@@ -280,7 +282,7 @@ impl UpstreamTarget {
                         out.clear();
                     }
                 }
-                b'E' => {
+                protocol::tag::ERROR_RESPONSE => {
                     let e = protocol::parse_error_body(&body);
                     return Err(if e.code.starts_with("28") {
                         UpstreamError::Auth(e)
@@ -288,7 +290,7 @@ impl UpstreamTarget {
                         UpstreamError::Refused(e)
                     });
                 }
-                b'S' => {
+                protocol::tag::PARAMETER_STATUS => {
                     let mut b = &body[..];
                     if let (Some(k), Some(v)) =
                         (protocol::take_cstr(&mut b), protocol::take_cstr(&mut b))
@@ -298,16 +300,20 @@ impl UpstreamTarget {
                             String::from_utf8_lossy(v).into_owned(),
                         ));
                     }
-                    protocol::put_message(&mut session.relay_to_client, b'S', |o| {
-                        o.extend_from_slice(&body)
-                    });
+                    protocol::put_message(
+                        &mut session.relay_to_client,
+                        protocol::tag::PARAMETER_STATUS,
+                        |o| o.extend_from_slice(&body),
+                    );
                 }
-                b'N' => {
-                    protocol::put_message(&mut session.relay_to_client, b'N', |o| {
-                        o.extend_from_slice(&body)
-                    });
+                protocol::tag::NOTICE_RESPONSE => {
+                    protocol::put_message(
+                        &mut session.relay_to_client,
+                        protocol::tag::NOTICE_RESPONSE,
+                        |o| o.extend_from_slice(&body),
+                    );
                 }
-                b'K' => {
+                protocol::tag::BACKEND_KEY_DATA => {
                     let mut b = &body[..];
                     let pid = protocol::take_i32(&mut b)
                         .ok_or(UpstreamError::Protocol("short BackendKeyData"))?;
@@ -315,7 +321,7 @@ impl UpstreamTarget {
                         .ok_or(UpstreamError::Protocol("short BackendKeyData"))?;
                     session.backend_key = Some((pid, secret));
                 }
-                b'Z' => {
+                protocol::tag::READY_FOR_QUERY => {
                     session.txn_status = body.first().copied().unwrap_or(protocol::TXN_IDLE);
                     return Ok(session);
                 }
@@ -355,15 +361,17 @@ impl UpstreamSession {
     async fn set_role(&mut self, role: &str) -> Result<(), UpstreamError> {
         let mut out = BytesMut::with_capacity(64);
         let sql = format!("SET ROLE {}", quote_ident(role));
-        protocol::put_message(&mut out, b'Q', |o| protocol::put_cstr(o, &sql));
+        protocol::put_message(&mut out, protocol::tag::QUERY, |o| {
+            protocol::put_cstr(o, &sql)
+        });
         self.stream.write_all(&out).await?;
         let mut buf = BytesMut::with_capacity(1024);
         let mut failed = None;
         loop {
             let (tag, body) = read_message(&mut self.stream, &mut buf).await?;
             match tag {
-                b'E' => failed = Some(protocol::parse_error_body(&body)),
-                b'S' => {
+                protocol::tag::ERROR_RESPONSE => failed = Some(protocol::parse_error_body(&body)),
+                protocol::tag::PARAMETER_STATUS => {
                     let mut b = &body[..];
                     if let (Some(k), Some(v)) =
                         (protocol::take_cstr(&mut b), protocol::take_cstr(&mut b))
@@ -377,12 +385,14 @@ impl UpstreamSession {
                             None => self.parameters.push((k, v)),
                         }
                     }
-                    protocol::put_message(&mut self.relay_to_client, b'S', |o| {
-                        o.extend_from_slice(&body)
-                    });
+                    protocol::put_message(
+                        &mut self.relay_to_client,
+                        protocol::tag::PARAMETER_STATUS,
+                        |o| o.extend_from_slice(&body),
+                    );
                 }
-                b'N' | b'C' => {}
-                b'Z' => {
+                protocol::tag::NOTICE_RESPONSE | protocol::tag::COMMAND_COMPLETE => {}
+                protocol::tag::READY_FOR_QUERY => {
                     self.txn_status = body.first().copied().unwrap_or(protocol::TXN_IDLE);
                     return match failed {
                         Some(e) => Err(UpstreamError::Role {

@@ -53,6 +53,19 @@ pub fn json_str(s: &str, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// `"key":` for a field name. The record's names are the gateway's own identifiers, which need
+/// no escaping; any other is escaped as [`json_str`] does.
+pub fn json_key(key: &str, out: &mut Vec<u8>) {
+    if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+    } else {
+        json_str(key, out);
+        out.push(b':');
+    }
+}
+
 /// SHA-256 hex of `record`'s canonical form without its `hash` field.
 pub fn record_hash(record: &serde_json::Map<String, Value>) -> String {
     let mut text = Vec::with_capacity(512);
@@ -98,13 +111,18 @@ pub fn canonical_entries<'a, K: AsRef<str> + 'a>(
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
+    hex_into(bytes, &mut s);
     s
+}
+
+/// Appends `bytes` in lower-case hex to `out`.
+pub fn hex_into(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
 }
 
 /// What a checkpoint signs.

@@ -8,15 +8,14 @@
 //! into the record's line as they are.
 
 use serde_json::Value;
-use std::io::Write as _;
 
 /// Named values of a record in canonical JSON (see [`super::chain`]), in one buffer.
 #[derive(Debug, Default, Clone)]
 pub struct Fields {
     text: Vec<u8>,
-    /// Each field's name and the end of its value in `text` (it starts where the one before
-    /// ends), in the order pushed.
-    index: Vec<(&'static str, u32)>,
+    /// Each field's name and where its value is in `text`, in the order pushed (or by name,
+    /// after [`Fields::sort`]).
+    index: Vec<(&'static str, u32, u32)>,
 }
 
 impl Fields {
@@ -28,8 +27,15 @@ impl Fields {
     }
 
     fn push(&mut self, name: &'static str, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.text.len() as u32;
         write(&mut self.text);
-        self.index.push((name, self.text.len() as u32));
+        self.index.push((name, start, self.text.len() as u32));
+    }
+
+    /// Orders the fields by name (of a name pushed twice, the first pushed stays first), as a
+    /// record has them: the writer then merges sorted runs instead of sorting each record.
+    pub fn sort(&mut self) {
+        self.index.sort_by(|a, b| a.0.cmp(b.0));
     }
 
     pub fn str(&mut self, name: &'static str, value: &str) {
@@ -49,9 +55,8 @@ impl Fields {
     }
 
     pub fn u64(&mut self, name: &'static str, value: u64) {
-        // Writing to a Vec cannot fail.
         self.push(name, |t| {
-            let _ = write!(t, "{value}");
+            t.extend_from_slice(itoa::Buffer::new().format(value).as_bytes())
         });
     }
 
@@ -81,14 +86,11 @@ impl Fields {
         self.push(name, |t| super::chain::canonical(value, t));
     }
 
-    /// Each field's name and canonical value, in the order pushed.
+    /// Each field's name and canonical value, in the order pushed (or by name, once sorted).
     pub fn entries(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
-        let mut start = 0;
-        self.index.iter().map(move |&(name, end)| {
-            let value = &self.text[start as usize..end as usize];
-            start = end;
-            (name, value)
-        })
+        self.index
+            .iter()
+            .map(|&(name, start, end)| (name, &self.text[start as usize..end as usize]))
     }
 
     /// The canonical value of field `name` (the last one pushed under it).

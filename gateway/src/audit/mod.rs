@@ -21,6 +21,7 @@ pub mod statement;
 use crate::config::{AuditConfig, AuditFailure, Fsync};
 use fields::Fields;
 use serde_json::{Map, Value};
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -117,7 +118,8 @@ impl Audit {
 
     /// Queues an event of `kind` made of `shared` fields, which other events carry too, and
     /// its own `fields`; never blocks.
-    pub fn emit_fields(&self, kind: &'static str, shared: Arc<Fields>, fields: Fields) {
+    pub fn emit_fields(&self, kind: &'static str, shared: Arc<Fields>, mut fields: Fields) {
+        fields.sort();
         self.send(Event {
             shared: Some(shared),
             fields,
@@ -178,10 +180,6 @@ impl Event {
     }
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_micros(time).to_string()
-}
-
 /// Reads an Ed25519 PKCS#8 key (`pgward audit keygen` writes one).
 fn load_key(path: &Path) -> Result<ring::signature::Ed25519KeyPair, AuditError> {
     let bytes = std::fs::read(path).map_err(|source| AuditError::Io {
@@ -224,8 +222,10 @@ struct Writer {
     last_sync: Instant,
     pg: Option<postgres::PgSink>,
     /// Every record's `schema`, and `gateway` of the events the gateway emits.
-    schema: Value,
-    gateway: Value,
+    schema: &'static str,
+    gateway: String,
+    /// The record being written's time, formatted (kept to reuse its allocation).
+    time: String,
 }
 
 impl Writer {
@@ -267,8 +267,9 @@ impl Writer {
             pending: Vec::new(),
             pending_since_sync: false,
             last_sync: Instant::now(),
-            schema: Value::String(chain::SCHEMA.into()),
-            gateway: Value::String(gateway.to_owned()),
+            schema: chain::SCHEMA,
+            gateway: gateway.to_owned(),
+            time: String::with_capacity(32),
         };
         if !config.file {
             // The table is the trail: continue its chain.
@@ -395,35 +396,43 @@ impl Writer {
     fn append(&mut self, event: Event) {
         /// A field's value: to serialize, or serialized already.
         enum Piece<'a> {
+            Str(&'a str),
+            Num(u64),
             Value(&'a Value),
             Raw(&'a [u8]),
         }
         self.seq += 1;
-        let kind = Value::String(event.kind.to_owned());
-        let time = Value::String(rfc3339(event.time));
-        let seq = Value::from(self.seq);
-        let prev = Value::String(std::mem::take(&mut self.last_hash));
+        self.time.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(
+            self.time,
+            "{}",
+            humantime::format_rfc3339_micros(event.time)
+        );
+        let prev = std::mem::take(&mut self.last_hash);
         let shared = event.shared.as_deref();
         let mut fields: Vec<(&str, Piece)> = Vec::with_capacity(32);
         // The writer's fields first: of a name given twice, the first is kept.
         fields.extend([
-            ("schema", Piece::Value(&self.schema)),
-            ("seq", Piece::Value(&seq)),
-            ("prev", Piece::Value(&prev)),
-            ("kind", Piece::Value(&kind)),
-            ("time", Piece::Value(&time)),
+            ("schema", Piece::Str(self.schema)),
+            ("seq", Piece::Num(self.seq)),
+            ("prev", Piece::Str(&prev)),
+            ("kind", Piece::Str(event.kind)),
+            ("time", Piece::Str(&self.time)),
         ]);
         if event.from_gateway {
-            fields.push(("gateway", Piece::Value(&self.gateway)));
+            fields.push(("gateway", Piece::Str(&self.gateway)));
         }
         fields.extend(event.fields.entries().map(|(k, v)| (k, Piece::Raw(v))));
         fields.extend(event.own.iter().map(|(k, v)| (k.as_str(), Piece::Value(v))));
         if let Some(s) = shared {
             fields.extend(s.entries().map(|(k, v)| (k, Piece::Raw(v))));
         }
-        fields.retain(|(k, _)| *k != "hash");
+        // Each source is in name order already (see `Fields::sort`), so this stable sort
+        // merges a few runs; of a name given twice, the first is kept.
         fields.sort_by(|a, b| a.0.cmp(b.0));
         fields.dedup_by(|later, first| later.0 == first.0);
+        fields.retain(|(k, _)| *k != "hash");
         // One canonical serialization, written where the line goes: it is hashed, and the
         // hash appended to it makes the line.
         let mut scratch = Vec::new();
@@ -438,15 +447,18 @@ impl Writer {
             if i > 0 {
                 buf.push(b',');
             }
-            chain::json_str(k, buf);
-            buf.push(b':');
+            chain::json_key(k, buf);
             match v {
+                Piece::Str(s) => chain::json_str(s, buf),
+                Piece::Num(n) => buf.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
                 Piece::Value(v) => chain::canonical(v, buf),
                 Piece::Raw(r) => buf.extend_from_slice(r),
             }
         }
         buf.push(b'}');
-        let hash = chain::hex(ring::digest::digest(&ring::digest::SHA256, &buf[start..]).as_ref());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &buf[start..]);
+        let mut hash = String::with_capacity(64);
+        chain::hex_into(digest.as_ref(), &mut hash);
         buf.pop();
         if buf.len() - start > 1 {
             buf.push(b',');
@@ -463,6 +475,8 @@ impl Writer {
                 let get = |key: &str| {
                     let i = fields.binary_search_by(|(k, _)| (*k).cmp(key)).ok()?;
                     match fields[i].1 {
+                        Piece::Str(s) => Some(Value::String(s.to_owned())),
+                        Piece::Num(n) => Some(Value::from(n)),
                         Piece::Value(v) => Some(v.clone()),
                         Piece::Raw(r) => serde_json::from_slice(r).ok(),
                     }

@@ -6,6 +6,27 @@
 
 use crate::config::{CertField, CertMethod, CertRuleConfig};
 
+/// A certificate that cannot be read, or an `auth.certificates` rule that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot parse the client certificate: {0}")]
+    Certificate(String),
+    #[error("invalid subjectAltName extension: {0}")]
+    SubjectAltName(String),
+    #[error("the rule has neither match nor pattern")]
+    NoMatcher,
+    #[error("{template:?}: unclosed '{{'")]
+    Unclosed { template: String },
+    #[error("{template:?}: {{{n}}} but the pattern has {stars} star(s)")]
+    NoSuchStar {
+        template: String,
+        n: usize,
+        stars: usize,
+    },
+    #[error("{template:?}: unknown placeholder {{{name}}}")]
+    UnknownPlaceholder { template: String, name: String },
+}
+
 /// The fields of a client certificate that rules can match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CertFields {
@@ -16,10 +37,10 @@ pub struct CertFields {
 
 impl CertFields {
     /// Reads the fields of a DER certificate (already verified by the TLS handshake).
-    pub fn parse(der: &[u8]) -> Result<CertFields, String> {
+    pub fn parse(der: &[u8]) -> Result<CertFields, CertError> {
         use x509_parser::extensions::GeneralName;
         let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| format!("cannot parse the client certificate: {e}"))?;
+            .map_err(|e| CertError::Certificate(e.to_string()))?;
         let mut fields = CertFields::default();
         match cert.subject_alternative_name() {
             Ok(Some(san)) => {
@@ -32,7 +53,7 @@ impl CertFields {
                 }
             }
             Ok(None) => {}
-            Err(e) => return Err(format!("invalid subjectAltName extension: {e}")),
+            Err(e) => return Err(CertError::SubjectAltName(e.to_string())),
         }
         fields.common_name = cert
             .subject()
@@ -84,11 +105,11 @@ enum Matcher {
 
 impl Rule {
     /// Compiles a rule; the error says what is wrong with its `identity` template.
-    pub fn new(c: &CertRuleConfig) -> Result<Rule, String> {
+    pub fn new(c: &CertRuleConfig) -> Result<Rule, CertError> {
         let matcher = match (&c.exact, &c.pattern) {
             (Some(v), _) => Matcher::Exact(v.clone()),
             (None, Some(p)) => Matcher::Pattern(p.split('*').map(str::to_owned).collect()),
-            (None, None) => return Err("the rule has neither match nor pattern".into()),
+            (None, None) => return Err(CertError::NoMatcher),
         };
         let stars = match &matcher {
             Matcher::Exact(_) => 0,
@@ -134,7 +155,7 @@ impl Rule {
 pub struct CertRules(Vec<Rule>);
 
 impl CertRules {
-    pub fn new(configs: &[CertRuleConfig]) -> Result<CertRules, String> {
+    pub fn new(configs: &[CertRuleConfig]) -> Result<CertRules, CertError> {
         configs
             .iter()
             .map(Rule::new)
@@ -185,22 +206,29 @@ fn glob(parts: &[String], value: &str) -> Option<Vec<String>> {
     go(parts, value, &mut caps).then_some(caps)
 }
 
-fn check_template(t: &str, stars: usize) -> Result<(), String> {
+fn check_template(t: &str, stars: usize) -> Result<(), CertError> {
     let mut rest = t;
     while let Some(open) = rest.find('{') {
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("{t:?}: unclosed '{{'"))?;
+        let close = rest[open..].find('}').ok_or_else(|| CertError::Unclosed {
+            template: t.to_owned(),
+        })?;
         let name = &rest[open + 1..open + close];
         match name.parse::<usize>() {
             Ok(n) if n >= 1 && n <= stars => {}
             Ok(n) => {
-                return Err(format!(
-                    "{t:?}: {{{n}}} but the pattern has {stars} star(s)"
-                ))
+                return Err(CertError::NoSuchStar {
+                    template: t.to_owned(),
+                    n,
+                    stars,
+                })
             }
             Err(_) if name == "value" => {}
-            Err(_) => return Err(format!("{t:?}: unknown placeholder {{{name}}}")),
+            Err(_) => {
+                return Err(CertError::UnknownPlaceholder {
+                    template: t.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
         }
         rest = &rest[open + close + 1..];
     }

@@ -11,14 +11,31 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+/// An algorithm name that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AlgorithmError {
+    #[error("\"none\" is never accepted: tokens must be signed")]
+    None,
+    #[error("unknown algorithm {0:?} (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)")]
+    Unknown(String),
+}
+
+/// An `auth.tokens` entry that cannot be used: the config key (`auth.tokens[0].jwks_url`) and
+/// what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct IssuerError {
+    pub key: String,
+    pub problem: String,
+}
+
 /// Parses an algorithm name as JOSE spells it; `none` and unknown names are errors.
-pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, AlgorithmError> {
     if name.eq_ignore_ascii_case("none") {
-        return Err("\"none\" is never accepted: tokens must be signed".into());
+        return Err(AlgorithmError::None);
     }
-    name.parse::<Algorithm>().map_err(|_| {
-        format!("unknown algorithm {name:?} (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)")
-    })
+    name.parse::<Algorithm>()
+        .map_err(|_| AlgorithmError::Unknown(name.to_owned()))
 }
 
 /// Whether `alg` is a shared-secret algorithm.
@@ -88,26 +105,32 @@ enum JwksSource {
 impl TokenVerifier {
     /// Builds the verifiers, reading every JWKS file and fetching every JWKS URL once; the error
     /// names the issuer's key in the config.
-    pub fn new(configs: &[TokenIssuerConfig]) -> Result<TokenVerifier, String> {
+    pub fn new(configs: &[TokenIssuerConfig]) -> Result<TokenVerifier, IssuerError> {
         let mut issuers = Vec::with_capacity(configs.len());
         for (i, c) in configs.iter().enumerate() {
+            let invalid = |key: &str, problem: String| IssuerError {
+                key: format!("auth.tokens[{i}].{key}"),
+                problem,
+            };
             let allowed = c
                 .algorithms
                 .iter()
                 .map(|a| parse_algorithm(a))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("auth.tokens[{i}].algorithms: {e}"))?;
+                .map_err(|e| invalid("algorithms", e.to_string()))?;
             let secret = match (&c.secret, &c.secret_env) {
                 (Some(s), _) => Some(DecodingKey::from_secret(s.as_bytes())),
                 (None, Some(var)) => {
                     let s = std::env::var(var).map_err(|_| {
-                        format!(
-                            "auth.tokens[{i}].secret_env: environment variable {var} is not set"
+                        invalid(
+                            "secret_env",
+                            format!("environment variable {var} is not set"),
                         )
                     })?;
                     if s.len() < 32 {
-                        return Err(format!(
-                            "auth.tokens[{i}].secret_env: {var} must hold at least 32 bytes"
+                        return Err(invalid(
+                            "secret_env",
+                            format!("{var} must hold at least 32 bytes"),
                         ));
                     }
                     Some(DecodingKey::from_secret(s.as_bytes()))
@@ -131,8 +154,7 @@ impl TokenVerifier {
                         stamp: None,
                         fetched: None,
                     };
-                    j.load()
-                        .map_err(|e| format!("auth.tokens[{i}].{key}: {e}"))?;
+                    j.load().map_err(|e| invalid(key, e))?;
                     Some(Mutex::new(j))
                 }
                 None => None,

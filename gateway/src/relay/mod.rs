@@ -16,7 +16,7 @@ use crate::error::ClientError;
 use crate::metrics::METRICS;
 use crate::plugins::bindings::pgward::plugin::types as wit;
 use crate::plugins::{ApprovalAsk, PluginHost, QueryDecision, Refusal};
-use crate::protocol::{self, FrameError};
+use crate::protocol::{self, tag as msg, target, FrameError};
 use crate::results::catalog::Catalog;
 use crate::results::codec::Styles;
 use crate::results::server_messages::{self, ServerMessages};
@@ -27,7 +27,6 @@ use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream::UpstreamTarget;
 use bytes::{Buf, BufMut, BytesMut};
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -35,9 +34,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 mod commit_guard;
+mod replies;
+mod stand_in;
 use crate::sqlstate;
 use commit_guard::{QueryPlan, Segment, SegmentStep, Traits};
+use replies::{Columns, Describe, DescriptionOf, Ended, OwnReply, Replies};
+use stand_in::{put_statement, StandIns};
 
+/// `wrapped_end` of a wrapped Query a result of which was refused (not a transaction status).
+const WRAPPED_REFUSED: u8 = b'R';
 /// Read buffer for server messages; large so a big result moves in few system calls.
 const SERVER_READ_BUF: usize = 64 * 1024;
 const CLIENT_READ_BUF: usize = 16 * 1024;
@@ -59,15 +64,10 @@ pub struct RelayState {
     unsynced: AtomicBool,
     /// Part of a client message was forwarded and the rest has not arrived yet.
     client_mid_frame: AtomicBool,
-    /// Denied statements were sent upstream as a unique invalid token, so the server fails them
-    /// in order and in the right transaction state; its syntax error for each token is replaced
-    /// by the refusal. Touched only when something was denied.
-    substitutions: Mutex<VecDeque<(String, BytesMut)>>,
-    has_substitutions: AtomicBool,
-    next_token: AtomicU64,
-    /// What the server will answer, in order, for the messages that matter to result
-    /// filtering (kept only when plugins are configured).
-    expect: Mutex<VecDeque<Expect>>,
+    /// Refused statements sent upstream as stand-ins, whose errors become the refusals.
+    stand_ins: StandIns,
+    /// What the server will answer, in order, for the messages the relay follows.
+    replies: Replies,
     /// `DateStyle` is ISO and `IntervalStyle` postgres: text dates can be decoded.
     iso_dates: AtomicBool,
     postgres_intervals: AtomicBool,
@@ -287,69 +287,6 @@ enum Inspected {
     Prepared(Sent, Arc<NeedsApproval>),
 }
 
-/// A request sent upstream whose answer the result filter must recognise.
-#[derive(Debug)]
-enum Expect {
-    /// A Query: its results, one statement after another, then ReadyForQuery.
-    Query(Sent),
-    /// A Describe: RowDescription or NoData (after ParameterDescription for a statement).
-    Describe(Describe),
-    /// An Execute of a portal bound to this statement, and how its columns are known.
-    Execute(Sent, Columns),
-    /// A Sync (or FunctionCall): ReadyForQuery. `during_copy`: sent after an Execute or Query
-    /// with no CopyDone or CopyFail since. If that statement starts a COPY FROM STDIN, the
-    /// server ignores this Sync (as the protocol says it does in copy-in mode) and no
-    /// ReadyForQuery answers it: libpq and tokio-postgres send Bind, Execute, Sync at once.
-    Sync { during_copy: bool },
-    /// A Query of the gateway's own (see [`commit_guard`]): its answers are dropped up to
-    /// its ReadyForQuery, or with `forward` its ErrorResponse and ReadyForQuery go to the
-    /// client (the COMMIT or ROLLBACK that ends a wrapped Query).
-    Own { forward: bool },
-    /// The gateway's own Parse, Describe and Close of the SELECTs behind a Query's COPY TO
-    /// STDOUT statements, then a Sync: the answers fill in the columns, and are dropped.
-    OwnDescribe(Arc<SessionDescribed>),
-}
-
-/// Whose Describe the server answers, and what its answer is for.
-#[derive(Debug)]
-enum Describe {
-    /// The client's own: relayed, and it describes no result that follows.
-    Client,
-    /// The columns of the Execute right after it: the client's own Describe of that portal
-    /// (relayed) or the gateway's (not relayed).
-    Portal { relay: bool },
-    /// A prepared statement's columns, kept for the portals bound to it: the client's own
-    /// Describe of it (relayed) or the gateway's (not relayed).
-    Statement {
-        columns: Arc<StatementColumns>,
-        relay: bool,
-    },
-}
-
-/// How the gateway knows the columns of an Execute's rows.
-#[derive(Debug, PartialEq)]
-enum Columns {
-    /// It does not: no result plugin was active when the Execute went upstream.
-    Unknown,
-    /// From the Describe right before it.
-    Described,
-    /// From its statement's description and its portal's result formats.
-    Statement,
-}
-
-/// `text` contains `token` not followed by another digit or `_` (token `x_1` is not in `x_12`).
-fn contains_token(text: &str, token: &str) -> bool {
-    text.match_indices(token).any(|(i, _)| {
-        !text[i + token.len()..]
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit() || c == '_')
-    })
-}
-
-/// Prefix of the stand-in statement for a denied one.
-const DENY_TOKEN: &str = "pgward_denied_";
-
 impl RelayState {
     pub fn new(txn_status: u8) -> Self {
         RelayState {
@@ -360,10 +297,8 @@ impl RelayState {
             server_fatal: AtomicBool::new(false),
             unsynced: AtomicBool::new(false),
             client_mid_frame: AtomicBool::new(false),
-            substitutions: Mutex::new(VecDeque::new()),
-            has_substitutions: AtomicBool::new(false),
-            next_token: AtomicU64::new(1),
-            expect: Mutex::new(VecDeque::new()),
+            stand_ins: StandIns::default(),
+            replies: Replies::default(),
             iso_dates: AtomicBool::new(true),
             postgres_intervals: AtomicBool::new(true),
             holding: AtomicBool::new(false),
@@ -382,54 +317,6 @@ impl RelayState {
         }
     }
 
-    /// Registers a refusal; returns the stand-in SQL text to send upstream instead.
-    fn substitute(&self, session_id: u64, refusal: &Refusal) -> String {
-        let n = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let token = format!("{DENY_TOKEN}{session_id}_{n}");
-        let mut error = BytesMut::new();
-        let detail = format!("denied by policy plugin \"{}\"", refusal.plugin);
-        protocol::put_error(
-            &mut error,
-            &protocol::ErrorFields {
-                severity: protocol::Severity::Error,
-                code: &refusal.sqlstate,
-                message: &refusal.message,
-                detail: Some(&detail),
-                hint: refusal.hint.as_deref(),
-            },
-        );
-        let mut subs = self.substitutions.lock().unwrap_or_else(|e| e.into_inner());
-        // A stand-in the server never parsed (it was inside an already failed transaction or
-        // after an earlier error of the same pipeline) leaves its entry behind; keep few.
-        if subs.len() >= 4096 {
-            subs.pop_front();
-        }
-        subs.push_back((token.clone(), error));
-        self.has_substitutions.store(true, Ordering::Release);
-        token
-    }
-
-    /// The refusal to send instead of the server's error for a stand-in, if `frame` is one.
-    fn take_substitution(&self, frame: &[u8]) -> Option<BytesMut> {
-        if !self.has_substitutions.load(Ordering::Acquire) {
-            return None;
-        }
-        let e = protocol::parse_error_body(&frame[5..]);
-        if e.code != sqlstate::SYNTAX_ERROR || !e.message.contains(DENY_TOKEN) {
-            return None;
-        }
-        let mut subs = self.substitutions.lock().unwrap_or_else(|e| e.into_inner());
-        let i = subs
-            .iter()
-            // Match the token itself, not quotes around it: localized messages quote differently.
-            .position(|(t, _)| contains_token(&e.message, t))?;
-        let (_, error) = subs.remove(i)?;
-        if subs.is_empty() {
-            self.has_substitutions.store(false, Ordering::Release);
-        }
-        Some(error)
-    }
-
     /// Tracks the server settings that change how the gateway reads SQL.
     pub fn observe_parameter(&self, name: &str, value: &str) {
         match name {
@@ -444,10 +331,6 @@ impl RelayState {
                 .store(value == "postgres", Ordering::Relaxed),
             _ => {}
         }
-    }
-
-    fn expect(&self) -> std::sync::MutexGuard<'_, VecDeque<Expect>> {
-        self.expect.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn styles(&self) -> Styles {
@@ -666,7 +549,7 @@ pub async fn finish(end: RelayEnd, client: &mut Stream, server: &mut Stream, sta
     ) {
         // Terminate, so the server ends the backend at once instead of logging a lost client.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            server.write_all(&[b'X', 0, 0, 0, 4]).await?;
+            server.write_all(&[msg::TERMINATE, 0, 0, 0, 4]).await?;
             server.flush().await
         })
         .await;
@@ -703,7 +586,7 @@ async fn wait_for_shutdown(shutdown: Shutdown, state: &RelayState) -> RelayEnd {
 
 fn message_limit(tag: u8, max_inspected: usize) -> usize {
     match tag {
-        b'Q' | b'P' | b'F' => max_inspected,
+        msg::QUERY | msg::PARSE | msg::FUNCTION_CALL => max_inspected,
         _ => MAX_PROTOCOL_MESSAGE,
     }
 }
@@ -801,7 +684,7 @@ impl Prepared {
         let described = std::mem::take(&mut self.described_next);
         let mut body = &frame[5..];
         match frame[0] {
-            b'B' => {
+            msg::BIND => {
                 if let (Some(portal), Some(stmt)) = (
                     protocol::take_cstr(&mut body),
                     protocol::take_cstr(&mut body),
@@ -820,15 +703,16 @@ impl Prepared {
                             .is_none_or(|c| c.stale(follow.generation));
                         // A named statement is bound again and again: describe it once. The
                         // unnamed one is replaced by every Parse, so its Execute is described.
-                        if stale && !stmt.is_empty() && !next_names(next, b'D', b'P', portal) {
+                        if stale
+                            && !stmt.is_empty()
+                            && !next_names(next, msg::DESCRIBE, target::PORTAL, portal)
+                        {
                             let columns = StatementColumns::new(self.pipeline);
-                            put_describe(out, b'S', stmt);
-                            state
-                                .expect()
-                                .push_back(Expect::Describe(Describe::Statement {
-                                    columns: columns.clone(),
-                                    relay: false,
-                                }));
+                            put_describe(out, target::STATEMENT, stmt);
+                            state.replies.lock().describe(Describe::Statement {
+                                columns: columns.clone(),
+                                relay: false,
+                            });
                             if let Some(s) = self.statements.get_mut(stmt) {
                                 s.columns = Some(columns.clone());
                             }
@@ -844,16 +728,16 @@ impl Prepared {
                     }
                 }
             }
-            b'D' if follow.tracking => {
+            msg::DESCRIBE if follow.tracking => {
                 let kind = body.first().copied();
                 body = body.get(1..).unwrap_or_default();
                 let name = protocol::take_cstr(&mut body).unwrap_or_default();
                 let describe = match kind {
-                    Some(b'P') if wants && next_names(next, b'E', 0, name) => {
+                    Some(target::PORTAL) if wants && next_names(next, msg::EXECUTE, 0, name) => {
                         self.described_next = true;
                         Describe::Portal { relay: true }
                     }
-                    Some(b'S') if wants => match self.statements.get_mut(name) {
+                    Some(target::STATEMENT) if wants => match self.statements.get_mut(name) {
                         Some(s)
                             if s.columns
                                 .as_ref()
@@ -870,9 +754,9 @@ impl Prepared {
                     },
                     _ => Describe::Client,
                 };
-                state.expect().push_back(Expect::Describe(describe));
+                state.replies.lock().describe(describe);
             }
-            b'E' => {
+            msg::EXECUTE => {
                 let portal = protocol::take_cstr(&mut body).unwrap_or_default();
                 let analysis = self.portal(portal).cloned().unwrap_or_default();
                 if let Some(o) = ctx.outcomes {
@@ -883,7 +767,7 @@ impl Prepared {
                     out.extend_from_slice(frame);
                     return;
                 }
-                let mut q = state.expect();
+                let mut q = state.replies.lock();
                 let columns = if !wants {
                     Columns::Unknown
                 } else if described {
@@ -898,18 +782,18 @@ impl Prepared {
                 } else {
                     // Ask for the portal's columns right before its rows: the filter needs
                     // them, and a client need not have asked (Bind + Execute alone is valid).
-                    put_describe(out, b'P', portal);
-                    q.push_back(Expect::Describe(Describe::Portal { relay: false }));
+                    put_describe(out, target::PORTAL, portal);
+                    q.describe(Describe::Portal { relay: false });
                     Columns::Described
                 };
-                q.push_back(Expect::Execute(analysis, columns));
+                q.execute(analysis, columns);
             }
-            b'C' => {
+            msg::CLOSE => {
                 let kind = body.first().copied();
                 body = body.get(1..).unwrap_or_default();
                 if let Some(name) = protocol::take_cstr(&mut body) {
                     match kind {
-                        Some(b'S') => {
+                        Some(target::STATEMENT) => {
                             self.approvals.remove(name);
                             self.statements.remove(name)
                         }
@@ -952,7 +836,7 @@ fn catalog_generation(ctx: &RelayContext<'_>) -> u64 {
 /// Appends a Describe of the portal (`P`) or statement (`S`) `name`.
 fn put_describe(out: &mut BytesMut, kind: u8, name: &[u8]) {
     METRICS.describes_added.inc();
-    protocol::put_message(out, b'D', |o| {
+    protocol::put_message(out, msg::DESCRIBE, |o| {
         o.put_u8(kind);
         o.extend_from_slice(name);
         o.put_u8(0);
@@ -991,7 +875,7 @@ async fn client_to_server(
     let extended = tracking || ctx.outcomes.is_some();
     let mut prepared = Prepared::default();
     // An Execute or Query went upstream and no CopyDone or CopyFail since: a Sync now is one
-    // the server ignores if that statement started a COPY FROM STDIN (see `Expect::Sync`).
+    // the server ignores if that statement started a COPY FROM STDIN (see `replies::Expect::Sync`).
     let mut copy_window = false;
     // Bytes of the current frame still to copy through without looking at them.
     let mut pass = 0usize;
@@ -1038,22 +922,23 @@ async fn client_to_server(
                     Ok(None) => break,
                     Err(e) => return RelayEnd::ClientProtocol(e),
                 };
-            let whole = matches!(tag, b'Q' | b'P' | b'F')
-                || (extended && matches!(tag, b'B' | b'D' | b'E' | b'C'));
+            let whole = matches!(tag, msg::QUERY | msg::PARSE | msg::FUNCTION_CALL)
+                || (extended
+                    && matches!(tag, msg::BIND | msg::DESCRIBE | msg::EXECUTE | msg::CLOSE));
             if whole && buf.len() - pos < header.frame_len {
                 // Grow as the bytes arrive: a header alone must not pin a large buffer.
                 buf.reserve((header.frame_len - (buf.len() - pos)).min(1 << 20));
                 break;
             }
-            if !matches!(tag, b'd' | b'H' | b'S') {
+            if !matches!(tag, msg::COPY_DATA | msg::FLUSH | msg::SYNC) {
                 // A COPY FROM STDIN the server may be in ends at CopyDone, CopyFail or any
                 // other message but CopyData, Flush and Sync; a Query or Execute opens the next.
                 copy_window = false;
             }
             match tag {
-                b'Q' | b'P' | b'F' => {
+                msg::QUERY | msg::PARSE | msg::FUNCTION_CALL => {
                     let frame = &buf[pos..pos + header.frame_len];
-                    let full = tag == b'P' && prepared.approvals.len() >= MAX_PREPARED;
+                    let full = tag == msg::PARSE && prepared.approvals.len() >= MAX_PREPARED;
                     // Where the message's bytes start in `out`.
                     let mut start = out.len();
                     let (mut analysis, needs) =
@@ -1085,7 +970,7 @@ async fn client_to_server(
                                         (Sent::new(a, &needs.sql, record), None)
                                     }
                                     Gate::Refuse(r) => {
-                                        deny(ctx, state, &r, b'Q', None, &mut out);
+                                        deny(ctx, state, &r, msg::QUERY, None, &mut out);
                                         (Sent::default(), None)
                                     }
                                     Gate::ClientGone => return RelayEnd::ClientEof,
@@ -1102,7 +987,7 @@ async fn client_to_server(
                             state.names_changed.store(true, Ordering::Relaxed);
                         }
                     }
-                    if tag == b'Q'
+                    if tag == msg::QUERY
                         && follow.wants_results
                         && !state.unsynced.load(Ordering::Acquire)
                     {
@@ -1115,7 +1000,7 @@ async fn client_to_server(
                         if let Some(d) = described {
                             let tail = out.split_off(start);
                             out.extend_from_slice(&ours);
-                            state.expect().push_back(Expect::OwnDescribe(d.clone()));
+                            state.replies.lock().own_describe(d.clone());
                             state.own.fetch_add(1, Ordering::AcqRel);
                             state.pending.fetch_add(1, Ordering::AcqRel);
                             start = out.len();
@@ -1124,7 +1009,7 @@ async fn client_to_server(
                         }
                     }
                     let mut wrap = false;
-                    if tag == b'Q' && follow.wants_results {
+                    if tag == msg::QUERY && follow.wants_results {
                         let quiet = state.quiet() && !state.unsynced.load(Ordering::Acquire);
                         let plan = analysis
                             .analysis
@@ -1143,35 +1028,40 @@ async fn client_to_server(
                             QueryPlan::Refuse(message) => {
                                 out.truncate(start);
                                 refused(ctx, analysis.audit.take());
-                                deny(ctx, state, &guard_refusal(message), b'Q', None, &mut out);
+                                deny(
+                                    ctx,
+                                    state,
+                                    &guard_refusal(message),
+                                    msg::QUERY,
+                                    None,
+                                    &mut out,
+                                );
                                 analysis = Sent::default();
                             }
                         }
                     }
                     let frame = &buf[pos..pos + header.frame_len];
-                    copy_window |= tag == b'Q';
+                    copy_window |= tag == msg::QUERY;
                     if let Some(o) = ctx.outcomes {
                         match tag {
-                            b'Q' => o.query(analysis.audit.clone()),
-                            b'P' => {}
+                            msg::QUERY => o.query(analysis.audit.clone()),
+                            msg::PARSE => {}
                             _ => o.sync(false),
                         }
                     }
                     match tag {
-                        b'P' if extended => {
+                        msg::PARSE if extended => {
                             let mut body = &frame[5..];
                             let name = protocol::take_cstr(&mut body).unwrap_or_default();
                             prepared.parsed(name, needs);
                             Prepared::remember(&mut prepared.statements, name, analysis);
                         }
-                        b'Q' if tracking => state.expect().push_back(Expect::Query(analysis)),
-                        b'F' if tracking => state
-                            .expect()
-                            .push_back(Expect::Sync { during_copy: false }),
+                        msg::QUERY if tracking => state.replies.lock().query(analysis),
+                        msg::FUNCTION_CALL if tracking => state.replies.lock().sync(false),
                         _ => {}
                     }
                     pos += header.frame_len;
-                    if tag == b'P' {
+                    if tag == msg::PARSE {
                         state.unsynced.store(true, Ordering::Release);
                     } else {
                         state.pending.fetch_add(1, Ordering::AcqRel);
@@ -1186,20 +1076,20 @@ async fn client_to_server(
                             return end;
                         }
                         let end = match state.wrapped_end.swap(0, Ordering::AcqRel) {
-                            b'T' => "COMMIT",
+                            protocol::TXN_IN_BLOCK => "COMMIT",
                             _ => "ROLLBACK",
                         };
                         put_own_query(state, &mut out, end, true);
                     }
                 }
-                b'X' => {
+                msg::TERMINATE => {
                     out.extend_from_slice(&buf[pos..pos + 5.min(buf.len() - pos)]);
                     terminated = true;
                     break;
                 }
-                b'B' | b'D' | b'E' | b'C' if extended => {
+                msg::BIND | msg::DESCRIBE | msg::EXECUTE | msg::CLOSE if extended => {
                     let needs = match tag {
-                        b'B' => prepared.bind_needs(&buf[pos..pos + header.frame_len]),
+                        msg::BIND => prepared.bind_needs(&buf[pos..pos + header.frame_len]),
                         _ => None,
                     };
                     let mut run = true;
@@ -1218,10 +1108,10 @@ async fn client_to_server(
                             Gate::Refuse(r) => {
                                 // The Bind fails on the server in its place; the pipeline is
                                 // then skipped up to Sync, exactly as after a failed Bind.
-                                let token = state.substitute(ctx.session_id, &r);
+                                let token = state.stand_ins.register(ctx.session_id, &r);
                                 put_statement(
                                     &mut out,
-                                    b'P',
+                                    msg::PARSE,
                                     Some(token.as_bytes()),
                                     &token,
                                     &[0, 0],
@@ -1231,8 +1121,8 @@ async fn client_to_server(
                             Gate::ClientGone => return RelayEnd::ClientEof,
                         }
                     }
-                    copy_window |= tag == b'E';
-                    if run && tag == b'E' && follow.wants_results {
+                    copy_window |= tag == msg::EXECUTE;
+                    if run && tag == msg::EXECUTE && follow.wants_results {
                         let traits = prepared.execute_traits(&buf[pos..pos + header.frame_len]);
                         if segment.execute(traits, state.quiet()) == SegmentStep::Gate {
                             match gate_segment(server, &mut out, state, client, &mut buf).await {
@@ -1251,7 +1141,7 @@ async fn client_to_server(
                 }
                 _ => {
                     match tag {
-                        b'S' => {
+                        msg::SYNC => {
                             match segment.sync() {
                                 _ if !follow.wants_results => {}
                                 SegmentStep::Gate => {
@@ -1267,11 +1157,9 @@ async fn client_to_server(
                             {
                                 // Both queues get the Sync under the relay queue's lock (see
                                 // `drop_ignored_syncs`).
-                                let mut q = tracking.then(|| state.expect());
+                                let mut q = tracking.then(|| state.replies.lock());
                                 if let Some(q) = q.as_mut() {
-                                    q.push_back(Expect::Sync {
-                                        during_copy: copy_window,
-                                    });
+                                    q.sync(copy_window);
                                 }
                                 if let Some(o) = ctx.outcomes {
                                     o.sync(copy_window);
@@ -1281,7 +1169,7 @@ async fn client_to_server(
                             state.pending.fetch_add(1, Ordering::AcqRel);
                             state.unsynced.store(false, Ordering::Release);
                         }
-                        b'B' | b'E' | b'D' | b'C' | b'H' => {
+                        msg::BIND | msg::EXECUTE | msg::DESCRIBE | msg::CLOSE | msg::FLUSH => {
                             state.unsynced.store(true, Ordering::Release)
                         }
                         _ => {}
@@ -1342,8 +1230,8 @@ fn inspect_client_message(
     let policing = chain.as_ref().is_some_and(|c| c.wants_query());
     let mut body = &frame[5..];
     let (name, sql) = match frame[0] {
-        b'Q' => (None, protocol::take_cstr(&mut body)),
-        b'P' => {
+        msg::QUERY => (None, protocol::take_cstr(&mut body)),
+        msg::PARSE => {
             let name = protocol::take_cstr(&mut body);
             (name, protocol::take_cstr(&mut body))
         }
@@ -1358,7 +1246,7 @@ fn inspect_client_message(
                             .into(),
                     hint: Some("call the function with a SELECT statement".into()),
                 };
-                deny(ctx, state, &refusal, b'Q', None, out);
+                deny(ctx, state, &refusal, msg::QUERY, None, out);
             } else {
                 out.extend_from_slice(frame);
             }
@@ -1407,7 +1295,7 @@ fn inspect_client_message(
                     number,
                     text,
                     analysis.as_deref(),
-                    if frame[0] == b'Q' {
+                    if frame[0] == msg::QUERY {
                         "simple"
                     } else {
                         "extended"
@@ -1433,7 +1321,7 @@ fn inspect_client_message(
             "statement analysed"
         );
     }
-    let protocol_name = if frame[0] == b'Q' {
+    let protocol_name = if frame[0] == msg::QUERY {
         "simple"
     } else {
         "extended"
@@ -1474,7 +1362,7 @@ fn inspect_client_message(
         deny(ctx, state, &refusal, frame[0], name, out);
         return Inspected::Sent(Sent::default());
     };
-    let protocol_kind = if frame[0] == b'Q' {
+    let protocol_kind = if frame[0] == msg::QUERY {
         wit::Protocol::Simple
     } else {
         wit::Protocol::Extended
@@ -1495,7 +1383,7 @@ fn inspect_client_message(
         QueryDecision::RequireApproval(ask) => Judged::NeedsApproval(ask),
     };
     // Held statements are recorded with their outcome, once decided (see `gate`).
-    let held = frame[0] == b'Q' && matches!(judged, Judged::NeedsApproval(_));
+    let held = frame[0] == msg::QUERY && matches!(judged, Judged::NeedsApproval(_));
     let record = match held && ctx.approvals.is_some() {
         true => None,
         false => audit_statement(
@@ -1540,9 +1428,9 @@ fn inspect_client_message(
                 ask,
                 sql: text.to_owned(),
                 analysis: analysis.clone(),
-                extended: frame[0] == b'P',
+                extended: frame[0] == msg::PARSE,
             };
-            if frame[0] == b'Q' {
+            if frame[0] == msg::QUERY {
                 return Inspected::Held(Box::new(needs));
             }
             // Preparing runs nothing: the statement is held at each Bind, with its parameters.
@@ -1689,6 +1577,7 @@ fn audit_statement(
     if let (true, Some(p)) = (cfg.parameters, params) {
         f.strs("parameters", p.iter().map(Option::as_deref));
     }
+    f.sort();
     Some(Arc::new(f))
 }
 
@@ -1714,7 +1603,7 @@ fn deny_prepared(
     out.truncate(out.len().saturating_sub(frame.len()));
     let mut body = &frame[5..];
     let name = protocol::take_cstr(&mut body);
-    deny(ctx, state, refusal, b'P', name, out);
+    deny(ctx, state, refusal, msg::PARSE, name, out);
 }
 
 /// The parts of a Bind message after its portal and statement names, read in place.
@@ -1940,7 +1829,7 @@ async fn decide_held(
                 let gone = match read {
                     Ok(0) | Err(_) => true,
                     // Terminate right after the held message: the client has given up.
-                    Ok(_) => buf.get(frame_end) == Some(&b'X'),
+                    Ok(_) => buf.get(frame_end) == Some(&msg::TERMINATE),
                 };
                 if gone {
                     withdraw.disarm();
@@ -2166,22 +2055,8 @@ fn deny(
     out: &mut BytesMut,
 ) {
     info!(plugin = %refusal.plugin, sqlstate = %refusal.sqlstate, "statement denied");
-    let token = state.substitute(ctx.session_id, refusal);
+    let token = state.stand_ins.register(ctx.session_id, refusal);
     put_statement(out, tag, name, &token, &[0, 0]);
-}
-
-/// A Query, or a Parse with the given statement name and the remaining parameter-type bytes.
-fn put_statement(out: &mut BytesMut, tag: u8, name: Option<&[u8]>, sql: &str, param_types: &[u8]) {
-    protocol::put_message(out, tag, |o| {
-        if tag == b'P' {
-            o.extend_from_slice(name.unwrap_or(b""));
-            o.put_u8(0);
-        }
-        protocol::put_cstr(o, sql);
-        if tag == b'P' {
-            o.extend_from_slice(param_types);
-        }
-    });
 }
 
 /// Where the server's answers stand, for result filtering.
@@ -2374,10 +2249,10 @@ async fn server_to_client(
                 Err(e) => return RelayEnd::ServerProtocol(e),
             };
             if state.own.load(Ordering::Acquire) > 0 {
-                let own = match state.expect().front() {
-                    Some(Expect::Own { forward }) => Some((*forward, None)),
-                    Some(Expect::OwnDescribe(d)) => Some((false, Some(d.clone()))),
-                    _ => None,
+                let own = match state.replies.lock().own_reply() {
+                    Some(OwnReply::Query { forward }) => Some((forward, None)),
+                    Some(OwnReply::Describe(d)) => Some((false, Some(d))),
+                    None => None,
                 };
                 if let Some((forward, described)) = own {
                     // The answer to a Query of the gateway's own.
@@ -2386,27 +2261,30 @@ async fn server_to_client(
                     }
                     let frame = &buf[pos..pos + header.frame_len];
                     // Notifications and parameter changes are the client's whoever asked.
-                    let keep = matches!(header.tag, b'A' | b'S')
-                        || (forward && matches!(header.tag, b'E' | b'Z'));
+                    let keep = matches!(
+                        header.tag,
+                        msg::NOTIFICATION_RESPONSE | msg::PARAMETER_STATUS
+                    ) || (forward
+                        && matches!(header.tag, msg::ERROR_RESPONSE | msg::READY_FOR_QUERY));
                     let mut replacement = None;
                     if let Some(d) = &described {
                         match header.tag {
-                            b'T' => d.answered(Some(&frame[5..])),
-                            b'n' => d.answered(None),
-                            b'E' => d.failed(),
+                            msg::ROW_DESCRIPTION => d.answered(Some(&frame[5..])),
+                            msg::NO_DATA => d.answered(None),
+                            msg::ERROR_RESPONSE => d.failed(),
                             _ => {}
                         }
                     }
                     match header.tag {
-                        b'Z' => {
-                            state.expect().pop_front();
+                        msg::READY_FOR_QUERY => {
+                            state.replies.lock().own_ready();
                             state.own.fetch_sub(1, Ordering::AcqRel);
                             observe_server_message(state, frame);
                             state.answered.notify_one();
                         }
-                        b'E' | b'S' => {
+                        msg::ERROR_RESPONSE | msg::PARAMETER_STATUS => {
                             observe_server_message(state, frame);
-                            if keep && header.tag == b'E' {
+                            if keep && header.tag == msg::ERROR_RESPONSE {
                                 replacement = reduce_server_message(ctx, server_messages, frame);
                             }
                         }
@@ -2423,7 +2301,7 @@ async fn server_to_client(
                     continue;
                 }
             }
-            if header.tag == b'D'
+            if header.tag == msg::DATA_ROW
                 && !results.discard
                 && results.unfiltered.as_ref().is_some_and(|u| {
                     // One look at the chain per read, taken once a result is unfiltered.
@@ -2459,7 +2337,7 @@ async fn server_to_client(
                     }
                 }
             }
-            if header.tag == b'D' && tracking && !results.checked && !results.discard {
+            if header.tag == msg::DATA_ROW && tracking && !results.checked && !results.discard {
                 results.checked = true;
                 let started = match execute_columns(ctx, state) {
                     ExecuteColumns::Known(columns, analysis) => {
@@ -2496,13 +2374,20 @@ async fn server_to_client(
                 }
             }
             let whole = match header.tag {
-                b'Z' | b'S' | b'E' => true,
-                b'C' | b's' | b'I' => tracking || outcomes.is_some(),
-                b'T' | b'n' | b'H' | b't' => tracking,
-                b'G' => tracking || outcomes.is_some(),
-                b'N' => server_messages != ServerMessages::Pass || results.holds_rows(),
-                b'D' => results.filter.is_some(),
-                b'd' | b'c' => results.copy.is_some(),
+                msg::READY_FOR_QUERY | msg::PARAMETER_STATUS | msg::ERROR_RESPONSE => true,
+                msg::COMMAND_COMPLETE | msg::PORTAL_SUSPENDED | msg::EMPTY_QUERY_RESPONSE => {
+                    tracking || outcomes.is_some()
+                }
+                msg::ROW_DESCRIPTION
+                | msg::NO_DATA
+                | msg::COPY_OUT_RESPONSE
+                | msg::PARAMETER_DESCRIPTION => tracking,
+                msg::COPY_IN_RESPONSE => tracking || outcomes.is_some(),
+                msg::NOTICE_RESPONSE => {
+                    server_messages != ServerMessages::Pass || results.holds_rows()
+                }
+                msg::DATA_ROW => results.filter.is_some(),
+                msg::COPY_DATA | msg::COPY_DONE => results.copy.is_some(),
                 // No other message may overtake rows held in a batch (a notice raised
                 // between two rows, say).
                 _ => results.holds_rows(),
@@ -2510,7 +2395,7 @@ async fn server_to_client(
             if !whole {
                 if outcomes.is_some() {
                     tally.bytes += header.frame_len as u64;
-                    tally.rows += u64::from(header.tag == b'D');
+                    tally.rows += u64::from(header.tag == msg::DATA_ROW);
                 }
                 pass = header.frame_len;
                 continue;
@@ -2525,7 +2410,7 @@ async fn server_to_client(
             let mut relay = !results.discard;
             // Bytes that go out in the frame's place: a stand-in refusal, a reduced message.
             let mut replacement: Option<BytesMut> = None;
-            if !matches!(header.tag, b'D' | b'd') && results.holds_rows() {
+            if !matches!(header.tag, msg::DATA_ROW | msg::COPY_DATA) && results.holds_rows() {
                 // Held rows go out, filtered, before the message after them (CommandComplete,
                 // an error, a notice, ...).
                 out.extend_from_slice(&buf[written..pos]);
@@ -2537,55 +2422,38 @@ async fn server_to_client(
             if outcomes.is_some() {
                 tally.bytes += header.frame_len as u64;
             }
-            if matches!(header.tag, b'C' | b'E') && state.copy_in.load(Ordering::Acquire) {
+            if matches!(header.tag, msg::COMMAND_COMPLETE | msg::ERROR_RESPONSE)
+                && state.copy_in.load(Ordering::Acquire)
+            {
                 state.copy_in.store(false, Ordering::Release);
                 // The copy ends. The client side may have queued Syncs of the copy after its
                 // CopyInResponse was read here; the server ignored those too.
                 drop_ignored_syncs(state, tracking, outcomes);
             }
             match header.tag {
-                b'E' => {
+                msg::ERROR_RESPONSE => {
                     results.end(ctx, &mut tally);
                     if let Some(o) = outcomes {
                         o.failed(&protocol::parse_error_body(&frame[5..]).code, &mut tally);
                     }
-                    replacement = state.take_substitution(frame).or_else(|| {
+                    replacement = state.stand_ins.refusal_for(frame).or_else(|| {
                         relay
                             .then(|| reduce_server_message(ctx, server_messages, frame))
                             .flatten()
                     });
                     if tracking {
                         // The server skips the rest of an extended pipeline up to Sync.
-                        let mut q = state.expect();
-                        while matches!(q.front(), Some(Expect::Describe(_) | Expect::Execute(..))) {
-                            if let Some(Expect::Describe(d)) = q.pop_front() {
-                                d.skipped();
-                            }
-                        }
+                        state.replies.lock().failed();
                     }
                     observe_server_message(state, frame);
                 }
-                b'Z' => {
+                msg::READY_FOR_QUERY => {
                     if tracking {
-                        let mut wrapped = false;
-                        let mut q = state.expect();
-                        while let Some(e) = q.pop_front() {
-                            match e {
-                                Expect::Query(a) => {
-                                    invalidate_after_ddl(ctx, a.analysis.as_deref());
-                                    wrapped = a.wrapped;
-                                    break;
-                                }
-                                Expect::Sync { .. }
-                                | Expect::Own { .. }
-                                | Expect::OwnDescribe(_) => break,
-                                Expect::Execute(a, _) => {
-                                    invalidate_after_ddl(ctx, a.analysis.as_deref())
-                                }
-                                Expect::Describe(d) => d.skipped(),
-                            }
-                        }
-                        drop(q);
+                        let query = state
+                            .replies
+                            .lock()
+                            .ready(|s| invalidate_after_ddl(ctx, s.analysis.as_deref()));
+                        let wrapped = query.is_some_and(|q| q.wrapped);
                         results.statement = 0;
                         results.end(ctx, &mut tally);
                         relay = true;
@@ -2594,7 +2462,11 @@ async fn server_to_client(
                             // The gateway ends the block it opened; the client gets the
                             // ReadyForQuery of that COMMIT or ROLLBACK.
                             relay = false;
-                            let end = if results.discard { b'R' } else { status };
+                            let end = if results.discard {
+                                WRAPPED_REFUSED
+                            } else {
+                                status
+                            };
                             state.wrapped_end.store(end, Ordering::Release);
                         } else if results.discard && status == protocol::TXN_IN_BLOCK {
                             // The client was told a statement failed, which fails a block:
@@ -2613,38 +2485,36 @@ async fn server_to_client(
                     }
                     observe_server_message(state, frame);
                 }
-                b'G' => {
+                msg::COPY_IN_RESPONSE => {
                     // COPY FROM STDIN began: the Syncs sent right after its statement are
                     // ignored by the server and get no ReadyForQuery.
                     drop_ignored_syncs(state, tracking, outcomes);
                     state.copy_in.store(true, Ordering::Release);
                 }
-                b'N' if relay => replacement = reduce_server_message(ctx, server_messages, frame),
-                b'S' => observe_server_message(state, frame),
-                b't' => {
-                    if let Some(Expect::Describe(Describe::Statement { relay: false, .. })) =
-                        state.expect().front()
-                    {
-                        // Our own Describe of a statement: its parameters are the client's.
-                        relay = false;
-                    }
+                msg::NOTICE_RESPONSE if relay => {
+                    replacement = reduce_server_message(ctx, server_messages, frame)
                 }
-                b'T' | b'n' => {
+                msg::PARAMETER_STATUS => observe_server_message(state, frame),
+                msg::PARAMETER_DESCRIPTION if state.replies.lock().describing_own_statement() => {
+                    // Our own Describe of a statement: the client did not ask for it.
+                    relay = false;
+                }
+                msg::ROW_DESCRIPTION | msg::NO_DATA => {
+                    let of = state
+                        .replies
+                        .lock()
+                        .description(header.tag == msg::ROW_DESCRIPTION);
                     let front = {
-                        let mut q = state.expect();
-                        match q.pop_front() {
-                            Some(Expect::Describe(Describe::Portal { relay: r })) => {
+                        match of {
+                            DescriptionOf::Portal { relay: r, execute } => {
                                 // A Describe right before an Execute: its columns.
                                 relay &= r;
-                                match q.front() {
-                                    Some(Expect::Execute(a, _)) => Some((a.analysis.clone(), 0)),
-                                    _ => None,
-                                }
+                                execute.map(|a| (a, 0))
                             }
-                            Some(Expect::Describe(Describe::Statement { columns, relay: r })) => {
+                            DescriptionOf::Statement { columns, relay: r } => {
                                 relay &= r;
                                 let described = match header.tag {
-                                    b'T' => {
+                                    msg::ROW_DESCRIPTION => {
                                         Described::Rows(frame[5..].into(), catalog_generation(ctx))
                                     }
                                     _ => Described::NoData,
@@ -2652,22 +2522,14 @@ async fn server_to_client(
                                 let _ = columns.described.set(described);
                                 None
                             }
-                            Some(Expect::Describe(Describe::Client)) => None,
-                            Some(Expect::Query(a)) if header.tag == b'T' => {
-                                let front = Some((a.analysis.clone(), results.statement));
-                                q.push_front(Expect::Query(a));
-                                front
-                            }
-                            Some(other) => {
-                                q.push_front(other);
-                                None
-                            }
-                            None => None,
+                            DescriptionOf::Client | DescriptionOf::Unexpected => None,
+                            DescriptionOf::Query(a) => Some((a, results.statement)),
                         }
                     };
                     // The columns of the result that follows (not a client's own Describe).
                     results.checked |= front.is_some();
-                    if let (Some((analysis, statement)), b'T') = (front, header.tag) {
+                    if let (Some((analysis, statement)), msg::ROW_DESCRIPTION) = (front, header.tag)
+                    {
                         let a = analysis.clone();
                         match start_result(ctx, state, &mut known, frame, a, statement).await {
                             Ok(filter) => {
@@ -2689,7 +2551,7 @@ async fn server_to_client(
                         }
                     }
                 }
-                b'D' => {
+                msg::DATA_ROW => {
                     // Filtered rows: this one and the complete rows after it go out with
                     // their batch.
                     out.extend_from_slice(&buf[written..pos]);
@@ -2709,12 +2571,12 @@ async fn server_to_client(
                     }
                     written = pos + frame_len;
                 }
-                b'H' => {
+                msg::COPY_OUT_RESPONSE => {
                     results.checked = true;
-                    let (sent, statement) = match state.expect().front() {
-                        Some(Expect::Query(s)) => (Some(s.clone()), results.statement),
-                        Some(Expect::Execute(s, _)) => (Some(s.clone()), 0),
-                        _ => (None, 0),
+                    let copying = state.replies.lock().copying(results.statement);
+                    let (sent, statement) = match copying {
+                        Some((s, i)) => (Some(s), i),
+                        None => (None, 0),
                     };
                     match start_copy(ctx, state, frame, sent, statement).await {
                         Ok(c) => results.copy = c,
@@ -2726,7 +2588,7 @@ async fn server_to_client(
                         }
                     }
                 }
-                b'd' => {
+                msg::COPY_DATA => {
                     out.extend_from_slice(&buf[written..pos]);
                     written = pos + header.frame_len;
                     relay = false;
@@ -2743,42 +2605,49 @@ async fn server_to_client(
                         }
                     }
                 }
-                b'C' | b's' | b'I' => {
+                msg::COMMAND_COMPLETE | msg::PORTAL_SUSPENDED | msg::EMPTY_QUERY_RESPONSE => {
                     results.end(ctx, &mut tally);
                     if let Some(o) = outcomes {
                         match header.tag {
-                            b'C' => {
+                            msg::COMMAND_COMPLETE => {
                                 let mut body = &frame[5..];
                                 let tag = protocol::take_cstr(&mut body)
                                     .and_then(|t| std::str::from_utf8(t).ok());
                                 o.completed(Some(tag.unwrap_or("")), &mut tally);
                             }
-                            b's' => o.suspended(&mut tally),
+                            msg::PORTAL_SUSPENDED => o.suspended(&mut tally),
                             _ => o.completed(None, &mut tally),
                         }
                     }
                     if tracking {
-                        let mut q = state.expect();
-                        match q.front() {
-                            Some(Expect::Query(_)) if header.tag != b's' => results.statement += 1,
-                            Some(Expect::Execute(..)) => {
-                                if let Some(Expect::Execute(a, _)) = q.pop_front() {
-                                    if header.tag == b'C' {
-                                        invalidate_after_ddl(ctx, a.analysis.as_deref());
-                                    }
-                                }
+                        let ended = state
+                            .replies
+                            .lock()
+                            .ended(header.tag == msg::PORTAL_SUSPENDED);
+                        match ended {
+                            Ended::QueryStatement => results.statement += 1,
+                            Ended::Execute(a) if header.tag == msg::COMMAND_COMPLETE => {
+                                invalidate_after_ddl(ctx, a.analysis.as_deref())
                             }
-                            _ => {}
+                            Ended::Execute(_) | Ended::Nothing => {}
                         }
                     }
                 }
                 _ => {}
             }
             if tracking {
-                if header.tag == b'Z' {
+                if header.tag == msg::READY_FOR_QUERY {
                     state.copy_in.store(false, Ordering::Release);
                 }
-                if matches!(header.tag, b'C' | b's' | b'I' | b'E' | b'Z' | b'G') {
+                if matches!(
+                    header.tag,
+                    msg::COMMAND_COMPLETE
+                        | msg::PORTAL_SUSPENDED
+                        | msg::EMPTY_QUERY_RESPONSE
+                        | msg::ERROR_RESPONSE
+                        | msg::READY_FOR_QUERY
+                        | msg::COPY_IN_RESPONSE
+                ) {
                     state.answered.notify_one();
                 }
             }
@@ -3077,9 +2946,9 @@ fn invalidate_after_ddl(ctx: &RelayContext<'_>, analysis: Option<&Analysis>) {
 /// How the rows arriving now (the first of a result not described by a RowDescription) can
 /// be filtered.
 fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns {
-    let q = state.expect();
-    match q.front() {
-        Some(Expect::Execute(a, Columns::Statement)) => {
+    let q = state.replies.lock();
+    match q.executing() {
+        Some((a, Columns::Statement)) => {
             let Some(host) = ctx.host() else {
                 return ExecuteColumns::Known(KnownColumns::Undescribed, None);
             };
@@ -3109,9 +2978,7 @@ fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns
                 None => ExecuteColumns::Missing,
             }
         }
-        Some(Expect::Execute(_, Columns::Unknown)) if ctx.wants_results() => {
-            ExecuteColumns::Missing
-        }
+        Some((_, Columns::Unknown)) if ctx.wants_results() => ExecuteColumns::Missing,
         _ => ExecuteColumns::Known(KnownColumns::Undescribed, None),
     }
 }
@@ -3156,15 +3023,6 @@ impl KnownColumns {
                 _ => None,
             },
             KnownColumns::Undescribed => None,
-        }
-    }
-}
-
-impl Describe {
-    /// The server skipped this Describe: a statement's columns must be asked for again.
-    fn skipped(self) {
-        if let Describe::Statement { columns, .. } = self {
-            let _ = columns.described.set(Described::Skipped);
         }
     }
 }
@@ -3233,9 +3091,9 @@ fn drop_ignored_syncs(state: &RelayState, tracking: bool, outcomes: Option<&Outc
     let mut ignored = 0;
     // The relay's queue stays locked while the audit trail's is edited, as the client side
     // holds it while it queues a Sync in both: the two see the same Syncs.
-    let mut q = tracking.then(|| state.expect());
+    let mut q = tracking.then(|| state.replies.lock());
     if let Some(q) = q.as_mut() {
-        ignored = drop_syncs_during_copy(q);
+        ignored = q.copy_in_started();
     }
     if let Some(o) = outcomes {
         ignored = ignored.max(o.copy_in_started());
@@ -3250,21 +3108,10 @@ fn drop_ignored_syncs(state: &RelayState, tracking: bool, outcomes: Option<&Outc
     }
 }
 
-/// Removes the Syncs queued right after the statement at the front, which started COPY FROM
-/// STDIN, that were sent before its CopyDone or CopyFail; returns how many.
-fn drop_syncs_during_copy(queue: &mut VecDeque<Expect>) -> u32 {
-    let mut dropped = 0;
-    while matches!(queue.get(1), Some(Expect::Sync { during_copy: true })) {
-        queue.remove(1);
-        dropped += 1;
-    }
-    dropped
-}
-
 fn observe_server_message(state: &RelayState, frame: &[u8]) {
     let body = &frame[5..];
     match frame[0] {
-        b'Z' => {
+        msg::READY_FOR_QUERY => {
             if let Some(&status) = body.first() {
                 state.txn_status.store(status, Ordering::Relaxed);
             }
@@ -3273,7 +3120,7 @@ fn observe_server_message(state: &RelayState, frame: &[u8]) {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1));
             state.may_be_idle();
         }
-        b'S' => {
+        msg::PARAMETER_STATUS => {
             let mut b = body;
             if let (Some(k), Some(v)) = (protocol::take_cstr(&mut b), protocol::take_cstr(&mut b)) {
                 if let (Ok(k), Ok(v)) = (std::str::from_utf8(k), std::str::from_utf8(v)) {
@@ -3281,7 +3128,7 @@ fn observe_server_message(state: &RelayState, frame: &[u8]) {
                 }
             }
         }
-        b'E' => {
+        msg::ERROR_RESPONSE => {
             let e = protocol::parse_error_body(body);
             if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
                 state.server_fatal.store(true, Ordering::Relaxed);
@@ -3321,10 +3168,16 @@ fn describe_copies(a: &Analysis, sql: &str, out: &mut BytesMut) -> Option<Arc<Se
             .is_some_and(|c| c.direction == CopyDirection::To && c.stdio);
         if to_client && !changed {
             if let Ok(plan) = results::copy::plan(sql, i) {
-                put_statement(out, b'P', Some(COPY_DESCRIBE_NAME), &plan.select, &[0, 0]);
-                put_describe(out, b'S', COPY_DESCRIBE_NAME);
-                protocol::put_message(out, b'C', |o| {
-                    o.put_u8(b'S');
+                put_statement(
+                    out,
+                    msg::PARSE,
+                    Some(COPY_DESCRIBE_NAME),
+                    &plan.select,
+                    &[0, 0],
+                );
+                put_describe(out, target::STATEMENT, COPY_DESCRIBE_NAME);
+                protocol::put_message(out, msg::CLOSE, |o| {
+                    o.put_u8(target::STATEMENT);
                     o.extend_from_slice(COPY_DESCRIBE_NAME);
                     o.put_u8(0);
                 });
@@ -3336,7 +3189,7 @@ fn describe_copies(a: &Analysis, sql: &str, out: &mut BytesMut) -> Option<Arc<Se
     if slots.is_empty() {
         return None;
     }
-    protocol::put_message(out, b'S', |_| {});
+    protocol::put_message(out, msg::SYNC, |_| {});
     Some(Arc::new(SessionDescribed {
         slots: Mutex::new(slots),
     }))
@@ -3374,10 +3227,10 @@ fn changes_names(a: &Analysis, frame: &[u8]) -> bool {
 /// result (see [`commit_guard`]); the server's log shows it as a syntax error.
 const ABORT_SQL: &str = "pgward_result_refused";
 
-/// Appends a Query of the gateway's own (see [`Expect::Own`]).
+/// Appends a Query of the gateway's own (see [`replies::Expect::Own`]).
 fn put_own_query(state: &RelayState, out: &mut BytesMut, sql: &str, forward: bool) {
-    put_statement(out, b'Q', None, sql, &[]);
-    state.expect().push_back(Expect::Own { forward });
+    put_statement(out, msg::QUERY, None, sql, &[]);
+    state.replies.lock().own_query(forward);
     state.own.fetch_add(1, Ordering::AcqRel);
     state.pending.fetch_add(1, Ordering::AcqRel);
 }
@@ -3449,16 +3302,16 @@ async fn gate_segment(
     buf: &mut BytesMut,
 ) -> Result<bool, RelayEnd> {
     // The server holds its answers back until a Sync or Flush.
-    protocol::put_message(out, b'H', |_| {});
+    protocol::put_message(out, msg::FLUSH, |_| {});
     flush_to_server(server, out, state)
         .await
         .map_err(RelayEnd::ServerIo)?;
-    let answered = |s: &RelayState| !s.expect().iter().any(|e| matches!(e, Expect::Execute(..)));
+    let answered = |s: &RelayState| !s.replies.lock().executes_waiting();
     wait_answered(state, client, buf, answered).await?;
     if !answered(state) || !state.discarding.load(Ordering::Acquire) {
         return Ok(false);
     }
-    put_statement(out, b'P', Some(b"pgward_refused"), ABORT_SQL, &[0, 0]);
+    put_statement(out, msg::PARSE, Some(b"pgward_refused"), ABORT_SQL, &[0, 0]);
     Ok(true)
 }
 
@@ -3487,6 +3340,7 @@ async fn write_flush(
 
 #[cfg(test)]
 mod tests {
+    use super::replies::Expect;
     use super::*;
 
     fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -3597,23 +3451,6 @@ mod tests {
         );
         assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_none());
         assert_eq!(&out[..], &close[..], "the Close itself goes upstream");
-    }
-
-    #[test]
-    fn syncs_sent_during_copy_in_are_dropped_when_the_copy_starts() {
-        let mut q = VecDeque::from([
-            Expect::Execute(Sent::default(), Columns::Unknown),
-            Expect::Sync { during_copy: true },
-            Expect::Sync { during_copy: true },
-            Expect::Sync { during_copy: false },
-            Expect::Sync { during_copy: true },
-        ]);
-        assert_eq!(drop_syncs_during_copy(&mut q), 2);
-        assert_eq!(q.len(), 3);
-        assert!(matches!(q[1], Expect::Sync { during_copy: false }));
-        // The one after CopyDone answers this COPY; a later one flagged is another
-        // statement's.
-        assert_eq!(drop_syncs_during_copy(&mut q), 0);
     }
 
     /// What a [`RelayContext`] borrows.
@@ -3728,7 +3565,7 @@ mod tests {
         /// The server's answers to the Describes sent so far: the statements' columns.
         fn answer(&mut self, skip: bool) -> Vec<Columns> {
             let mut executes = Vec::new();
-            for e in self.state.expect().drain(..) {
+            for e in self.state.replies.lock().take_all() {
                 match e {
                     Expect::Describe(d) if skip => d.skipped(),
                     Expect::Describe(Describe::Statement { columns, .. }) => {

@@ -200,16 +200,16 @@ pub async fn describe(
     sql: &str,
 ) -> Result<Vec<super::ResultField>, String> {
     let mut out = BytesMut::new();
-    protocol::put_message(&mut out, b'P', |o| {
+    protocol::put_message(&mut out, protocol::tag::PARSE, |o| {
         o.put_u8(0);
         protocol::put_cstr(o, sql);
         o.put_i16(0);
     });
-    protocol::put_message(&mut out, b'D', |o| {
-        o.put_u8(b'S');
+    protocol::put_message(&mut out, protocol::tag::DESCRIBE, |o| {
+        o.put_u8(protocol::target::STATEMENT);
         o.put_u8(0);
     });
-    protocol::put_message(&mut out, b'S', |_| {});
+    protocol::put_message(&mut out, protocol::tag::SYNC, |_| {});
     let reply = exchange(upstream, database, out).await?;
     match reply.row_description {
         Some(body) => super::parse_row_description(&body)
@@ -225,7 +225,9 @@ async fn query(
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, String> {
     let mut out = BytesMut::new();
-    protocol::put_message(&mut out, b'Q', |o| protocol::put_cstr(o, sql));
+    protocol::put_message(&mut out, protocol::tag::QUERY, |o| {
+        protocol::put_cstr(o, sql)
+    });
     exchange(upstream, database, out).await.map(|r| r.rows)
 }
 
@@ -300,7 +302,7 @@ async fn run(stream: &mut Stream, request: &[u8]) -> Result<Reply, String> {
         let frame = buf.split_to(header.frame_len);
         let mut body = &frame[5..];
         match header.tag {
-            b'D' => {
+            protocol::tag::DATA_ROW => {
                 if body.len() < 2 {
                     return Err("short DataRow".into());
                 }
@@ -319,9 +321,9 @@ async fn run(stream: &mut Stream, request: &[u8]) -> Result<Reply, String> {
                 }
                 rows.push(row);
             }
-            b'T' => row_description = Some(BytesMut::from(body)),
-            b'E' => error = Some(protocol::parse_error_body(body).message),
-            b'Z' => {
+            protocol::tag::ROW_DESCRIPTION => row_description = Some(BytesMut::from(body)),
+            protocol::tag::ERROR_RESPONSE => error = Some(protocol::parse_error_body(body).message),
+            protocol::tag::READY_FOR_QUERY => {
                 return match error {
                     Some(e) => Err(format!("catalog query failed: {e}")),
                     None => Ok(Reply {

@@ -72,7 +72,7 @@ pub fn portal_row_description(statement: &[u8], formats: &[i16]) -> Option<Vec<u
         return None;
     }
     let mut frame = Vec::with_capacity(5 + statement.len());
-    frame.push(b'T');
+    frame.push(protocol::tag::ROW_DESCRIPTION);
     frame.extend_from_slice(&u32::try_from(statement.len() + 4).ok()?.to_be_bytes());
     frame.extend_from_slice(statement);
     let mut at = 5 + 2;
@@ -375,7 +375,7 @@ impl Filter {
         let base = self.rows.len();
         let mut at = 0;
         while let Ok(Some(h)) = protocol::frame_header(&bytes[at..], limit) {
-            if h.tag != b'D' || bytes.len() - at < h.frame_len {
+            if h.tag != protocol::tag::DATA_ROW || bytes.len() - at < h.frame_len {
                 break;
             }
             self.starts.push(base + at);
@@ -672,7 +672,7 @@ impl Filter {
             let buffer = sink.buffer();
             let start = buffer.len();
             let mut error = None;
-            protocol::put_message(buffer, b'D', |o| {
+            protocol::put_message(buffer, protocol::tag::DATA_ROW, |o| {
                 o.put_i16(ncols as i16);
                 for (c, source) in sources.iter().enumerate() {
                     let new: &dyn Array = match source {
@@ -908,7 +908,7 @@ mod tests {
 
     fn data_row(value: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
-        protocol::put_message(&mut out, b'D', |o| {
+        protocol::put_message(&mut out, protocol::tag::DATA_ROW, |o| {
             o.put_i16(1);
             o.put_i32(value.len() as i32);
             o.extend_from_slice(value);
