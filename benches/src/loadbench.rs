@@ -8,7 +8,9 @@
 //! `BENCH_SKIP_PGBOUNCER=1` when PgBouncer is not installed, `BENCH_SUITES` (comma-separated,
 //! default `pgbench,stream,results`), `BENCH_WIDE_ROWS` for the wide result through result
 //! plugins (default 2000000), `BENCH_MEMORY_ROWS` for the peak-memory run (default 10000000),
-//! `BENCH_TARGETS` to keep only the named pgbench targets (besides direct and bare pgward).
+//! `BENCH_TARGETS` to keep only the named pgbench targets (besides direct and bare pgward),
+//! `BENCH_BASELINE_BIN` for a bare gateway from another build (`pgward baseline`: a
+//! no-regression comparison of two commits in one run).
 //!
 //! For profiling by hand: `loadbench serve` starts every target and prints where it listens;
 //! `loadbench query PORT USER PASSWORD DB SQL [TIMES]` streams one query's rows (binary, as the
@@ -573,6 +575,26 @@ async fn main() -> Result<()> {
     if let Some(g) = &audit_nosync_gw {
         targets.push(target_of("pgward+audit fsync=never", g));
     }
+    // `BENCH_BASELINE_BIN`: the bare gateway again from another build, for a no-regression
+    // comparison of two commits in one interleaved run.
+    let baseline_gw = match std::env::var_os("BENCH_BASELINE_BIN") {
+        Some(bin) if suite("pgbench") => Some(Gateway::start(
+            &pg,
+            GatewayOptions {
+                listen_extra: format!(
+                    "max_connections = 500\nworkers = {}",
+                    env_num("BENCH_WORKERS", 0)
+                ),
+                log_level: "info".into(),
+                binary: Some(bin.into()),
+                ..Default::default()
+            },
+        )?),
+        _ => None,
+    };
+    if let Some(g) = &baseline_gw {
+        targets.push(target_of("pgward baseline", g));
+    }
     if !skip_bouncer {
         let (child, port) = start_pgbouncer(&pg, &db, &gw.dir.join("pgbouncer"))?;
         targets.push(Target {
@@ -588,7 +610,9 @@ async fn main() -> Result<()> {
     // and bare pgward: fewer targets per round, so a comparison drifts less with the machine.
     if let Ok(only) = std::env::var("BENCH_TARGETS") {
         let only: Vec<&str> = only.split(',').map(str::trim).collect();
-        targets.retain(|t| t.name == "direct" || t.name == "pgward" || only.contains(&t.name));
+        targets.retain(|t| {
+            matches!(t.name, "direct" | "pgward" | "pgward baseline") || only.contains(&t.name)
+        });
     }
     // Result plugins: an identity transform of every column, and masking of one column.
     let mut result_gws: Vec<(&'static str, Gateway)> = Vec::new();

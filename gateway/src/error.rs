@@ -1,20 +1,37 @@
 //! What a client is told when the gateway refuses or ends something. Internal error text reaches
-//! a client only through these constructors, so nothing leaks by accident.
+//! a client only through these constructors, so nothing leaks by accident: [`ClientError`] is
+//! the one type of everything the gateway itself says in an ErrorResponse — its own errors and
+//! the plugins' refusals ([`ClientError::refusal`]) — and [`ClientError::encode`] the one place
+//! it is put on the wire.
 
+use crate::plugins::Refusal;
 use crate::protocol::{self, ErrorFields, Severity};
 use crate::sqlstate;
 use crate::upstream::UpstreamError;
 use bytes::BytesMut;
+use std::borrow::Cow;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// An ErrorResponse the gateway sends on its own behalf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientError {
     pub severity: Severity,
-    /// SQLSTATE.
-    pub code: &'static str,
+    /// SQLSTATE: one of [`sqlstate`]'s, or the code a plugin's refusal carries.
+    pub code: Cow<'static, str>,
     pub message: String,
+    pub detail: Option<String>,
     pub hint: Option<String>,
+}
+
+/// What a plugin's refusal stopped, which its DETAIL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// A statement (on-query): the client's statement fails.
+    Statement,
+    /// A result (on-result-schema, on-batch): its rows are not sent.
+    Result,
+    /// The session (on-connect): the connection ends.
+    Session,
 }
 
 impl std::fmt::Display for ClientError {
@@ -27,9 +44,35 @@ impl ClientError {
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
         ClientError {
             severity: Severity::Fatal,
-            code,
+            code: Cow::Borrowed(code),
             message: message.into(),
+            detail: None,
             hint: None,
+        }
+    }
+
+    /// A plugin's refusal as the client is told it; the DETAIL names the plugin.
+    pub fn refusal(r: &Refusal, refused: Refused) -> Self {
+        let (severity, detail) = match refused {
+            Refused::Statement => (
+                Severity::Error,
+                format!("denied by policy plugin \"{}\"", r.plugin),
+            ),
+            Refused::Result => (
+                Severity::Error,
+                format!("refused by result policy \"{}\"", r.plugin),
+            ),
+            Refused::Session => (
+                Severity::Fatal,
+                format!("denied by policy plugin \"{}\"", r.plugin),
+            ),
+        };
+        ClientError {
+            severity,
+            code: Cow::Owned(r.sqlstate.clone()),
+            message: r.message.clone(),
+            detail: Some(detail),
+            hint: r.hint.clone(),
         }
     }
 
@@ -91,9 +134,9 @@ impl ClientError {
             out,
             &ErrorFields {
                 severity: self.severity,
-                code: self.code,
+                code: &self.code,
                 message: &self.message,
-                detail: None,
+                detail: self.detail.as_deref(),
                 hint: self.hint.as_deref(),
             },
         );

@@ -8,9 +8,11 @@
 //!   approvals, audit trail), built once by the server.
 //! - [`shutdown`]: graceful shutdown as sessions see it: begun (end once idle), then expired.
 //! - [`session`]: one client: TLS, startup, SCRAM authentication, upstream login.
-//! - [`relay`]: the message pump of an established session (bytes in, bytes out); its
-//!   `commit_guard` keeps what the server commits in line with what a refused result told the
-//!   client.
+//! - [`relay`]: the message pump of an established session (bytes in, bytes out). Its
+//!   `replies` is the queue of answers the server owes, in order, with one operation per
+//!   protocol event; `stand_in` sends refused statements upstream as stand-ins whose errors
+//!   become the refusals; `commit_guard` keeps what the server commits in line with what a
+//!   refused result told the client.
 //! - [`upstream`]: connecting and logging in to PostgreSQL with the gateway's credentials.
 //! - [`protocol`]: wire-protocol framing and the few messages the gateway builds or reads.
 //! - [`auth`]: identities and SCRAM-SHA-256 (server and client side).

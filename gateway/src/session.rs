@@ -6,7 +6,7 @@ use crate::auth::scram::{self, ServerExchange, Verifier};
 use crate::auth::{Identity, Proofs};
 use crate::cancel::CancelTarget;
 use crate::config::{AuthMethod, ClientCertificates, TlsMode};
-use crate::error::ClientError;
+use crate::error::{ClientError, Refused};
 use crate::protocol::{self, StartupPacket};
 use crate::relay::{self, RelayEnd, RelayState};
 use crate::shared::GatewayShared;
@@ -58,7 +58,7 @@ pub async fn serve(
         Ok(Ok(Some(s))) => s,
         Ok(Ok(None)) => return,
         Ok(Err(SessionError::Refused(e))) => {
-            info!(code = e.code, reason = %e.message, "connection refused");
+            info!(code = %e.code, reason = %e.message, "connection refused");
             crate::metrics::METRICS.session("unknown", "refused");
             if let Some(a) = &gw.audit {
                 a.emit(
@@ -121,16 +121,7 @@ pub async fn serve(
         if let Some(refusal) = host.on_connect(&plugin_session) {
             info!(plugin = %refusal.plugin, sqlstate = %refusal.sqlstate, "session refused by policy");
             let mut out = BytesMut::new();
-            protocol::put_error(
-                &mut out,
-                &protocol::ErrorFields {
-                    severity: protocol::Severity::Fatal,
-                    code: &refusal.sqlstate,
-                    message: &refusal.message,
-                    detail: Some(&format!("denied by policy plugin \"{}\"", refusal.plugin)),
-                    hint: refusal.hint.as_deref(),
-                },
-            );
+            ClientError::refusal(&refusal, Refused::Session).encode(&mut out);
             let _ = stream.write_all(&out).await;
             let _ = stream.shutdown().await;
             return;

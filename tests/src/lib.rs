@@ -480,6 +480,8 @@ pub struct GatewayOptions {
     pub upstream_login: Option<(String, String)>,
     /// Serve the admin HTTP server (`/metrics`) on a free port: [`Gateway::metric`].
     pub admin: bool,
+    /// Another `pgward` binary than [`pgward_bin`] (a benchmark's baseline build).
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for GatewayOptions {
@@ -498,6 +500,7 @@ impl Default for GatewayOptions {
             plugins_extra: String::new(),
             upstream_login: None,
             admin: false,
+            binary: None,
         }
     }
 }
@@ -648,7 +651,7 @@ impl Gateway {
             let config_path = dir.join("pgward.toml");
             std::fs::write(&config_path, config)?;
             let log = std::fs::File::create(dir.join("pgward.log"))?;
-            let mut cmd = Command::new(pgward_bin());
+            let mut cmd = Command::new(opts.binary.clone().unwrap_or_else(pgward_bin));
             cmd.arg("run")
                 .arg("--config")
                 .arg(&config_path)

@@ -82,6 +82,11 @@ const NAMES: [&str; 8] = [
     "on-batch",
 ];
 
+/// A component lacks an export the contract requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no export `{0}`")]
+pub struct MissingExport(pub &'static str);
+
 /// A component ready to instantiate, its exports found by name once.
 pub struct PluginPre {
     pre: InstancePre<HostState>,
@@ -90,17 +95,23 @@ pub struct PluginPre {
 }
 
 impl PluginPre {
-    pub fn new(pre: InstancePre<HostState>, contract: Contract) -> Result<PluginPre, String> {
+    /// Finds every export the contract names; the error names the first one missing.
+    pub fn new(
+        pre: InstancePre<HostState>,
+        contract: Contract,
+    ) -> Result<PluginPre, MissingExport> {
         let component = pre.component();
         let mut index = Vec::with_capacity(NAMES.len());
         for name in NAMES {
             index.push(
                 component
                     .get_export_index(None, name)
-                    .ok_or_else(|| format!("no export `{name}`"))?,
+                    .ok_or(MissingExport(name))?,
             );
         }
-        let index = index.try_into().map_err(|_| "export lookup".to_string())?;
+        let index = index
+            .try_into()
+            .map_err(|_| MissingExport("(export list)"))?;
         Ok(PluginPre {
             pre,
             contract,

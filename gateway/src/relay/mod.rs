@@ -12,7 +12,7 @@ use crate::approvals::{Approvals, Deferred, WaitOutcome};
 use crate::audit::fields::Fields;
 use crate::audit::statement::{Decided, Outcomes, Params, Tally};
 use crate::auth::Identity;
-use crate::error::ClientError;
+use crate::error::{ClientError, Refused};
 use crate::metrics::METRICS;
 use crate::plugins::bindings::pgward::plugin::types as wit;
 use crate::plugins::{ApprovalAsk, PluginHost, QueryDecision, Refusal};
@@ -2500,10 +2500,14 @@ async fn server_to_client(
                     relay = false;
                 }
                 msg::ROW_DESCRIPTION | msg::NO_DATA => {
-                    let of = state
-                        .replies
-                        .lock()
-                        .description(header.tag == msg::ROW_DESCRIPTION);
+                    let rows = header.tag == msg::ROW_DESCRIPTION;
+                    // A statement's description is stored while the queue is locked: the client
+                    // side, which checks it under the same lock, never sees the Describe
+                    // answered and its columns missing.
+                    let of = state.replies.lock().description(rows, || match rows {
+                        true => Described::Rows(frame[5..].into(), catalog_generation(ctx)),
+                        false => Described::NoData,
+                    });
                     let front = {
                         match of {
                             DescriptionOf::Portal { relay: r, execute } => {
@@ -2511,15 +2515,8 @@ async fn server_to_client(
                                 relay &= r;
                                 execute.map(|a| (a, 0))
                             }
-                            DescriptionOf::Statement { columns, relay: r } => {
+                            DescriptionOf::Statement { relay: r } => {
                                 relay &= r;
-                                let described = match header.tag {
-                                    msg::ROW_DESCRIPTION => {
-                                        Described::Rows(frame[5..].into(), catalog_generation(ctx))
-                                    }
-                                    _ => Described::NoData,
-                                };
-                                let _ = columns.described.set(described);
                                 None
                             }
                             DescriptionOf::Client | DescriptionOf::Unexpected => None,
@@ -2771,7 +2768,7 @@ async fn start_copy(
             "the columns of this COPY cannot be determined, so it was not sent".into(),
         ));
     };
-    let plan = results::copy::plan(sql, statement).map_err(&refuse)?;
+    let plan = results::copy::plan(sql, statement).map_err(|e| refuse(e.to_string()))?;
     let binary = frame.get(5) == Some(&1);
     let columns = frame
         .get(6..8)
@@ -2809,7 +2806,14 @@ async fn start_copy(
             }
             results::catalog::describe(r.upstream, r.database, &plan.select)
                 .await
-                .map_err(|e| refuse(format!("cannot determine the columns of this COPY: {e}")))?
+                .map_err(|e| {
+                    // The catalog's error may name upstream hosts: the log's, not the client's.
+                    warn!(error = %e, "catalog describe of a COPY failed: result refused");
+                    refuse(
+                        "cannot determine the columns of this COPY, so it was not sent; the gateway log has the details"
+                            .into(),
+                    )
+                })?
         }
     };
     if fields.len() != columns {
@@ -3054,17 +3058,7 @@ fn undescribed_refusal() -> Refusal {
 
 fn refuse_result(out: &mut BytesMut, refusal: &Refusal) {
     warn!(plugin = %refusal.plugin, sqlstate = %refusal.sqlstate, "result refused");
-    let detail = format!("refused by result policy \"{}\"", refusal.plugin);
-    protocol::put_error(
-        out,
-        &protocol::ErrorFields {
-            severity: protocol::Severity::Error,
-            code: &refusal.sqlstate,
-            message: &refusal.message,
-            detail: Some(&detail),
-            hint: refusal.hint.as_deref(),
-        },
-    );
+    ClientError::refusal(refusal, Refused::Result).encode(out);
 }
 
 /// The server's ErrorResponse or NoticeResponse `frame` as the client may see it while a

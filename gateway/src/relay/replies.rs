@@ -13,7 +13,7 @@
 //! mutex; [`Replies::lock`] hands out a [`Pending`], whose operations are named after the
 //! protocol event they follow.
 
-use super::{Sent, SessionDescribed, StatementColumns};
+use super::{Described, Sent, SessionDescribed, StatementColumns};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -76,11 +76,8 @@ pub(super) enum DescriptionOf {
         relay: bool,
         execute: Option<Option<Arc<crate::sql::Analysis>>>,
     },
-    /// A Describe of a prepared statement.
-    Statement {
-        columns: Arc<StatementColumns>,
-        relay: bool,
-    },
+    /// A Describe of a prepared statement (its columns stored already).
+    Statement { relay: bool },
     /// The client's own Describe, for no result that follows.
     Client,
     /// A result of the Query at the front (a RowDescription only).
@@ -182,8 +179,13 @@ impl Pending<'_> {
         )
     }
 
-    /// RowDescription (`rows`) or NoData.
-    pub(super) fn description(&mut self, rows: bool) -> DescriptionOf {
+    /// RowDescription (`rows`) or NoData. A prepared statement's columns are set to
+    /// `answer()` before the queue is unlocked.
+    pub(super) fn description(
+        &mut self,
+        rows: bool,
+        answer: impl FnOnce() -> Described,
+    ) -> DescriptionOf {
         match self.0.front() {
             Some(Expect::Describe(_)) => {}
             Some(Expect::Query(s)) if rows => return DescriptionOf::Query(s.analysis.clone()),
@@ -200,7 +202,10 @@ impl Pending<'_> {
                     _ => None,
                 },
             },
-            Describe::Statement { columns, relay } => DescriptionOf::Statement { columns, relay },
+            Describe::Statement { columns, relay } => {
+                let _ = columns.described.set(answer());
+                DescriptionOf::Statement { relay }
+            }
             Describe::Client => DescriptionOf::Client,
         }
     }
@@ -294,7 +299,7 @@ impl Describe {
     /// The server skipped this Describe: a statement's columns must be asked for again.
     pub(super) fn skipped(self) {
         if let Describe::Statement { columns, .. } = self {
-            let _ = columns.described.set(super::Described::Skipped);
+            let _ = columns.described.set(Described::Skipped);
         }
     }
 }
@@ -307,6 +312,11 @@ mod tests {
     fn sent(sql: &str) -> Sent {
         let a = SqlAnalyzer::new(0).analyze(sql, LexOptions::default());
         Sent::new(Some(a), sql, None)
+    }
+
+    /// What a test's RowDescription or NoData stores for a statement.
+    fn no_answer() -> Described {
+        Described::NoData
     }
 
     fn text(s: Option<&Sent>) -> Option<String> {
@@ -325,7 +335,7 @@ mod tests {
         q.describe(Describe::Portal { relay: false });
         q.execute(sent("SELECT 2"), Columns::Described);
         q.sync(false);
-        match q.description(true) {
+        match q.description(true, no_answer) {
             DescriptionOf::Portal {
                 relay: true,
                 execute: Some(a),
@@ -340,7 +350,7 @@ mod tests {
         assert_eq!(done, 0, "the Execute ended before");
         // The second pipeline's Describe was the gateway's: not relayed.
         assert!(matches!(
-            q.description(true),
+            q.description(true, no_answer),
             DescriptionOf::Portal { relay: false, .. }
         ));
         assert!(matches!(q.ended(false), Ended::Execute(_)));
@@ -363,7 +373,10 @@ mod tests {
         assert!(!q.executes_waiting());
         // Its ReadyForQuery answers the Sync only; the Query waits.
         assert!(q.ready(|_| panic!("nothing ran")).is_none());
-        assert!(matches!(q.description(true), DescriptionOf::Query(_)));
+        assert!(matches!(
+            q.description(true, no_answer),
+            DescriptionOf::Query(_)
+        ));
         assert!(matches!(q.ended(false), Ended::QueryStatement));
         let mut seen = Vec::new();
         let query = q.ready(|s| seen.push(text(Some(s))));
@@ -376,11 +389,20 @@ mod tests {
         let r = Replies::default();
         let mut q = r.lock();
         q.query(sent("SELECT 1; SELECT 2"));
-        assert!(matches!(q.description(true), DescriptionOf::Query(_)));
+        assert!(matches!(
+            q.description(true, no_answer),
+            DescriptionOf::Query(_)
+        ));
         assert!(matches!(q.ended(false), Ended::QueryStatement));
         // NoData does not answer a Query (a Query's statement without rows sends none).
-        assert!(matches!(q.description(false), DescriptionOf::Unexpected));
-        assert!(matches!(q.description(true), DescriptionOf::Query(_)));
+        assert!(matches!(
+            q.description(false, no_answer),
+            DescriptionOf::Unexpected
+        ));
+        assert!(matches!(
+            q.description(true, no_answer),
+            DescriptionOf::Query(_)
+        ));
         assert!(matches!(q.ended(false), Ended::QueryStatement));
         assert!(q.ready(|_| ()).is_some());
         assert!(q.take_all().is_empty());
@@ -448,15 +470,19 @@ mod tests {
         });
         assert!(q.describing_own_statement());
         assert!(matches!(
-            q.description(false),
-            DescriptionOf::Statement { relay: false, .. }
+            q.description(false, no_answer),
+            DescriptionOf::Statement { relay: false }
         ));
+        assert!(matches!(columns.described.get(), Some(Described::NoData)));
         assert!(!q.describing_own_statement());
         // The second is skipped by an error: its columns must be asked for again.
+        let other = StatementColumns::new(0);
+        q.take_all();
+        q.describe(Describe::Statement {
+            columns: other.clone(),
+            relay: true,
+        });
         q.failed();
-        assert!(matches!(
-            columns.described.get(),
-            Some(super::super::Described::Skipped)
-        ));
+        assert!(matches!(other.described.get(), Some(Described::Skipped)));
     }
 }

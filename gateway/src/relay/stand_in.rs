@@ -13,6 +13,7 @@
 //! transaction that had failed already) leaves its entry behind; the oldest go past
 //! [`MAX_WAITING`].
 
+use crate::error::{ClientError, Refused};
 use crate::plugins::Refusal;
 use crate::protocol;
 use crate::sqlstate;
@@ -43,17 +44,7 @@ impl StandIns {
         let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let token = format!("{TOKEN_PREFIX}{session_id}_{n}");
         let mut error = BytesMut::new();
-        let detail = format!("denied by policy plugin \"{}\"", refusal.plugin);
-        protocol::put_error(
-            &mut error,
-            &protocol::ErrorFields {
-                severity: protocol::Severity::Error,
-                code: &refusal.sqlstate,
-                message: &refusal.message,
-                detail: Some(&detail),
-                hint: refusal.hint.as_deref(),
-            },
-        );
+        ClientError::refusal(refusal, Refused::Statement).encode(&mut error);
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         if waiting.len() >= MAX_WAITING {
             waiting.pop_front();

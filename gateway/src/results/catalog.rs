@@ -24,6 +24,26 @@ const MAX_TABLES: usize = 10_000;
 /// How long one catalog query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a catalog lookup failed. It may name upstream hosts: it goes to the log, and a client
+/// is told only that the lookup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot connect for catalog lookups: {0}")]
+    Connect(#[source] crate::upstream::UpstreamError),
+    #[error("catalog connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("catalog connection: {0}")]
+    Protocol(#[from] protocol::FrameError),
+    #[error("catalog connection closed")]
+    Closed,
+    #[error("catalog query timed out")]
+    Timeout,
+    #[error("catalog query failed: {0}")]
+    Query(String),
+    #[error("{0}")]
+    Malformed(&'static str),
+}
+
 /// What the catalog says about one relation.
 #[derive(Debug)]
 pub struct TableInfo {
@@ -69,7 +89,7 @@ impl Catalog {
         upstream: &UpstreamTarget,
         database: &str,
         oids: &[u32],
-    ) -> Result<HashMap<u32, Arc<TableInfo>>, String> {
+    ) -> Result<HashMap<u32, Arc<TableInfo>>, CatalogError> {
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         {
@@ -109,7 +129,7 @@ impl Catalog {
         upstream: &UpstreamTarget,
         database: &str,
         oids: &[u32],
-    ) -> Result<HashMap<u32, TableInfo>, String> {
+    ) -> Result<HashMap<u32, TableInfo>, CatalogError> {
         let list = oids
             .iter()
             .map(|o| o.to_string())
@@ -136,7 +156,9 @@ impl Catalog {
                 field(4).and_then(|v| v.parse::<i16>().ok()),
                 field(5),
             ) else {
-                return Err("unexpected row from the catalog query".into());
+                return Err(CatalogError::Malformed(
+                    "unexpected row from the catalog query",
+                ));
             };
             if let Some(def) = field(6) {
                 views.insert(oid, def.to_owned());
@@ -198,7 +220,7 @@ pub async fn describe(
     upstream: &UpstreamTarget,
     database: &str,
     sql: &str,
-) -> Result<Vec<super::ResultField>, String> {
+) -> Result<Vec<super::ResultField>, CatalogError> {
     let mut out = BytesMut::new();
     protocol::put_message(&mut out, protocol::tag::PARSE, |o| {
         o.put_u8(0);
@@ -212,8 +234,9 @@ pub async fn describe(
     protocol::put_message(&mut out, protocol::tag::SYNC, |_| {});
     let reply = exchange(upstream, database, out).await?;
     match reply.row_description {
-        Some(body) => super::parse_row_description(&body)
-            .ok_or_else(|| "malformed RowDescription from the catalog connection".into()),
+        Some(body) => super::parse_row_description(&body).ok_or(CatalogError::Malformed(
+            "malformed RowDescription from the catalog connection",
+        )),
         None => Ok(Vec::new()),
     }
 }
@@ -223,7 +246,7 @@ async fn query(
     upstream: &UpstreamTarget,
     database: &str,
     sql: &str,
-) -> Result<Vec<Vec<Option<String>>>, String> {
+) -> Result<Vec<Vec<Option<String>>>, CatalogError> {
     let mut out = BytesMut::new();
     protocol::put_message(&mut out, protocol::tag::QUERY, |o| {
         protocol::put_cstr(o, sql)
@@ -242,7 +265,7 @@ async fn exchange(
     upstream: &UpstreamTarget,
     database: &str,
     request: BytesMut,
-) -> Result<Reply, String> {
+) -> Result<Reply, CatalogError> {
     let conn = CONNECTIONS.with(|c| {
         c.borrow_mut()
             .entry(database.to_owned())
@@ -260,12 +283,12 @@ async fn exchange(
                 None,
             )
             .await
-            .map_err(|e| format!("cannot connect for catalog lookups: {e}"))?;
+            .map_err(CatalogError::Connect)?;
         debug!(database, "catalog connection opened");
         *slot = Some(session.stream);
     }
     let Some(stream) = slot.as_mut() else {
-        return Err("no catalog connection".into());
+        return Err(CatalogError::Closed);
     };
     match tokio::time::timeout(QUERY_TIMEOUT, run(stream, &request)).await {
         Ok(Ok(rows)) => Ok(rows),
@@ -276,14 +299,14 @@ async fn exchange(
         }
         Err(_) => {
             *slot = None;
-            Err("catalog query timed out".into())
+            Err(CatalogError::Timeout)
         }
     }
 }
 
-async fn run(stream: &mut Stream, request: &[u8]) -> Result<Reply, String> {
-    stream.write_all(request).await.map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
+async fn run(stream: &mut Stream, request: &[u8]) -> Result<Reply, CatalogError> {
+    stream.write_all(request).await?;
+    stream.flush().await?;
     let mut buf = BytesMut::with_capacity(8192);
     let mut rows = Vec::new();
     let mut row_description = None;
@@ -292,30 +315,33 @@ async fn run(stream: &mut Stream, request: &[u8]) -> Result<Reply, String> {
         let header = match protocol::frame_header(&buf, 64 << 20) {
             Ok(Some(h)) if buf.len() >= h.frame_len => h,
             Ok(_) => {
-                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                    return Err("catalog connection closed".into());
+                if stream.read_buf(&mut buf).await? == 0 {
+                    return Err(CatalogError::Closed);
                 }
                 continue;
             }
-            Err(e) => return Err(format!("catalog connection: {e}")),
+            Err(e) => return Err(e.into()),
         };
         let frame = buf.split_to(header.frame_len);
         let mut body = &frame[5..];
         match header.tag {
             protocol::tag::DATA_ROW => {
                 if body.len() < 2 {
-                    return Err("short DataRow".into());
+                    return Err(CatalogError::Malformed("short DataRow"));
                 }
                 let n = body.get_i16().max(0) as usize;
                 let mut row = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let len = protocol::take_i32(&mut body).ok_or("short DataRow")?;
+                    let len = protocol::take_i32(&mut body)
+                        .ok_or(CatalogError::Malformed("short DataRow"))?;
                     if len < 0 {
                         row.push(None);
                         continue;
                     }
                     let len = len as usize;
-                    let v = body.get(..len).ok_or("short DataRow")?;
+                    let v = body
+                        .get(..len)
+                        .ok_or(CatalogError::Malformed("short DataRow"))?;
                     row.push(Some(String::from_utf8_lossy(v).into_owned()));
                     body = &body[len..];
                 }
@@ -325,7 +351,7 @@ async fn run(stream: &mut Stream, request: &[u8]) -> Result<Reply, String> {
             protocol::tag::ERROR_RESPONSE => error = Some(protocol::parse_error_body(body).message),
             protocol::tag::READY_FOR_QUERY => {
                 return match error {
-                    Some(e) => Err(format!("catalog query failed: {e}")),
+                    Some(e) => Err(CatalogError::Query(e)),
                     None => Ok(Reply {
                         rows,
                         row_description,

@@ -39,20 +39,54 @@ impl CopyFormat {
     }
 }
 
+/// A COPY statement the gateway cannot filter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CopyPlanError {
+    #[error("the COPY statement cannot be parsed: {0}")]
+    Parse(String),
+    #[error("statement is not a COPY ... TO STDOUT")]
+    NotCopyOut,
+    #[error("{what} {value:?} is not a single-byte character")]
+    NotOneByte { what: &'static str, value: char },
+    #[error("COPY option {0} is not supported")]
+    Option(String),
+    #[error("COPY format {0:?} is not supported")]
+    Format(String),
+}
+
+/// COPY data the gateway cannot read or write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CopyDataError {
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[error("{what} has {found} fields, the COPY {expected}")]
+    Fields {
+        what: &'static str,
+        found: i64,
+        expected: usize,
+    },
+}
+
+impl From<&'static str> for CopyDataError {
+    fn from(reason: &'static str) -> Self {
+        CopyDataError::Malformed(reason)
+    }
+}
+
 /// What the gateway needs to filter one `COPY ... TO STDOUT`.
 #[derive(Debug)]
 pub struct CopyPlan {
     /// A SELECT returning the same columns, to describe.
     pub select: String,
     /// The format, or why the gateway cannot read or write it.
-    pub format: Result<CopyFormat, String>,
+    pub format: Result<CopyFormat, CopyPlanError>,
 }
 
 /// The plan of statement `index` (0-based, empty statements not counted) of `sql`, which must
 /// be a `COPY ... TO STDOUT`.
-pub fn plan(sql: &str, index: usize) -> Result<CopyPlan, String> {
+pub fn plan(sql: &str, index: usize) -> Result<CopyPlan, CopyPlanError> {
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
-        .map_err(|e| format!("the COPY statement cannot be parsed: {e}"))?;
+        .map_err(|e| CopyPlanError::Parse(e.to_string()))?;
     let Some(Statement::Copy {
         source,
         to: true,
@@ -62,7 +96,7 @@ pub fn plan(sql: &str, index: usize) -> Result<CopyPlan, String> {
         ..
     }) = statements.get(index)
     else {
-        return Err("statement is not a COPY ... TO STDOUT".into());
+        return Err(CopyPlanError::NotCopyOut);
     };
     let select = match source {
         CopySource::Table {
@@ -88,14 +122,17 @@ pub fn plan(sql: &str, index: usize) -> Result<CopyPlan, String> {
     })
 }
 
-fn one_byte(c: char, what: &str) -> Result<u8, String> {
+fn one_byte(c: char, what: &'static str) -> Result<u8, CopyPlanError> {
     u8::try_from(c)
         .ok()
         .filter(u8::is_ascii)
-        .ok_or_else(|| format!("{what} {c:?} is not a single-byte character"))
+        .ok_or(CopyPlanError::NotOneByte { what, value: c })
 }
 
-fn format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyFormat, String> {
+fn format(
+    options: &[CopyOption],
+    legacy: &[CopyLegacyOption],
+) -> Result<CopyFormat, CopyPlanError> {
     let mut kind = "text".to_string();
     let mut delimiter = None;
     let mut null: Option<String> = None;
@@ -111,7 +148,7 @@ fn format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyFor
             CopyOption::Quote(c) => quote = Some(one_byte(*c, "QUOTE")?),
             CopyOption::Escape(c) => escape = Some(one_byte(*c, "ESCAPE")?),
             CopyOption::ForceQuote(cols) if cols.is_empty() => {}
-            other => return Err(format!("COPY option {other} is not supported")),
+            other => return Err(CopyPlanError::Option(other.to_string())),
         }
     }
     for o in legacy {
@@ -126,11 +163,11 @@ fn format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyFor
                         CopyLegacyCsvOption::Header => header = true,
                         CopyLegacyCsvOption::Quote(q) => quote = Some(one_byte(*q, "QUOTE")?),
                         CopyLegacyCsvOption::Escape(e) => escape = Some(one_byte(*e, "ESCAPE")?),
-                        other => return Err(format!("COPY option {other} is not supported")),
+                        other => return Err(CopyPlanError::Option(other.to_string())),
                     }
                 }
             }
-            other => return Err(format!("COPY option {other} is not supported")),
+            other => return Err(CopyPlanError::Option(other.to_string())),
         }
     }
     match kind.as_str() {
@@ -149,7 +186,7 @@ fn format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyFor
             })
         }
         "binary" => Ok(CopyFormat::Binary),
-        other => Err(format!("COPY format {other:?} is not supported")),
+        other => Err(CopyPlanError::Format(other.to_owned())),
     }
 }
 
@@ -178,7 +215,7 @@ impl CopyCodec {
     }
 
     /// Decodes one CopyData body.
-    pub fn decode(&mut self, data: &[u8], columns: usize) -> Result<CopyRow, String> {
+    pub fn decode(&mut self, data: &[u8], columns: usize) -> Result<CopyRow, CopyDataError> {
         match &self.format {
             CopyFormat::Binary => {
                 let mut prefix = 0;
@@ -243,7 +280,12 @@ impl CopyCodec {
     }
 
     /// Appends a CopyData message for the row in DataRow `frame`, after `prefix`.
-    pub fn encode(&self, prefix: &[u8], frame: &[u8], out: &mut BytesMut) -> Result<(), String> {
+    pub fn encode(
+        &self,
+        prefix: &[u8],
+        frame: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), CopyDataError> {
         let tuple = frame.get(5..).ok_or("short DataRow")?;
         crate::protocol::put_message(out, b'd', |o| {
             o.extend_from_slice(prefix);
@@ -301,15 +343,17 @@ impl CopyCodec {
     }
 }
 
-fn check_tuple(tuple: &[u8], columns: usize) -> Result<(), String> {
+fn check_tuple(tuple: &[u8], columns: usize) -> Result<(), CopyDataError> {
     let n = tuple
         .get(..2)
         .map(|b| i16::from_be_bytes([b[0], b[1]]))
         .ok_or("binary COPY tuple is empty")?;
     if n as usize != columns {
-        return Err(format!(
-            "binary COPY tuple has {n} fields, the COPY {columns}"
-        ));
+        return Err(CopyDataError::Fields {
+            what: "binary COPY tuple",
+            found: i64::from(n),
+            expected: columns,
+        });
     }
     let mut at = 2;
     for _ in 0..n {
@@ -348,12 +392,13 @@ fn cells(tuple: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
     })
 }
 
-fn row_frame(cells: Vec<Option<Vec<u8>>>, columns: usize) -> Result<CopyRow, String> {
+fn row_frame(cells: Vec<Option<Vec<u8>>>, columns: usize) -> Result<CopyRow, CopyDataError> {
     if cells.len() != columns {
-        return Err(format!(
-            "COPY row has {} fields, the COPY {columns}",
-            cells.len()
-        ));
+        return Err(CopyDataError::Fields {
+            what: "COPY row",
+            found: cells.len() as i64,
+            expected: columns,
+        });
     }
     let mut frame = BytesMut::new();
     crate::protocol::put_message(&mut frame, b'D', |o| {
@@ -371,7 +416,7 @@ fn row_frame(cells: Vec<Option<Vec<u8>>>, columns: usize) -> Result<CopyRow, Str
     Ok(CopyRow::Row { frame, prefix: 0 })
 }
 
-fn unescape_text(field: &[u8]) -> Result<Vec<u8>, String> {
+fn unescape_text(field: &[u8]) -> Result<Vec<u8>, CopyDataError> {
     if !field.contains(&b'\\') {
         return Ok(field.to_vec());
     }
@@ -463,7 +508,7 @@ fn split_csv(
     quote: u8,
     escape: u8,
     null: &[u8],
-) -> Result<Vec<Option<Vec<u8>>>, String> {
+) -> Result<Vec<Option<Vec<u8>>>, CopyDataError> {
     let mut cells = Vec::new();
     let mut i = 0;
     loop {

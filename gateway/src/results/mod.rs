@@ -843,7 +843,7 @@ impl RowSink for CopyRows<'_> {
         let prefix = &self.messages[at + 5..at + 5 + self.prefixes[row]];
         let result = self.codec.encode(prefix, &self.row[start..], self.out);
         self.row.truncate(start);
-        result.map_err(internal)
+        result.map_err(|e| internal(e.to_string()))
     }
 }
 
