@@ -334,6 +334,19 @@ pub const CLASS_METADATA: &str = "pgward.class";
 /// One batch's changed column: (index, values changed, plugin, class).
 type Change = (usize, u64, String, Option<String>);
 
+/// Per column, the plugin that changed it last and the class it gave.
+type ChangedBy<'a> = Vec<Option<(&'a str, Option<String>)>>;
+
+/// A batch after the plugins, as [`Filter::write_rows`] writes it back.
+struct Written<'a> {
+    rows: &'a [u8],
+    cells: &'a [(usize, i32)],
+    original: &'a [Option<ArrayRef>],
+    arrays: &'a [Option<ArrayRef>],
+    changed_by: &'a ChangedBy<'a>,
+    changed: &'a [usize],
+}
+
 /// A result being filtered through plugins.
 pub struct Filter {
     sub: Arc<Subscription>,
@@ -475,6 +488,11 @@ impl Filter {
     }
 
     /// Runs the batch through the subscribers into `sink`; the columns they changed.
+    ///
+    /// In four steps: where each cell of the rows is ([`Filter::cells`]), the subscribed
+    /// columns decoded to Arrow ([`Filter::decode`]), each subscriber's batch in chain order
+    /// ([`Filter::through_plugins`]), and the rows written back, a cell nobody changed byte
+    /// for byte ([`Filter::write_rows`]).
     fn run<S: RowSink>(
         &self,
         host: &PluginHost,
@@ -483,6 +501,37 @@ impl Filter {
         starts: &[usize],
         sink: &mut S,
     ) -> Result<Vec<Change>, Refusal> {
+        let nrows = starts.len();
+        let cells = self.cells(rows, starts)?;
+        let original = self.decode(rows, &cells, nrows)?;
+        let (arrays, changed_by) = self.through_plugins(host, session, &original, nrows)?;
+        let changed: Vec<usize> = self
+            .sub
+            .needed
+            .iter()
+            .copied()
+            .filter(|&c| match (&original[c], &arrays[c]) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                _ => false,
+            })
+            .collect();
+        if changed.is_empty() {
+            return sink.unchanged(0..nrows).map(|()| Vec::new());
+        }
+        let written = Written {
+            rows,
+            cells: &cells,
+            original: &original,
+            arrays: &arrays,
+            changed_by: &changed_by,
+            changed: &changed,
+        };
+        self.write_rows(written, nrows, sink)
+    }
+
+    /// Where each cell of the DataRows in `rows` (each starting at `starts`) is: (start, length;
+    /// a negative length for NULL), row-major.
+    fn cells(&self, rows: &[u8], starts: &[usize]) -> Result<Vec<(usize, i32)>, Refusal> {
         let ncols = self.sub.fields.len();
         let nrows = starts.len();
         let malformed = |what: &str| Refusal {
@@ -519,18 +568,20 @@ impl Filter {
                 }
             }
         }
+        Ok(cells)
+    }
+
+    /// The subscribed columns of the batch, decoded to Arrow (`None` for the others).
+    fn decode(
+        &self,
+        rows: &[u8],
+        cells: &[(usize, i32)],
+        nrows: usize,
+    ) -> Result<Vec<Option<ArrayRef>>, Refusal> {
+        let ncols = self.sub.fields.len();
         let cell = |r: usize, c: usize| -> Option<&[u8]> {
             let (at, len) = cells[r * ncols + c];
             (len >= 0).then(|| &rows[at..at + len as usize])
-        };
-        let decode_error = |c: usize, e: String| Refusal {
-            plugin: "pgward".into(),
-            sqlstate: sqlstate::FEATURE_NOT_SUPPORTED.into(),
-            message: format!(
-                "column \"{}\" cannot be passed to the result policies: {e}",
-                self.sub.fields[c].name
-            ),
-            hint: None,
         };
         let mut arrays: Vec<Option<ArrayRef>> = vec![None; ncols];
         let mut column_cells = Vec::with_capacity(nrows);
@@ -543,12 +594,25 @@ impl Filter {
                 &column_cells,
                 self.styles,
             )
-            .map_err(|e| decode_error(c, e))?;
+            .map_err(|e| self.value_error(c, e))?;
             arrays[c] = Some(a);
         }
-        let original = arrays.clone();
+        Ok(arrays)
+    }
+
+    /// The batch through each subscriber in chain order: the columns as the last one left
+    /// them, and which plugin changed each column last, with the class it gave.
+    fn through_plugins(
+        &self,
+        host: &PluginHost,
+        session: &wit::Session,
+        original: &[Option<ArrayRef>],
+        nrows: usize,
+    ) -> Result<(Vec<Option<ArrayRef>>, ChangedBy<'_>), Refusal> {
+        let ncols = self.sub.fields.len();
+        let mut arrays = original.to_vec();
         // Which plugin changed each column last, and the class it gave.
-        let mut changed_by: Vec<Option<(&str, Option<String>)>> = vec![None; ncols];
+        let mut changed_by: ChangedBy = vec![None; ncols];
         for sub in &self.sub.subs {
             let schema = Arc::new(Schema::new(
                 sub.cols
@@ -613,19 +677,27 @@ impl Filter {
                 changed_by[c] = Some((sub.plugin.name.as_str(), class.cloned()));
             }
         }
-        let changed: Vec<usize> = self
-            .sub
-            .needed
-            .iter()
-            .copied()
-            .filter(|&c| match (&original[c], &arrays[c]) {
-                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
-                _ => false,
-            })
-            .collect();
-        if changed.is_empty() {
-            return sink.unchanged(0..nrows).map(|()| Vec::new());
-        }
+        Ok((arrays, changed_by))
+    }
+
+    /// Writes the batch's rows to `sink`: unchanged runs as they came, each changed row as a
+    /// new DataRow whose unchanged cells are copied byte for byte and changed ones encoded in
+    /// the client's format. Returns what changed, per column.
+    fn write_rows<S: RowSink>(
+        &self,
+        w: Written<'_>,
+        nrows: usize,
+        sink: &mut S,
+    ) -> Result<Vec<Change>, Refusal> {
+        let Written {
+            rows,
+            cells,
+            original,
+            arrays,
+            changed_by,
+            changed,
+        } = w;
+        let ncols = self.sub.fields.len();
         let mut changes = Vec::with_capacity(changed.len());
         // What each cell of a changed row is written from.
         enum Source<'a> {
@@ -711,7 +783,7 @@ impl Filter {
             });
             if let Some((c, e)) = error {
                 buffer.truncate(start);
-                return Err(decode_error(c, e));
+                return Err(self.value_error(c, e));
             }
             sink.changed(r, start)?;
         }
@@ -719,6 +791,19 @@ impl Filter {
             sink.unchanged(unchanged_from..nrows)?;
         }
         Ok(changes)
+    }
+
+    /// A value of column `c` the gateway cannot convert.
+    fn value_error(&self, c: usize, e: String) -> Refusal {
+        Refusal {
+            plugin: "pgward".into(),
+            sqlstate: sqlstate::FEATURE_NOT_SUPPORTED.into(),
+            message: format!(
+                "column \"{}\" cannot be passed to the result policies: {e}",
+                self.sub.fields[c].name
+            ),
+            hint: None,
+        }
     }
 }
 
