@@ -35,6 +35,8 @@ use tracing::{debug, info, warn};
 
 mod commit_guard;
 mod replies;
+#[cfg(test)]
+mod scripted;
 mod stand_in;
 use crate::sqlstate;
 use commit_guard::{QueryPlan, Segment, SegmentStep, Traits};
