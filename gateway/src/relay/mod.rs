@@ -98,6 +98,10 @@ pub struct RelayState {
     names_changed: AtomicBool,
     /// The server waits for the client's COPY data (CopyInResponse came, its end has not).
     copy_in: AtomicBool,
+    /// A relay that follows no answers (no result plugin, no audit trail): Syncs sent right
+    /// after the last Query or Execute with nothing else between, which the server ignores if
+    /// that statement starts COPY FROM STDIN. A following relay finds them in its queues.
+    copy_syncs: AtomicU32,
     /// Shutdown has begun and waits for the session to be idle: the relay wakes it
     /// (`idle_changed`) whenever it may have become so. Unset, that costs one load.
     draining: AtomicBool,
@@ -314,6 +318,7 @@ impl RelayState {
             own: AtomicU32::new(0),
             names_changed: AtomicBool::new(false),
             copy_in: AtomicBool::new(false),
+            copy_syncs: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             idle_changed: tokio::sync::Notify::new(),
         }
@@ -1044,6 +1049,9 @@ async fn client_to_server(
                     }
                     let frame = &buf[pos..pos + header.frame_len];
                     copy_window |= tag == msg::QUERY;
+                    if tag == msg::QUERY && !extended {
+                        state.copy_syncs.store(0, Ordering::Relaxed);
+                    }
                     if let Some(o) = ctx.outcomes {
                         match tag {
                             msg::QUERY => o.query(analysis.audit.clone()),
@@ -1167,11 +1175,19 @@ async fn client_to_server(
                                     o.sync(copy_window);
                                 }
                             }
+                            if copy_window && !extended {
+                                state.copy_syncs.fetch_add(1, Ordering::AcqRel);
+                            }
                             prepared.pipeline += 1;
                             state.pending.fetch_add(1, Ordering::AcqRel);
                             state.unsynced.store(false, Ordering::Release);
                         }
                         msg::BIND | msg::EXECUTE | msg::DESCRIBE | msg::CLOSE | msg::FLUSH => {
+                            if tag == msg::EXECUTE {
+                                // Only a relay that follows no answers gets here with one.
+                                copy_window = true;
+                                state.copy_syncs.store(0, Ordering::Relaxed);
+                            }
                             state.unsynced.store(true, Ordering::Release)
                         }
                         _ => {}
@@ -2384,7 +2400,8 @@ async fn server_to_client(
                 | msg::NO_DATA
                 | msg::COPY_OUT_RESPONSE
                 | msg::PARAMETER_DESCRIPTION => tracking,
-                msg::COPY_IN_RESPONSE => tracking || outcomes.is_some(),
+                // Rare, and what keeps the count of pending answers right in every mode.
+                msg::COPY_IN_RESPONSE => true,
                 msg::NOTICE_RESPONSE => {
                     server_messages != ServerMessages::Pass || results.holds_rows()
                 }
@@ -2450,6 +2467,14 @@ async fn server_to_client(
                     observe_server_message(state, frame);
                 }
                 msg::READY_FOR_QUERY => {
+                    if !tracking
+                        && outcomes.is_none()
+                        && state.copy_in.swap(false, Ordering::AcqRel)
+                    {
+                        // A copy ended with a CommandComplete, which this relay does not look
+                        // at: Syncs of it the client sent after its CopyInResponse was read.
+                        drop_ignored_syncs(state, tracking, outcomes);
+                    }
                     if tracking {
                         let query = state
                             .replies
@@ -3085,6 +3110,10 @@ fn reduce_server_message(
 /// anything else the client sent in between ended the copy on the server.
 fn drop_ignored_syncs(state: &RelayState, tracking: bool, outcomes: Option<&Outcomes<'_>>) {
     let mut ignored = 0;
+    if !tracking && outcomes.is_none() {
+        // Nothing queued: the client side counted them.
+        ignored = state.copy_syncs.swap(0, Ordering::AcqRel);
+    }
     // The relay's queue stays locked while the audit trail's is edited, as the client side
     // holds it while it queues a Sync in both: the two see the same Syncs.
     let mut q = tracking.then(|| state.replies.lock());

@@ -112,6 +112,8 @@ struct Scripted {
     /// The test as the server.
     server: TcpStream,
     relay: tokio::task::JoinHandle<String>,
+    /// The gateway's shutdown, as the session sees it.
+    shutdown: Shutdown,
 }
 
 async fn connected() -> (TcpStream, TcpStream) {
@@ -126,6 +128,8 @@ impl Scripted {
     async fn start(identity: Identity) -> Scripted {
         let (client, client_gw) = connected().await;
         let (server_gw, server) = connected().await;
+        let shutdown = Shutdown::new();
+        let stopping = shutdown.clone();
         let relay = tokio::spawn(async move {
             let analyzer = SqlAnalyzer::new(10);
             let session = crate::plugins::convert_session(1, &identity, "db", "127.0.0.1:1", "");
@@ -146,13 +150,14 @@ impl Scripted {
             let state = RelayState::new(protocol::TXN_IDLE);
             let mut client = Stream::Plain(client_gw);
             let mut server = Stream::Plain(server_gw);
-            let end = run(&ctx, &mut client, &mut server, &state, Shutdown::new()).await;
+            let end = run(&ctx, &mut client, &mut server, &state, stopping).await;
             end.to_string()
         });
         Scripted {
             client,
             server,
             relay,
+            shutdown,
         }
     }
 
@@ -189,6 +194,19 @@ impl Scripted {
             .expect("the relay ends")
             .unwrap();
         assert_eq!(end, "client terminated");
+    }
+}
+
+impl Scripted {
+    /// Shutdown begins (its deadline never comes): the relay must end as soon as the session
+    /// is idle, within `within`.
+    async fn ends_once_idle(self, within: Duration) {
+        self.shutdown.begin();
+        let end = tokio::time::timeout(within, self.relay)
+            .await
+            .expect("the idle session ends when shutdown begins")
+            .unwrap();
+        assert_eq!(end, "gateway shutdown");
     }
 }
 
@@ -397,4 +415,76 @@ async fn a_statement_refused_in_a_pipeline_is_answered_in_its_place() {
     s.client_gets(&[refused.to_vec(), ready(protocol::TXN_IDLE)])
         .await;
     s.finish().await;
+}
+
+#[tokio::test]
+async fn an_idle_session_ends_when_shutdown_begins() {
+    let mut s = Scripted::start(user()).await;
+    s.client_sends(&[query("SELECT 1")]).await;
+    s.server_gets(&[query("SELECT 1")]).await;
+    let answers = [
+        row_description("?column?"),
+        data_row("1"),
+        complete("SELECT 1"),
+        ready(protocol::TXN_IDLE),
+    ];
+    s.server_sends(&answers).await;
+    s.client_gets(&answers).await;
+    s.ends_once_idle(Duration::from_secs(5)).await;
+}
+
+/// libpq and tokio-postgres send Bind, Execute and Sync of a COPY FROM STDIN at once; the
+/// server ignores that Sync in copy-in mode and answers only the one after CopyDone.
+#[tokio::test]
+async fn a_copy_in_with_its_sync_sent_ahead_leaves_the_session_idle() {
+    let mut s = Scripted::start(user()).await;
+    let start = [
+        parse("", "COPY t FROM STDIN"),
+        bind("", ""),
+        execute(""),
+        sync(),
+    ];
+    s.client_sends(&start).await;
+    s.server_gets(&start).await;
+    let copy_in = [
+        m(b'1', &[]),
+        m(b'2', &[]),
+        m(msg::COPY_IN_RESPONSE, &[0, 0, 1, 0, 0]),
+    ];
+    s.server_sends(&copy_in).await;
+    s.client_gets(&copy_in).await;
+    let data = [m(msg::COPY_DATA, b"42\n"), m(msg::COPY_DONE, &[]), sync()];
+    s.client_sends(&data).await;
+    s.server_gets(&data).await;
+    let done = [complete("COPY 1"), ready(protocol::TXN_IDLE)];
+    s.server_sends(&done).await;
+    s.client_gets(&done).await;
+    // Again, the Sync sent after the CopyInResponse arrived, then as a simple Query.
+    let start = [bind("", ""), execute("")];
+    s.client_sends(&start).await;
+    s.server_gets(&start).await;
+    let copy_in = [m(b'2', &[]), m(msg::COPY_IN_RESPONSE, &[0, 0, 1, 0, 0])];
+    s.server_sends(&copy_in).await;
+    s.client_gets(&copy_in).await;
+    let data = [
+        sync(),
+        m(msg::COPY_DATA, b"43\n"),
+        m(msg::COPY_DONE, &[]),
+        sync(),
+    ];
+    s.client_sends(&data).await;
+    s.server_gets(&data).await;
+    s.server_sends(&done).await;
+    s.client_gets(&done).await;
+    s.client_sends(&[query("COPY t FROM STDIN")]).await;
+    s.server_gets(&[query("COPY t FROM STDIN")]).await;
+    let copy_in = [m(msg::COPY_IN_RESPONSE, &[0, 0, 1, 0, 0])];
+    s.server_sends(&copy_in).await;
+    s.client_gets(&copy_in).await;
+    let data = [m(msg::COPY_DATA, b"44\n"), m(msg::COPY_DONE, &[])];
+    s.client_sends(&data).await;
+    s.server_gets(&data).await;
+    s.server_sends(&done).await;
+    s.client_gets(&done).await;
+    s.ends_once_idle(Duration::from_secs(5)).await;
 }
