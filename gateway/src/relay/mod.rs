@@ -98,10 +98,16 @@ pub struct RelayState {
     names_changed: AtomicBool,
     /// The server waits for the client's COPY data (CopyInResponse came, its end has not).
     copy_in: AtomicBool,
-    /// A relay that follows no answers (no result plugin, no audit trail): Syncs sent right
-    /// after the last Query or Execute with nothing else between, which the server ignores if
-    /// that statement starts COPY FROM STDIN. A following relay finds them in its queues.
+    /// A relay that follows no answers (no result plugin, no audit trail) counts the Syncs the
+    /// server ignores in copy-in mode (a following relay finds them in its queues):
+    /// `copy_syncs`, sent right after the last Query or Execute with nothing else between,
+    /// ignored if that statement starts COPY FROM STDIN (taken at its CopyInResponse);
+    /// `copy_ignored`, sent while the server is in copy-in mode and before the client ended
+    /// the copy (taken when the copy ends); `client_ended_copy`, the client has sent what
+    /// ends the copy (CopyDone, CopyFail or anything else), so its next Syncs are answered.
     copy_syncs: AtomicU32,
+    copy_ignored: AtomicU32,
+    client_ended_copy: AtomicBool,
     /// Shutdown has begun and waits for the session to be idle: the relay wakes it
     /// (`idle_changed`) whenever it may have become so. Unset, that costs one load.
     draining: AtomicBool,
@@ -319,6 +325,8 @@ impl RelayState {
             names_changed: AtomicBool::new(false),
             copy_in: AtomicBool::new(false),
             copy_syncs: AtomicU32::new(0),
+            copy_ignored: AtomicU32::new(0),
+            client_ended_copy: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             idle_changed: tokio::sync::Notify::new(),
         }
@@ -370,10 +378,6 @@ impl RelayState {
         }
     }
 
-    /// Nothing is in flight and no transaction is open: closing now loses nothing. Errs on
-    /// the side of busy (after a Sync sent during COPY IN, which the server ignores, a session
-    /// the relay does not follow — no result plugin, no audit trail — never looks idle again;
-    /// it is then closed only at the shutdown deadline).
     /// Outside a transaction block, with no Query or Sync awaiting its ReadyForQuery.
     fn quiet(&self) -> bool {
         self.txn_status() == protocol::TXN_IDLE && self.pending.load(Ordering::Acquire) == 0
@@ -389,8 +393,12 @@ impl RelayState {
         }
     }
 
+    /// Nothing is in flight and no transaction is open: closing now loses nothing. The Syncs
+    /// the server ignores during COPY FROM STDIN are not waited for (see `copy_syncs`), and
+    /// a session is never idle while the server is in copy-in mode.
     pub fn is_idle(&self) -> bool {
         self.pending.load(Ordering::Acquire) == 0
+            && !self.copy_in.load(Ordering::Acquire)
             && !self.holding.load(Ordering::Acquire)
             && !self.unsynced.load(Ordering::Acquire)
             && !self.client_mid_frame.load(Ordering::Acquire)
@@ -941,6 +949,9 @@ async fn client_to_server(
                 // A COPY FROM STDIN the server may be in ends at CopyDone, CopyFail or any
                 // other message but CopyData, Flush and Sync; a Query or Execute opens the next.
                 copy_window = false;
+                if !extended && state.copy_in.load(Ordering::Acquire) {
+                    state.client_ended_copy.store(true, Ordering::Release);
+                }
             }
             match tag {
                 msg::QUERY | msg::PARSE | msg::FUNCTION_CALL => {
@@ -1176,7 +1187,14 @@ async fn client_to_server(
                                 }
                             }
                             if copy_window && !extended {
-                                state.copy_syncs.fetch_add(1, Ordering::AcqRel);
+                                let reading_copy = state.copy_in.load(Ordering::Acquire)
+                                    && !state.client_ended_copy.load(Ordering::Acquire);
+                                match reading_copy {
+                                    // The server reads it in copy-in mode.
+                                    true => state.copy_ignored.fetch_add(1, Ordering::AcqRel),
+                                    // Ignored if the statement before it starts a COPY.
+                                    false => state.copy_syncs.fetch_add(1, Ordering::AcqRel),
+                                };
                             }
                             prepared.pipeline += 1;
                             state.pending.fetch_add(1, Ordering::AcqRel);
@@ -2447,7 +2465,7 @@ async fn server_to_client(
                 state.copy_in.store(false, Ordering::Release);
                 // The copy ends. The client side may have queued Syncs of the copy after its
                 // CopyInResponse was read here; the server ignored those too.
-                drop_ignored_syncs(state, tracking, outcomes);
+                drop_ignored_syncs(state, tracking, outcomes, false);
             }
             match header.tag {
                 msg::ERROR_RESPONSE => {
@@ -2473,7 +2491,7 @@ async fn server_to_client(
                     {
                         // A copy ended with a CommandComplete, which this relay does not look
                         // at: Syncs of it the client sent after its CopyInResponse was read.
-                        drop_ignored_syncs(state, tracking, outcomes);
+                        drop_ignored_syncs(state, tracking, outcomes, false);
                     }
                     if tracking {
                         let query = state
@@ -2515,7 +2533,8 @@ async fn server_to_client(
                 msg::COPY_IN_RESPONSE => {
                     // COPY FROM STDIN began: the Syncs sent right after its statement are
                     // ignored by the server and get no ReadyForQuery.
-                    drop_ignored_syncs(state, tracking, outcomes);
+                    drop_ignored_syncs(state, tracking, outcomes, true);
+                    state.client_ended_copy.store(false, Ordering::Release);
                     state.copy_in.store(true, Ordering::Release);
                 }
                 msg::NOTICE_RESPONSE if relay => {
@@ -2718,6 +2737,9 @@ async fn server_to_client(
         if pos > 0 {
             buf.advance(pos);
             state.client_at_boundary.store(pass == 0, Ordering::Release);
+            // The ReadyForQuery that made the session idle may only now have reached the
+            // client: a shutdown waiting for idleness looks again.
+            state.may_be_idle();
         }
         // A partial batch waits only while the server keeps sending: when it pauses, the rows
         // go out, so a small result is never held back for a full batch.
@@ -3108,11 +3130,20 @@ fn reduce_server_message(
 /// Called at the CopyInResponse and again at the copy's end, since the client side may queue
 /// such a Sync after the CopyInResponse was read. Only Syncs directly behind the front count:
 /// anything else the client sent in between ended the copy on the server.
-fn drop_ignored_syncs(state: &RelayState, tracking: bool, outcomes: Option<&Outcomes<'_>>) {
+fn drop_ignored_syncs(
+    state: &RelayState,
+    tracking: bool,
+    outcomes: Option<&Outcomes<'_>>,
+    copy_starts: bool,
+) {
     let mut ignored = 0;
     if !tracking && outcomes.is_none() {
         // Nothing queued: the client side counted them.
-        ignored = state.copy_syncs.swap(0, Ordering::AcqRel);
+        let counted = match copy_starts {
+            true => &state.copy_syncs,
+            false => &state.copy_ignored,
+        };
+        ignored = counted.swap(0, Ordering::AcqRel);
     }
     // The relay's queue stays locked while the audit trail's is edited, as the client side
     // holds it while it queues a Sync in both: the two see the same Syncs.

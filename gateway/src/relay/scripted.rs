@@ -189,6 +189,8 @@ impl Scripted {
             .write_all(&m(msg::TERMINATE, &[]))
             .await
             .unwrap();
+        // Nothing else reached the server: the Terminate comes next, then the end.
+        self.server_gets(&[m(msg::TERMINATE, &[])]).await;
         let end = tokio::time::timeout(Duration::from_secs(5), self.relay)
             .await
             .expect("the relay ends")
@@ -198,6 +200,17 @@ impl Scripted {
 }
 
 impl Scripted {
+    /// Shutdown begins (its deadline never comes) while the session is busy: the relay must
+    /// still be running `wait` later.
+    async fn busy_when_shutdown_begins(&mut self, wait: Duration) {
+        self.shutdown.begin();
+        tokio::time::sleep(wait).await;
+        assert!(
+            !self.relay.is_finished(),
+            "the relay ended a session that was not idle"
+        );
+    }
+
     /// Shutdown begins (its deadline never comes): the relay must end as soon as the session
     /// is idle, within `within`.
     async fn ends_once_idle(self, within: Duration) {
@@ -487,4 +500,59 @@ async fn a_copy_in_with_its_sync_sent_ahead_leaves_the_session_idle() {
     s.server_sends(&done).await;
     s.client_gets(&done).await;
     s.ends_once_idle(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_session_in_copy_in_or_with_a_statement_after_it_is_not_idle() {
+    let mut s = Scripted::start(user()).await;
+    // libpq's COPY: the Sync sent ahead is ignored by the server, yet the copy is running.
+    let start = [
+        parse("", "COPY t FROM STDIN"),
+        bind("", ""),
+        execute(""),
+        sync(),
+    ];
+    s.client_sends(&start).await;
+    s.server_gets(&start).await;
+    let copy_in = [
+        m(b'1', &[]),
+        m(b'2', &[]),
+        m(msg::COPY_IN_RESPONSE, &[0, 0, 1, 0, 0]),
+    ];
+    s.server_sends(&copy_in).await;
+    s.client_gets(&copy_in).await;
+    s.busy_when_shutdown_begins(Duration::from_millis(300))
+        .await;
+    // The client ends the copy and, at once, sends the next statement (tokio-postgres
+    // pipelines another task's request this way): that Sync is answered, and waited for.
+    let data = [
+        m(msg::COPY_DATA, b"42\n"),
+        m(msg::COPY_DONE, &[]),
+        sync(),
+        parse("", "SELECT 1"),
+        bind("", ""),
+        execute(""),
+        sync(),
+    ];
+    s.client_sends(&data).await;
+    s.server_gets(&data).await;
+    let done = [complete("COPY 1"), ready(protocol::TXN_IDLE)];
+    s.server_sends(&done).await;
+    s.client_gets(&done).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!s.relay.is_finished(), "the SELECT is still running");
+    let answers = [
+        m(b'1', &[]),
+        m(b'2', &[]),
+        data_row("1"),
+        complete("SELECT 1"),
+        ready(protocol::TXN_IDLE),
+    ];
+    s.server_sends(&answers).await;
+    s.client_gets(&answers).await;
+    let end = tokio::time::timeout(Duration::from_secs(5), s.relay)
+        .await
+        .expect("idle once the SELECT is answered")
+        .unwrap();
+    assert_eq!(end, "gateway shutdown");
 }

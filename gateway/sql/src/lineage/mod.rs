@@ -11,7 +11,8 @@
 //! reports only its arguments), and what a view expands to (the gateway resolves views with
 //! [`infer_output_lineage`] on their definitions).
 //!
-//! - here: the public types and the entry points;
+//! - here: the public types, the entry points and the helpers the others share (`spread`,
+//!   `tidy`);
 //! - [`items`]: a query's output items while it is analysed, and how `*` expands;
 //! - [`scope`]: the FROM items in scope at each query level, and name resolution in them;
 //! - [`builder`]: the walk over a statement that builds each query's output.
