@@ -447,6 +447,29 @@ pub struct Policies<'a> {
 }
 
 impl<'a> RelayContext<'a> {
+    /// A session with no plugins, approvals or audit trail, for tests.
+    #[cfg(test)]
+    fn bare(
+        analyzer: &'a SqlAnalyzer,
+        identity: &'a Identity,
+        plugin_session: &'a wit::Session,
+    ) -> RelayContext<'a> {
+        RelayContext {
+            analyzer,
+            max_message_size: 1 << 20,
+            idle_timeout: Duration::ZERO,
+            identity,
+            session_id: 1,
+            plugin_session,
+            policies: None,
+            approvals: None,
+            cancelled: None,
+            auth_method: "trust",
+            audit: None,
+            outcomes: None,
+        }
+    }
+
     /// The plugin host, when plugins are configured.
     fn host(&self) -> Option<&'a PluginHost> {
         self.policies.as_ref().map(|p| p.host)
@@ -3531,20 +3554,7 @@ mod tests {
         }
 
         fn ctx(&self) -> RelayContext<'_> {
-            RelayContext {
-                analyzer: &self.analyzer,
-                max_message_size: 1 << 20,
-                idle_timeout: Duration::ZERO,
-                identity: &self.identity,
-                session_id: 1,
-                plugin_session: &self.session,
-                policies: None,
-                approvals: None,
-                cancelled: None,
-                auth_method: "trust",
-                audit: None,
-                outcomes: None,
-            }
+            RelayContext::bare(&self.analyzer, &self.identity, &self.session)
         }
     }
 

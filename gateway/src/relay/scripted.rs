@@ -91,6 +91,11 @@ fn error(code: &str, message: &str) -> Vec<u8> {
     out.to_vec()
 }
 
+/// CopyInResponse of one text column.
+fn copy_in_response() -> Vec<u8> {
+    m(msg::COPY_IN_RESPONSE, &[0, 0, 1, 0, 0])
+}
+
 fn notice(message: &str) -> Vec<u8> {
     let body = [
         vec![b'S'],
@@ -133,20 +138,7 @@ impl Scripted {
         let relay = tokio::spawn(async move {
             let analyzer = SqlAnalyzer::new(10);
             let session = crate::plugins::convert_session(1, &identity, "db", "127.0.0.1:1", "");
-            let ctx = RelayContext {
-                analyzer: &analyzer,
-                max_message_size: 1 << 20,
-                idle_timeout: Duration::ZERO,
-                identity: &identity,
-                session_id: 1,
-                plugin_session: &session,
-                policies: None,
-                approvals: None,
-                cancelled: None,
-                auth_method: "trust",
-                audit: None,
-                outcomes: None,
-            };
+            let ctx = RelayContext::bare(&analyzer, &identity, &session);
             let state = RelayState::new(protocol::TXN_IDLE);
             let mut client = Stream::Plain(client_gw);
             let mut server = Stream::Plain(server_gw);
@@ -167,6 +159,32 @@ impl Scripted {
 
     async fn server_sends(&mut self, messages: &[Vec<u8>]) {
         self.server.write_all(&messages.concat()).await.unwrap();
+    }
+
+    /// The client sends `messages` and the server receives exactly them.
+    async fn passes_upstream(&mut self, messages: &[Vec<u8>]) {
+        self.client_sends(messages).await;
+        self.server_gets(messages).await;
+    }
+
+    /// The server sends `messages` and the client receives exactly them.
+    async fn passes_back(&mut self, messages: &[Vec<u8>]) {
+        self.server_sends(messages).await;
+        self.client_gets(messages).await;
+    }
+
+    /// A COPY FROM STDIN as libpq starts it: Parse, Bind, Execute and Sync at once, then the
+    /// server's CopyInResponse (the Sync is ignored in copy-in mode).
+    async fn libpq_copy_starts(&mut self) {
+        self.passes_upstream(&[
+            parse("", "COPY t FROM STDIN"),
+            bind("", ""),
+            execute(""),
+            sync(),
+        ])
+        .await;
+        self.passes_back(&[m(b'1', &[]), m(b'2', &[]), copy_in_response()])
+            .await;
     }
 
     /// What the server receives next: exactly `messages`, byte for byte.
@@ -279,8 +297,7 @@ async fn a_pipeline_with_notices_between_rows_passes_byte_for_byte() {
         execute("p2"),
         sync(),
     ];
-    s.client_sends(&pipeline).await;
-    s.server_gets(&pipeline).await;
+    s.passes_upstream(&pipeline).await;
     let answers = [
         m(b'1', &[]),
         m(b'2', &[]),
@@ -295,8 +312,7 @@ async fn a_pipeline_with_notices_between_rows_passes_byte_for_byte() {
         m(msg::PORTAL_SUSPENDED, &[]),
         ready(protocol::TXN_IDLE),
     ];
-    s.server_sends(&answers).await;
-    s.client_gets(&answers).await;
+    s.passes_back(&answers).await;
     s.finish().await;
 }
 
@@ -312,8 +328,7 @@ async fn an_error_mid_pipeline_reaches_the_client_and_the_next_pipeline_runs() {
         execute(""),
         sync(),
     ];
-    s.client_sends(&first).await;
-    s.server_gets(&first).await;
+    s.passes_upstream(&first).await;
     // The server fails the first Execute and skips the rest up to Sync.
     let answers = [
         m(b'1', &[]),
@@ -321,30 +336,25 @@ async fn an_error_mid_pipeline_reaches_the_client_and_the_next_pipeline_runs() {
         error("22012", "division by zero"),
         ready(protocol::TXN_IDLE),
     ];
-    s.server_sends(&answers).await;
-    s.client_gets(&answers).await;
+    s.passes_back(&answers).await;
     let second = [query("SELECT 2")];
-    s.client_sends(&second).await;
-    s.server_gets(&second).await;
+    s.passes_upstream(&second).await;
     let answers = [
         row_description("?column?"),
         data_row("2"),
         complete("SELECT 1"),
         ready(protocol::TXN_IDLE),
     ];
-    s.server_sends(&answers).await;
-    s.client_gets(&answers).await;
+    s.passes_back(&answers).await;
     s.finish().await;
 }
 
 #[tokio::test]
 async fn a_statement_refused_inside_a_transaction_fails_it_in_its_place() {
     let mut s = Scripted::start(mapped_role()).await;
-    s.client_sends(&[query("BEGIN")]).await;
-    s.server_gets(&[query("BEGIN")]).await;
+    s.passes_upstream(&[query("BEGIN")]).await;
     let began = [complete("BEGIN"), ready(protocol::TXN_IN_BLOCK)];
-    s.server_sends(&began).await;
-    s.client_gets(&began).await;
+    s.passes_back(&began).await;
     // The refused statement goes upstream as a stand-in the server cannot parse...
     s.client_sends(&[query("SET ROLE admin")]).await;
     s.server_gets(&[query("pgward_denied_1_1")]).await;
@@ -372,8 +382,7 @@ async fn a_statement_refused_inside_a_transaction_fails_it_in_its_place() {
     s.client_gets(&[refused.to_vec(), ready(protocol::TXN_FAILED)])
         .await;
     // A server error that names no stand-in passes as it is.
-    s.client_sends(&[query("SELECT 1")]).await;
-    s.server_gets(&[query("SELECT 1")]).await;
+    s.passes_upstream(&[query("SELECT 1")]).await;
     let aborted = [
         error(
             sqlstate::IN_FAILED_SQL_TRANSACTION,
@@ -381,10 +390,8 @@ async fn a_statement_refused_inside_a_transaction_fails_it_in_its_place() {
         ),
         ready(protocol::TXN_FAILED),
     ];
-    s.server_sends(&aborted).await;
-    s.client_gets(&aborted).await;
-    s.client_sends(&[query("ROLLBACK")]).await;
-    s.server_gets(&[query("ROLLBACK")]).await;
+    s.passes_back(&aborted).await;
+    s.passes_upstream(&[query("ROLLBACK")]).await;
     s.finish().await;
 }
 
@@ -433,16 +440,14 @@ async fn a_statement_refused_in_a_pipeline_is_answered_in_its_place() {
 #[tokio::test]
 async fn an_idle_session_ends_when_shutdown_begins() {
     let mut s = Scripted::start(user()).await;
-    s.client_sends(&[query("SELECT 1")]).await;
-    s.server_gets(&[query("SELECT 1")]).await;
+    s.passes_upstream(&[query("SELECT 1")]).await;
     let answers = [
         row_description("?column?"),
         data_row("1"),
         complete("SELECT 1"),
         ready(protocol::TXN_IDLE),
     ];
-    s.server_sends(&answers).await;
-    s.client_gets(&answers).await;
+    s.passes_back(&answers).await;
     s.ends_once_idle(Duration::from_secs(5)).await;
 }
 
@@ -451,54 +456,30 @@ async fn an_idle_session_ends_when_shutdown_begins() {
 #[tokio::test]
 async fn a_copy_in_with_its_sync_sent_ahead_leaves_the_session_idle() {
     let mut s = Scripted::start(user()).await;
-    let start = [
-        parse("", "COPY t FROM STDIN"),
-        bind("", ""),
-        execute(""),
-        sync(),
-    ];
-    s.client_sends(&start).await;
-    s.server_gets(&start).await;
-    let copy_in = [
-        m(b'1', &[]),
-        m(b'2', &[]),
-        m(msg::COPY_IN_RESPONSE, &[0, 0, 1, 0, 0]),
-    ];
-    s.server_sends(&copy_in).await;
-    s.client_gets(&copy_in).await;
+    s.libpq_copy_starts().await;
     let data = [m(msg::COPY_DATA, b"42\n"), m(msg::COPY_DONE, &[]), sync()];
-    s.client_sends(&data).await;
-    s.server_gets(&data).await;
+    s.passes_upstream(&data).await;
     let done = [complete("COPY 1"), ready(protocol::TXN_IDLE)];
-    s.server_sends(&done).await;
-    s.client_gets(&done).await;
+    s.passes_back(&done).await;
     // Again, the Sync sent after the CopyInResponse arrived, then as a simple Query.
     let start = [bind("", ""), execute("")];
-    s.client_sends(&start).await;
-    s.server_gets(&start).await;
-    let copy_in = [m(b'2', &[]), m(msg::COPY_IN_RESPONSE, &[0, 0, 1, 0, 0])];
-    s.server_sends(&copy_in).await;
-    s.client_gets(&copy_in).await;
+    s.passes_upstream(&start).await;
+    let copy_in = [m(b'2', &[]), copy_in_response()];
+    s.passes_back(&copy_in).await;
     let data = [
         sync(),
         m(msg::COPY_DATA, b"43\n"),
         m(msg::COPY_DONE, &[]),
         sync(),
     ];
-    s.client_sends(&data).await;
-    s.server_gets(&data).await;
-    s.server_sends(&done).await;
-    s.client_gets(&done).await;
-    s.client_sends(&[query("COPY t FROM STDIN")]).await;
-    s.server_gets(&[query("COPY t FROM STDIN")]).await;
-    let copy_in = [m(msg::COPY_IN_RESPONSE, &[0, 0, 1, 0, 0])];
-    s.server_sends(&copy_in).await;
-    s.client_gets(&copy_in).await;
+    s.passes_upstream(&data).await;
+    s.passes_back(&done).await;
+    s.passes_upstream(&[query("COPY t FROM STDIN")]).await;
+    let copy_in = [copy_in_response()];
+    s.passes_back(&copy_in).await;
     let data = [m(msg::COPY_DATA, b"44\n"), m(msg::COPY_DONE, &[])];
-    s.client_sends(&data).await;
-    s.server_gets(&data).await;
-    s.server_sends(&done).await;
-    s.client_gets(&done).await;
+    s.passes_upstream(&data).await;
+    s.passes_back(&done).await;
     s.ends_once_idle(Duration::from_secs(5)).await;
 }
 
@@ -506,21 +487,7 @@ async fn a_copy_in_with_its_sync_sent_ahead_leaves_the_session_idle() {
 async fn a_session_in_copy_in_or_with_a_statement_after_it_is_not_idle() {
     let mut s = Scripted::start(user()).await;
     // libpq's COPY: the Sync sent ahead is ignored by the server, yet the copy is running.
-    let start = [
-        parse("", "COPY t FROM STDIN"),
-        bind("", ""),
-        execute(""),
-        sync(),
-    ];
-    s.client_sends(&start).await;
-    s.server_gets(&start).await;
-    let copy_in = [
-        m(b'1', &[]),
-        m(b'2', &[]),
-        m(msg::COPY_IN_RESPONSE, &[0, 0, 1, 0, 0]),
-    ];
-    s.server_sends(&copy_in).await;
-    s.client_gets(&copy_in).await;
+    s.libpq_copy_starts().await;
     s.busy_when_shutdown_begins(Duration::from_millis(300))
         .await;
     // The client ends the copy and, at once, sends the next statement (tokio-postgres
@@ -534,11 +501,9 @@ async fn a_session_in_copy_in_or_with_a_statement_after_it_is_not_idle() {
         execute(""),
         sync(),
     ];
-    s.client_sends(&data).await;
-    s.server_gets(&data).await;
+    s.passes_upstream(&data).await;
     let done = [complete("COPY 1"), ready(protocol::TXN_IDLE)];
-    s.server_sends(&done).await;
-    s.client_gets(&done).await;
+    s.passes_back(&done).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!s.relay.is_finished(), "the SELECT is still running");
     let answers = [
@@ -548,8 +513,7 @@ async fn a_session_in_copy_in_or_with_a_statement_after_it_is_not_idle() {
         complete("SELECT 1"),
         ready(protocol::TXN_IDLE),
     ];
-    s.server_sends(&answers).await;
-    s.client_gets(&answers).await;
+    s.passes_back(&answers).await;
     let end = tokio::time::timeout(Duration::from_secs(5), s.relay)
         .await
         .expect("idle once the SELECT is answered")
