@@ -37,10 +37,12 @@ mod commit_guard;
 mod replies;
 #[cfg(test)]
 mod scripted;
+mod server_side;
 mod stand_in;
 use crate::sqlstate;
 use commit_guard::{QueryPlan, Segment, SegmentStep, Traits};
 use replies::{Columns, Describe, DescriptionOf, Ended, OwnReply, Replies};
+use server_side::{Answer, ServerSide, Step, Subscribe};
 use stand_in::{put_statement, StandIns};
 
 /// `wrapped_end` of a wrapped Query a result of which was refused (not a transaction status).
@@ -2118,139 +2120,8 @@ fn deny(
     put_statement(out, tag, name, &token, &[0, 0]);
 }
 
-/// Where the server's answers stand, for result filtering.
-#[derive(Default)]
-struct Results {
-    /// Statements of the current Query whose results are complete.
-    statement: usize,
-    filter: Option<Filter>,
-    /// The COPY TO STDOUT being filtered.
-    copy: Option<CopyFilter>,
-    /// A result was refused: drop what the server sends until ReadyForQuery.
-    discard: bool,
-    /// The current result's columns were described (RowDescription, CopyOutResponse) or its
-    /// rows were found not to need it.
-    checked: bool,
-    /// The current result goes out unfiltered because no plugin of this chain subscribed to
-    /// it: judged again if the chain changes while its rows stream.
-    unfiltered: Option<Unfiltered>,
-    /// The RowDescription of the current Query result (a buffer kept across results).
-    description: Vec<u8>,
-}
-
-/// A result relayed unfiltered, and how to judge it again (see [`Results::unfiltered`]).
-struct Unfiltered {
-    /// The chain generation it was judged under.
-    chain: u64,
-    columns: KnownColumns,
-    analysis: Option<Arc<Analysis>>,
-    statement: usize,
-}
-
-impl Unfiltered {
-    fn new(
-        ctx: &RelayContext<'_>,
-        columns: KnownColumns,
-        analysis: Option<Arc<Analysis>>,
-        statement: usize,
-    ) -> Option<Unfiltered> {
-        let chain = ctx.host()?.chain().generation();
-        Some(Unfiltered {
-            chain,
-            columns,
-            analysis,
-            statement,
-        })
-    }
-}
-
-impl Results {
-    /// Rows of a filtered result are held in a batch, not yet sent.
-    fn holds_rows(&self) -> bool {
-        self.filter.as_ref().is_some_and(|f| !f.is_empty())
-            || self.copy.as_ref().is_some_and(|c| !c.is_empty())
-    }
-
-    /// Runs the held rows through the plugins into `out`; false when a plugin refused them
-    /// (the result is then ended with the refusal).
-    fn flush_held(
-        &mut self,
-        state: &RelayState,
-        host: &PluginHost,
-        session: &wit::Session,
-        out: &mut BytesMut,
-    ) -> bool {
-        let flushed = match (self.filter.as_mut(), self.copy.as_mut()) {
-            (Some(f), _) => f.flush(host, session, out),
-            (_, Some(c)) => c.flush(host, session, out),
-            _ => Ok(()),
-        };
-        match flushed {
-            Ok(()) => true,
-            Err(r) => {
-                self.filter = None;
-                self.copy = None;
-                self.refuse(state, out, &r);
-                false
-            }
-        }
-    }
-
-    /// The current result is over: its rows count for the statement's record, and what the
-    /// policies masked in it is recorded and counted.
-    fn end(&mut self, ctx: &RelayContext<'_>, tally: &mut Tally) {
-        self.checked = false;
-        self.unfiltered = None;
-        let report = match (self.filter.take(), self.copy.take()) {
-            (Some(f), _) => f.into_report(),
-            (None, Some(c)) => c.into_report(),
-            (None, None) => return,
-        };
-        tally.rows += report.rows;
-        if report.masked.is_empty() {
-            return;
-        }
-        for m in &report.masked {
-            METRICS.masked(&m.plugin, m.class.as_deref().unwrap_or(""), m.values);
-        }
-        if let Some(audit) = ctx.audit {
-            let columns: Vec<serde_json::Value> = report
-                .masked
-                .iter()
-                .map(|m| {
-                    serde_json::json!({
-                        "index": m.index,
-                        "column": m.name,
-                        "plugin": m.plugin,
-                        "class": m.class,
-                        "values": m.values,
-                    })
-                })
-                .collect();
-            audit.emit(
-                "result.masked",
-                serde_json::json!({
-                    "session": ctx.session_id,
-                    "statement": ctx.outcomes.and_then(|o| o.current_statement()),
-                    "user": ctx.identity.user,
-                    "rows": report.rows,
-                    "columns": columns,
-                }),
-            );
-        }
-    }
-
-    /// Ends the current result with `refusal` (once) and drops what the server sends until
-    /// ReadyForQuery.
-    fn refuse(&mut self, state: &RelayState, out: &mut BytesMut, refusal: &Refusal) {
-        if !self.discard {
-            refuse_result(out, refusal);
-        }
-        self.discard = true;
-        state.discarding.store(true, Ordering::Release);
-    }
-}
-
+/// The server → client pump: reads, lets [`ServerSide`] work out what the client gets, finds
+/// the subscriptions it asks for, writes.
 async fn server_to_client(
     ctx: &RelayContext<'_>,
     server: &mut ReadHalf<'_>,
@@ -2258,19 +2129,8 @@ async fn server_to_client(
     state: &RelayState,
 ) -> RelayEnd {
     let mut buf = BytesMut::with_capacity(SERVER_READ_BUF);
-    // What replaces or adds to the server's bytes; empty on the fast path.
-    let mut out = BytesMut::new();
-    let mut results = Results::default();
+    let mut side = ServerSide::new(ctx);
     let mut known = Subscriptions::default();
-    let tracking = ctx.policies.is_some();
-    let outcomes = ctx.outcomes;
-    let server_messages = ctx
-        .policies
-        .as_ref()
-        .map_or(ServerMessages::Pass, |r| r.server_messages);
-    // Rows and bytes of the statement being answered, for its audit record.
-    let mut tally = Tally::default();
-    let mut pass = 0usize;
     // Bytes already in `buf` that have not been looked at.
     let mut unread = false;
     loop {
@@ -2285,488 +2145,48 @@ async fn server_to_client(
             }
         }
         unread = false;
-        let mut pos = 0;
-        // Bytes before `written` were already sent or copied to `out`.
-        let mut written = 0;
-        // The plugin chain's generation, looked at once per read (see `Results::unfiltered`).
-        let mut chain_now: Option<u64> = None;
         loop {
-            if pass > 0 {
-                let take = pass.min(buf.len() - pos);
-                pos += take;
-                pass -= take;
-                if results.discard {
-                    written = pos;
+            let answer = match side.process(ctx, state, &buf) {
+                Step::Read => break,
+                Step::End(end) => return end,
+                Step::Subscribe(Subscribe::Rows {
+                    description,
+                    analysis,
+                    statement,
+                }) => {
+                    let d = description.bytes(&buf);
+                    let started = start_result(ctx, state, &mut known, d, analysis, statement);
+                    Answer::Rows(started.await)
                 }
-                if pass > 0 {
-                    break;
-                }
-            }
-            let header = match protocol::frame_header(&buf[pos..], MAX_PROTOCOL_MESSAGE) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => return RelayEnd::ServerProtocol(e),
+                Step::Subscribe(Subscribe::Copy {
+                    frame,
+                    sent,
+                    statement,
+                }) => Answer::Copy(start_copy(ctx, state, &buf[frame], sent, statement).await),
             };
-            if state.own.load(Ordering::Acquire) > 0 {
-                let own = match state.replies.lock().own_reply() {
-                    Some(OwnReply::Query { forward }) => Some((forward, None)),
-                    Some(OwnReply::Describe(d)) => Some((false, Some(d))),
-                    None => None,
-                };
-                if let Some((forward, described)) = own {
-                    // The answer to a Query of the gateway's own.
-                    if buf.len() - pos < header.frame_len {
-                        break;
-                    }
-                    let frame = &buf[pos..pos + header.frame_len];
-                    // Notifications and parameter changes are the client's whoever asked.
-                    let keep = matches!(
-                        header.tag,
-                        msg::NOTIFICATION_RESPONSE | msg::PARAMETER_STATUS
-                    ) || (forward
-                        && matches!(header.tag, msg::ERROR_RESPONSE | msg::READY_FOR_QUERY));
-                    let mut replacement = None;
-                    if let Some(d) = &described {
-                        match header.tag {
-                            msg::ROW_DESCRIPTION => d.answered(Some(&frame[5..])),
-                            msg::NO_DATA => d.answered(None),
-                            msg::ERROR_RESPONSE => d.failed(),
-                            _ => {}
-                        }
-                    }
-                    match header.tag {
-                        msg::READY_FOR_QUERY => {
-                            state.replies.lock().own_ready();
-                            state.own.fetch_sub(1, Ordering::AcqRel);
-                            observe_server_message(state, frame);
-                            state.answered.notify_one();
-                        }
-                        msg::ERROR_RESPONSE | msg::PARAMETER_STATUS => {
-                            observe_server_message(state, frame);
-                            if keep && header.tag == msg::ERROR_RESPONSE {
-                                replacement = reduce_server_message(ctx, server_messages, frame);
-                            }
-                        }
-                        _ => {}
-                    }
-                    if !keep || replacement.is_some() {
-                        out.extend_from_slice(&buf[written..pos]);
-                        if let Some(r) = replacement {
-                            out.extend_from_slice(&r);
-                        }
-                        written = pos + header.frame_len;
-                    }
-                    pos += header.frame_len;
-                    continue;
-                }
-            }
-            if header.tag == msg::DATA_ROW
-                && !results.discard
-                && results.unfiltered.as_ref().is_some_and(|u| {
-                    // One look at the chain per read, taken once a result is unfiltered.
-                    let now = *chain_now
-                        .get_or_insert_with(|| ctx.host().map_or(0, |p| p.chain().generation()));
-                    u.chain != now
-                })
-            {
-                // The plugins changed while this result streams unfiltered: no row leaves
-                // unfiltered once a plugin that would subscribe to it is active.
-                let judged = results.unfiltered.take().expect("checked above");
-                let chain = chain_now.unwrap_or_default();
-                let again = match judged.columns.description(&results.description) {
-                    Some(d) => {
-                        let (a, st) = (judged.analysis.clone(), judged.statement);
-                        match start_result(ctx, state, &mut known, &d, a, st).await {
-                            Ok(None) => Ok(Some(Unfiltered { chain, ..judged })),
-                            Ok(Some(_)) => Err(activated_refusal()),
-                            Err(r) => Err(r),
-                        }
-                    }
-                    None if ctx.wants_results() => Err(activated_refusal()),
-                    None => Ok(Some(Unfiltered { chain, ..judged })),
-                };
-                match again {
-                    Ok(u) => results.unfiltered = u,
-                    Err(r) => {
-                        out.extend_from_slice(&buf[written..pos]);
-                        written = pos;
-                        results.refuse(state, &mut out, &r);
-                        pass = header.frame_len;
-                        continue;
-                    }
-                }
-            }
-            if header.tag == msg::DATA_ROW && tracking && !results.checked && !results.discard {
-                results.checked = true;
-                let started = match execute_columns(ctx, state) {
-                    ExecuteColumns::Known(columns, analysis) => {
-                        results.unfiltered = Unfiltered::new(ctx, columns, analysis, 0);
-                        Ok(())
-                    }
-                    ExecuteColumns::Statement(description, analysis, columns, mut key) => {
-                        let a = analysis.clone();
-                        match start_result(ctx, state, &mut known, &description, a, 0).await {
-                            Ok(filter) => {
-                                if filter.is_none() {
-                                    // After the answer: asking may have created instances.
-                                    key.instances = crate::plugins::instance_epoch();
-                                    columns.set_unfiltered(key);
-                                    let c = KnownColumns::Described(description);
-                                    results.unfiltered = Unfiltered::new(ctx, c, analysis, 0);
-                                }
-                                results.filter = filter;
-                                Ok(())
-                            }
-                            Err(r) => Err(r),
-                        }
-                    }
-                    // A result plugin became active after this Execute went upstream without
-                    // a Describe: its rows cannot be filtered, so none of them leaves.
-                    ExecuteColumns::Missing => Err(undescribed_refusal()),
-                };
-                if let Err(r) = started {
-                    out.extend_from_slice(&buf[written..pos]);
-                    written = pos;
-                    results.refuse(state, &mut out, &r);
-                    pass = header.frame_len;
-                    continue;
-                }
-            }
-            let whole = match header.tag {
-                msg::READY_FOR_QUERY | msg::PARAMETER_STATUS | msg::ERROR_RESPONSE => true,
-                msg::COMMAND_COMPLETE | msg::PORTAL_SUSPENDED | msg::EMPTY_QUERY_RESPONSE => {
-                    tracking || outcomes.is_some()
-                }
-                msg::ROW_DESCRIPTION
-                | msg::NO_DATA
-                | msg::COPY_OUT_RESPONSE
-                | msg::PARAMETER_DESCRIPTION => tracking,
-                // Rare, and what keeps the count of pending answers right in every mode.
-                msg::COPY_IN_RESPONSE => true,
-                msg::NOTICE_RESPONSE => {
-                    server_messages != ServerMessages::Pass || results.holds_rows()
-                }
-                msg::DATA_ROW => results.filter.is_some(),
-                msg::COPY_DATA | msg::COPY_DONE => results.copy.is_some(),
-                // No other message may overtake rows held in a batch (a notice raised
-                // between two rows, say).
-                _ => results.holds_rows(),
-            };
-            if !whole {
-                if outcomes.is_some() {
-                    tally.bytes += header.frame_len as u64;
-                    tally.rows += u64::from(header.tag == msg::DATA_ROW);
-                }
-                pass = header.frame_len;
-                continue;
-            }
-            if buf.len() - pos < header.frame_len {
-                break;
-            }
-            let frame = &buf[pos..pos + header.frame_len];
-            // Bytes this step handles: the frame, or a run of DataRows taken together.
-            let mut frame_len = header.frame_len;
-            // What to do with the frame: relay it as it is, or replace it with `out`'s new bytes.
-            let mut relay = !results.discard;
-            // Bytes that go out in the frame's place: a stand-in refusal, a reduced message.
-            let mut replacement: Option<BytesMut> = None;
-            if !matches!(header.tag, msg::DATA_ROW | msg::COPY_DATA) && results.holds_rows() {
-                // Held rows go out, filtered, before the message after them (CommandComplete,
-                // an error, a notice, ...).
-                out.extend_from_slice(&buf[written..pos]);
-                written = pos;
-                if !results.flush_held(state, host(ctx), ctx.plugin_session, &mut out) {
-                    relay = false;
-                }
-            }
-            if outcomes.is_some() {
-                tally.bytes += header.frame_len as u64;
-            }
-            if matches!(header.tag, msg::COMMAND_COMPLETE | msg::ERROR_RESPONSE)
-                && state.copy_in.load(Ordering::Acquire)
-            {
-                state.copy_in.store(false, Ordering::Release);
-                // The copy ends. The client side may have queued Syncs of the copy after its
-                // CopyInResponse was read here; the server ignored those too.
-                drop_ignored_syncs(state, tracking, outcomes, false);
-            }
-            match header.tag {
-                msg::ERROR_RESPONSE => {
-                    results.end(ctx, &mut tally);
-                    if let Some(o) = outcomes {
-                        o.failed(&protocol::parse_error_body(&frame[5..]).code, &mut tally);
-                    }
-                    replacement = state.stand_ins.refusal_for(frame).or_else(|| {
-                        relay
-                            .then(|| reduce_server_message(ctx, server_messages, frame))
-                            .flatten()
-                    });
-                    if tracking {
-                        // The server skips the rest of an extended pipeline up to Sync.
-                        state.replies.lock().failed();
-                    }
-                    observe_server_message(state, frame);
-                }
-                msg::READY_FOR_QUERY => {
-                    if !tracking
-                        && outcomes.is_none()
-                        && state.copy_in.swap(false, Ordering::AcqRel)
-                    {
-                        // A copy ended with a CommandComplete, which this relay does not look
-                        // at: Syncs of it the client sent after its CopyInResponse was read.
-                        drop_ignored_syncs(state, tracking, outcomes, false);
-                    }
-                    if tracking {
-                        let query = state
-                            .replies
-                            .lock()
-                            .ready(|s| invalidate_after_ddl(ctx, s.analysis.as_deref()));
-                        let wrapped = query.is_some_and(|q| q.wrapped);
-                        results.statement = 0;
-                        results.end(ctx, &mut tally);
-                        relay = true;
-                        let status = frame.get(5).copied().unwrap_or(protocol::TXN_FAILED);
-                        if wrapped {
-                            // The gateway ends the block it opened; the client gets the
-                            // ReadyForQuery of that COMMIT or ROLLBACK.
-                            relay = false;
-                            let end = if results.discard {
-                                WRAPPED_REFUSED
-                            } else {
-                                status
-                            };
-                            state.wrapped_end.store(end, Ordering::Release);
-                        } else if results.discard && status == protocol::TXN_IN_BLOCK {
-                            // The client was told a statement failed, which fails a block:
-                            // so it is told, and the server's block fails before the client's
-                            // next message runs.
-                            state.poisoned.store(true, Ordering::Release);
-                            let mut z = BytesMut::with_capacity(6);
-                            protocol::put_ready_for_query(&mut z, protocol::TXN_FAILED);
-                            replacement = Some(z);
-                        }
-                        results.discard = false;
-                        state.discarding.store(false, Ordering::Release);
-                    }
-                    if let Some(o) = outcomes {
-                        o.ready(&mut tally);
-                    }
-                    observe_server_message(state, frame);
-                }
-                msg::COPY_IN_RESPONSE => {
-                    // COPY FROM STDIN began: the Syncs sent right after its statement are
-                    // ignored by the server and get no ReadyForQuery.
-                    drop_ignored_syncs(state, tracking, outcomes, true);
-                    state.client_ended_copy.store(false, Ordering::Release);
-                    state.copy_in.store(true, Ordering::Release);
-                }
-                msg::NOTICE_RESPONSE if relay => {
-                    replacement = reduce_server_message(ctx, server_messages, frame)
-                }
-                msg::PARAMETER_STATUS => observe_server_message(state, frame),
-                msg::PARAMETER_DESCRIPTION if state.replies.lock().describing_own_statement() => {
-                    // Our own Describe of a statement: the client did not ask for it.
-                    relay = false;
-                }
-                msg::ROW_DESCRIPTION | msg::NO_DATA => {
-                    let rows = header.tag == msg::ROW_DESCRIPTION;
-                    // A statement's description is stored while the queue is locked: the client
-                    // side, which checks it under the same lock, never sees the Describe
-                    // answered and its columns missing.
-                    let of = state.replies.lock().description(rows, || match rows {
-                        true => Described::Rows(frame[5..].into(), catalog_generation(ctx)),
-                        false => Described::NoData,
-                    });
-                    let front = {
-                        match of {
-                            DescriptionOf::Portal { relay: r, execute } => {
-                                // A Describe right before an Execute: its columns.
-                                relay &= r;
-                                execute.map(|a| (a, 0))
-                            }
-                            DescriptionOf::Statement { relay: r } => {
-                                relay &= r;
-                                None
-                            }
-                            DescriptionOf::Client | DescriptionOf::Unexpected => None,
-                            DescriptionOf::Query(a) => Some((a, results.statement)),
-                        }
-                    };
-                    // The columns of the result that follows (not a client's own Describe).
-                    results.checked |= front.is_some();
-                    if let (Some((analysis, statement)), msg::ROW_DESCRIPTION) = (front, header.tag)
-                    {
-                        let a = analysis.clone();
-                        match start_result(ctx, state, &mut known, frame, a, statement).await {
-                            Ok(filter) => {
-                                if filter.is_none() {
-                                    results.description.clear();
-                                    results.description.extend_from_slice(frame);
-                                    let c = KnownColumns::Query;
-                                    results.unfiltered =
-                                        Unfiltered::new(ctx, c, analysis, statement);
-                                }
-                                results.filter = filter;
-                            }
-                            Err(r) => {
-                                out.extend_from_slice(&buf[written..pos]);
-                                written = pos + header.frame_len;
-                                relay = false;
-                                results.refuse(state, &mut out, &r);
-                            }
-                        }
-                    }
-                }
-                msg::DATA_ROW => {
-                    // Filtered rows: this one and the complete rows after it go out with
-                    // their batch.
-                    out.extend_from_slice(&buf[written..pos]);
-                    relay = false;
-                    if let Some(f) = results.filter.as_mut() {
-                        let (took, full) = f.push_rows(&buf[pos..], MAX_PROTOCOL_MESSAGE);
-                        frame_len = took.max(frame_len);
-                        if outcomes.is_some() {
-                            tally.bytes += (frame_len - header.frame_len) as u64;
-                        }
-                        if full {
-                            if let Err(r) = f.flush(host(ctx), ctx.plugin_session, &mut out) {
-                                results.filter = None;
-                                results.refuse(state, &mut out, &r);
-                            }
-                        }
-                    }
-                    written = pos + frame_len;
-                }
-                msg::COPY_OUT_RESPONSE => {
-                    results.checked = true;
-                    let copying = state.replies.lock().copying(results.statement);
-                    let (sent, statement) = match copying {
-                        Some((s, i)) => (Some(s), i),
-                        None => (None, 0),
-                    };
-                    match start_copy(ctx, state, frame, sent, statement).await {
-                        Ok(c) => results.copy = c,
-                        Err(r) => {
-                            out.extend_from_slice(&buf[written..pos]);
-                            written = pos + header.frame_len;
-                            relay = false;
-                            results.refuse(state, &mut out, &r);
-                        }
-                    }
-                }
-                msg::COPY_DATA => {
-                    out.extend_from_slice(&buf[written..pos]);
-                    written = pos + header.frame_len;
-                    relay = false;
-                    if let Some(c) = results.copy.as_mut() {
-                        let pushed = c.push(host(ctx), ctx.plugin_session, frame, &mut out);
-                        let flushed = match pushed {
-                            Ok(true) => c.flush(host(ctx), ctx.plugin_session, &mut out),
-                            Ok(false) => Ok(()),
-                            Err(r) => Err(r),
-                        };
-                        if let Err(r) = flushed {
-                            results.copy = None;
-                            results.refuse(state, &mut out, &r);
-                        }
-                    }
-                }
-                msg::COMMAND_COMPLETE | msg::PORTAL_SUSPENDED | msg::EMPTY_QUERY_RESPONSE => {
-                    results.end(ctx, &mut tally);
-                    if let Some(o) = outcomes {
-                        match header.tag {
-                            msg::COMMAND_COMPLETE => {
-                                let mut body = &frame[5..];
-                                let tag = protocol::take_cstr(&mut body)
-                                    .and_then(|t| std::str::from_utf8(t).ok());
-                                o.completed(Some(tag.unwrap_or("")), &mut tally);
-                            }
-                            msg::PORTAL_SUSPENDED => o.suspended(&mut tally),
-                            _ => o.completed(None, &mut tally),
-                        }
-                    }
-                    if tracking {
-                        let ended = state
-                            .replies
-                            .lock()
-                            .ended(header.tag == msg::PORTAL_SUSPENDED);
-                        match ended {
-                            Ended::QueryStatement => results.statement += 1,
-                            Ended::Execute(a) if header.tag == msg::COMMAND_COMPLETE => {
-                                invalidate_after_ddl(ctx, a.analysis.as_deref())
-                            }
-                            Ended::Execute(_) | Ended::Nothing => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-            if tracking {
-                if header.tag == msg::READY_FOR_QUERY {
-                    state.copy_in.store(false, Ordering::Release);
-                }
-                if matches!(
-                    header.tag,
-                    msg::COMMAND_COMPLETE
-                        | msg::PORTAL_SUSPENDED
-                        | msg::EMPTY_QUERY_RESPONSE
-                        | msg::ERROR_RESPONSE
-                        | msg::READY_FOR_QUERY
-                        | msg::COPY_IN_RESPONSE
-                ) {
-                    state.answered.notify_one();
-                }
-            }
-            if let Some(r) = replacement {
-                out.extend_from_slice(&buf[written..pos]);
-                out.extend_from_slice(&r);
-                written = pos + header.frame_len;
-                relay = false;
-            }
-            if !relay {
-                // Drop the frame: send what came before it first.
-                if written < pos {
-                    out.extend_from_slice(&buf[written..pos]);
-                }
-                written = written.max(pos + frame_len);
-            } else if results.discard {
-                written = pos + frame_len;
-            }
-            pos += frame_len;
+            side.answer(answer);
         }
-        if results.discard && pass == 0 {
-            written = written.max(pos);
-        }
-        if pos > written || !out.is_empty() {
+        if let Some(bytes) = side.output(&buf) {
             state.client_at_boundary.store(false, Ordering::Release);
-            let result = if out.is_empty() {
-                write_flush(
-                    client,
-                    &buf[written..pos],
-                    &METRICS.to_client_bytes,
-                    &state.to_client,
-                )
-                .await
-            } else {
-                out.extend_from_slice(&buf[written..pos]);
-                let r = write_flush(client, &out, &METRICS.to_client_bytes, &state.to_client).await;
-                out.clear();
-                r
-            };
-            if let Err(e) = result {
+            let r = write_flush(client, bytes, &METRICS.to_client_bytes, &state.to_client).await;
+            side.output_sent();
+            if let Err(e) = r {
                 return RelayEnd::ClientIo(e);
             }
         }
-        if pos > 0 {
-            buf.advance(pos);
-            state.client_at_boundary.store(pass == 0, Ordering::Release);
+        let consumed = side.consumed();
+        if consumed > 0 {
+            buf.advance(consumed);
+            state
+                .client_at_boundary
+                .store(side.at_boundary(), Ordering::Release);
             // The ReadyForQuery that made the session idle may only now have reached the
             // client: a shutdown waiting for idleness looks again.
             state.may_be_idle();
         }
         // A partial batch waits only while the server keeps sending: when it pauses, the rows
         // go out, so a small result is never held back for a full batch.
-        if results.holds_rows() {
+        if side.holds_rows() {
             match tokio::time::timeout(Duration::ZERO, server.read_buf(&mut buf)).await {
                 Ok(Ok(0)) => return RelayEnd::ServerEof,
                 Ok(Ok(_)) => {
@@ -2776,22 +2196,18 @@ async fn server_to_client(
                 Ok(Err(e)) => return RelayEnd::ServerIo(e),
                 Err(_) => {}
             }
-            results.flush_held(state, host(ctx), ctx.plugin_session, &mut out);
-            if !out.is_empty() {
+            side.flush_held(ctx, state);
+            if let Some(bytes) = side.output(&buf[..0]) {
                 state.client_at_boundary.store(false, Ordering::Release);
-                let r = write_flush(client, &out, &METRICS.to_client_bytes, &state.to_client).await;
-                out.clear();
+                let r =
+                    write_flush(client, bytes, &METRICS.to_client_bytes, &state.to_client).await;
+                side.output_sent();
                 if let Err(e) = r {
                     return RelayEnd::ClientIo(e);
                 }
             }
         }
     }
-}
-
-/// The plugin host; only called where a filter exists, which needs plugins.
-fn host<'a>(ctx: &RelayContext<'a>) -> &'a PluginHost {
-    ctx.host().expect("result filters exist only with plugins")
 }
 
 fn subscriber<'a>(
@@ -3013,207 +2429,6 @@ fn invalidate_after_ddl(ctx: &RelayContext<'_>, analysis: Option<&Analysis>) {
         if a.statements.iter().any(|s| s.kind == StatementKind::Ddl) {
             r.catalog.invalidate(r.database);
         }
-    }
-}
-
-/// Ends a result with the refusal instead of (the rest of) its rows.
-/// Rows arrive for an Execute the gateway did not describe, and a result plugin is active now
-/// (it was loaded while the Execute was in flight).
-/// How the rows arriving now (the first of a result not described by a RowDescription) can
-/// be filtered.
-fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns {
-    let q = state.replies.lock();
-    match q.executing() {
-        Some((a, Columns::Statement)) => {
-            let Some(host) = ctx.host() else {
-                return ExecuteColumns::Known(KnownColumns::Undescribed, None);
-            };
-            let (Some(columns), Some(formats)) = (&a.columns, &a.formats) else {
-                return ExecuteColumns::Missing;
-            };
-            let catalog = catalog_generation(ctx);
-            let Some(Described::Rows(body, generation)) = columns.described.get() else {
-                return ExecuteColumns::Missing;
-            };
-            if *generation != catalog {
-                return ExecuteColumns::Missing;
-            }
-            let key = ResultKey {
-                chain: host.chain().generation(),
-                instances: crate::plugins::instance_epoch(),
-                catalog,
-                formats: formats.clone(),
-            };
-            if columns.unfiltered(&key) {
-                // Asked before under the same plugins and catalog: no plugin subscribes.
-                let c = KnownColumns::Statement(columns.clone(), formats.clone());
-                return ExecuteColumns::Known(c, a.analysis.clone());
-            }
-            match results::portal_row_description(body, formats) {
-                Some(d) => ExecuteColumns::Statement(d, a.analysis.clone(), columns.clone(), key),
-                None => ExecuteColumns::Missing,
-            }
-        }
-        Some((_, Columns::Unknown)) if ctx.wants_results() => ExecuteColumns::Missing,
-        _ => ExecuteColumns::Known(KnownColumns::Undescribed, None),
-    }
-}
-
-enum ExecuteColumns {
-    /// Described already, or no result plugin is active: the rows go on as they are.
-    Known(KnownColumns, Option<Arc<Analysis>>),
-    /// A RowDescription made from the statement's description and the portal's formats,
-    /// and where to remember that no plugin subscribes to it.
-    Statement(
-        Vec<u8>,
-        Option<Arc<Analysis>>,
-        Arc<StatementColumns>,
-        ResultKey,
-    ),
-    /// They cannot be filtered: withhold them.
-    Missing,
-}
-
-/// Where the columns of rows that go on as they are can be read again, should the plugins
-/// change while they stream.
-enum KnownColumns {
-    /// The RowDescription of the current Query result, kept in [`Results::description`].
-    Query,
-    /// A RowDescription the gateway made for an Execute.
-    Described(Vec<u8>),
-    /// The prepared statement's description and the portal's result formats.
-    Statement(Arc<StatementColumns>, Arc<[i16]>),
-    /// Nowhere: the result was not described (no result plugin was active when it started).
-    Undescribed,
-}
-
-impl KnownColumns {
-    /// The result's RowDescription (`query`: the current Query result's), made only when it
-    /// is needed again.
-    fn description(&self, query: &[u8]) -> Option<Vec<u8>> {
-        match self {
-            KnownColumns::Query => Some(query.to_vec()),
-            KnownColumns::Described(d) => Some(d.clone()),
-            KnownColumns::Statement(columns, formats) => match columns.described.get()? {
-                Described::Rows(body, _) => results::portal_row_description(body, formats),
-                _ => None,
-            },
-            KnownColumns::Undescribed => None,
-        }
-    }
-}
-
-/// Rows withheld because the policies changed under a result (SQLSTATE 58000): `why`, and a
-/// hint to run the statement again.
-fn withheld_refusal(why: &str, hint: &str) -> Refusal {
-    Refusal {
-        plugin: "pgward".into(),
-        sqlstate: sqlstate::SYSTEM_ERROR.into(),
-        message: why.into(),
-        hint: Some(hint.into()),
-    }
-}
-
-fn activated_refusal() -> Refusal {
-    withheld_refusal(
-        "a result plugin became active while this result was being sent; its remaining rows are withheld",
-        "run the statement again",
-    )
-}
-
-fn undescribed_refusal() -> Refusal {
-    withheld_refusal(
-        "a result policy became active while this statement ran, before its columns were described to it, so its rows were withheld",
-        "run the statement again: the policies now active will see its result",
-    )
-}
-
-fn refuse_result(out: &mut BytesMut, refusal: &Refusal) {
-    warn!(plugin = %refusal.plugin, sqlstate = %refusal.sqlstate, "result refused");
-    ClientError::refusal(refusal, Refused::Result).encode(out);
-}
-
-/// The server's ErrorResponse or NoticeResponse `frame` as the client may see it while a
-/// result plugin is loaded (`plugins.server_messages`); `None`: unchanged.
-fn reduce_server_message(
-    ctx: &RelayContext<'_>,
-    mode: ServerMessages,
-    frame: &[u8],
-) -> Option<BytesMut> {
-    if mode == ServerMessages::Pass || !ctx.wants_results() {
-        return None;
-    }
-    server_messages::reduce(frame, mode)
-}
-
-/// The request at the front of the queues started COPY FROM STDIN: the Syncs queued right
-/// behind it, sent before the client ended the copy, get no ReadyForQuery. Removes them from
-/// the relay's and the audit trail's queues and from the count of pending answers.
-///
-/// Called at the CopyInResponse and again at the copy's end, since the client side may queue
-/// such a Sync after the CopyInResponse was read. Only Syncs directly behind the front count:
-/// anything else the client sent in between ended the copy on the server.
-fn drop_ignored_syncs(
-    state: &RelayState,
-    tracking: bool,
-    outcomes: Option<&Outcomes<'_>>,
-    copy_starts: bool,
-) {
-    let mut ignored = 0;
-    if !tracking && outcomes.is_none() {
-        // Nothing queued: the client side counted them.
-        let counted = match copy_starts {
-            true => &state.copy_syncs,
-            false => &state.copy_ignored,
-        };
-        ignored = counted.swap(0, Ordering::AcqRel);
-    }
-    // The relay's queue stays locked while the audit trail's is edited, as the client side
-    // holds it while it queues a Sync in both: the two see the same Syncs.
-    let mut q = tracking.then(|| state.replies.lock());
-    if let Some(q) = q.as_mut() {
-        ignored = q.copy_in_started();
-    }
-    if let Some(o) = outcomes {
-        ignored = ignored.max(o.copy_in_started());
-    }
-    drop(q);
-    if ignored > 0 {
-        let _ = state
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                Some(p.saturating_sub(ignored))
-            });
-    }
-}
-
-fn observe_server_message(state: &RelayState, frame: &[u8]) {
-    let body = &frame[5..];
-    match frame[0] {
-        msg::READY_FOR_QUERY => {
-            if let Some(&status) = body.first() {
-                state.txn_status.store(status, Ordering::Relaxed);
-            }
-            let _ = state
-                .pending
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1));
-            state.may_be_idle();
-        }
-        msg::PARAMETER_STATUS => {
-            let mut b = body;
-            if let (Some(k), Some(v)) = (protocol::take_cstr(&mut b), protocol::take_cstr(&mut b)) {
-                if let (Ok(k), Ok(v)) = (std::str::from_utf8(k), std::str::from_utf8(v)) {
-                    state.observe_parameter(k, v);
-                }
-            }
-        }
-        msg::ERROR_RESPONSE => {
-            let e = protocol::parse_error_body(body);
-            if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
-                state.server_fatal.store(true, Ordering::Relaxed);
-            }
-        }
-        _ => {}
     }
 }
 

@@ -11,20 +11,20 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// One message: its tag, length and `body`.
-fn m(tag: u8, body: &[u8]) -> Vec<u8> {
+pub(super) fn m(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::new();
     protocol::put_message(&mut out, tag, |o| o.extend_from_slice(body));
     out.to_vec()
 }
 
 /// A NUL-terminated string.
-fn z(s: &str) -> Vec<u8> {
+pub(super) fn z(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
     v
 }
 
-fn query(sql: &str) -> Vec<u8> {
+pub(super) fn query(sql: &str) -> Vec<u8> {
     m(msg::QUERY, &z(sql))
 }
 
@@ -51,16 +51,16 @@ fn sync() -> Vec<u8> {
     m(msg::SYNC, &[])
 }
 
-fn ready(status: u8) -> Vec<u8> {
+pub(super) fn ready(status: u8) -> Vec<u8> {
     m(msg::READY_FOR_QUERY, &[status])
 }
 
-fn complete(tag: &str) -> Vec<u8> {
+pub(super) fn complete(tag: &str) -> Vec<u8> {
     m(msg::COMMAND_COMPLETE, &z(tag))
 }
 
 /// A one-column text RowDescription.
-fn row_description(column: &str) -> Vec<u8> {
+pub(super) fn row_description(column: &str) -> Vec<u8> {
     let mut body = vec![0, 1];
     body.extend(z(column));
     body.extend([
@@ -69,14 +69,14 @@ fn row_description(column: &str) -> Vec<u8> {
     m(msg::ROW_DESCRIPTION, &body)
 }
 
-fn data_row(value: &str) -> Vec<u8> {
+pub(super) fn data_row(value: &str) -> Vec<u8> {
     let mut body = vec![0, 1];
     body.extend((value.len() as i32).to_be_bytes());
     body.extend(value.as_bytes());
     m(msg::DATA_ROW, &body)
 }
 
-fn error(code: &str, message: &str) -> Vec<u8> {
+pub(super) fn error(code: &str, message: &str) -> Vec<u8> {
     let mut out = BytesMut::new();
     protocol::put_error(
         &mut out,
@@ -92,11 +92,11 @@ fn error(code: &str, message: &str) -> Vec<u8> {
 }
 
 /// CopyInResponse of one text column.
-fn copy_in_response() -> Vec<u8> {
+pub(super) fn copy_in_response() -> Vec<u8> {
     m(msg::COPY_IN_RESPONSE, &[0, 0, 1, 0, 0])
 }
 
-fn notice(message: &str) -> Vec<u8> {
+pub(super) fn notice(message: &str) -> Vec<u8> {
     let body = [
         vec![b'S'],
         z("NOTICE"),
