@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
+mod client_side;
 mod commit_guard;
 mod replies;
 #[cfg(test)]
@@ -40,6 +41,7 @@ mod scripted;
 mod server_side;
 mod stand_in;
 use crate::sqlstate;
+use client_side::{ClientSide, Step as ClientStep};
 use commit_guard::{QueryPlan, Segment, SegmentStep, Traits};
 use replies::{Columns, Describe, DescriptionOf, Ended, OwnReply, Replies};
 use server_side::{Answer, ServerSide, Step, Subscribe};
@@ -631,247 +633,13 @@ fn message_limit(tag: u8, max_inspected: usize) -> usize {
     }
 }
 
-/// What the client has prepared and bound, so an Execute's rows can be matched to the
-/// statement that produced them (kept only when result filtering is on).
-#[derive(Default)]
-struct Prepared {
-    statements: HashMap<Vec<u8>, Sent>,
-    /// Named portals; the unnamed one, which most drivers bind for every execution, is kept
-    /// apart so it costs no allocation or hashing.
-    portals: HashMap<Vec<u8>, Sent>,
-    unnamed_portal: Option<Sent>,
-    /// Prepared statements whose every Bind needs approval. Never dropped for space (a Parse
-    /// that would not fit is refused instead), so a Bind is never let through unjudged.
-    approvals: HashMap<Vec<u8>, Arc<NeedsApproval>>,
-    /// Syncs the client sent: the number of the current pipeline.
-    pipeline: u64,
-    /// The last message was the client's Describe of the portal the next Execute runs.
-    described_next: bool,
+fn catalog_generation(ctx: &RelayContext<'_>) -> u64 {
+    ctx.policies.as_ref().map_or(0, |r| r.catalog.generation())
 }
 
 /// Most prepared statements and portals remembered; past that the oldest knowledge is dropped
 /// (their results then carry no inferred lineage, which only makes plugins more careful).
 const MAX_PREPARED: usize = 10_000;
-
-impl Prepared {
-    /// A Parse of `name` went upstream: it needs approval at every Bind, or (for the unnamed
-    /// statement, which every Parse replaces) no longer does. A named statement keeps its
-    /// mark until Close: a second Parse of a name in use fails on the server and leaves the
-    /// first statement in place.
-    fn parsed(&mut self, name: &[u8], needs: Option<Arc<NeedsApproval>>) {
-        match needs {
-            Some(n) => {
-                self.approvals.insert(name.to_vec(), n);
-            }
-            None if name.is_empty() => {
-                self.approvals.remove(name);
-            }
-            None => {}
-        }
-    }
-
-    /// What the statement of the portal an Execute `frame` runs may do (commit guard).
-    fn execute_traits(&self, frame: &[u8]) -> Traits {
-        let mut body = &frame[5..];
-        let portal = protocol::take_cstr(&mut body).unwrap_or_default();
-        let analysis = self.portal(portal).and_then(|s| s.analysis.as_deref());
-        Traits::of_prepared(analysis)
-    }
-
-    fn portal(&self, name: &[u8]) -> Option<&Sent> {
-        match name {
-            [] => self.unnamed_portal.as_ref(),
-            _ => self.portals.get(name),
-        }
-    }
-
-    /// The approval a Bind of the statement in `frame` needs.
-    fn bind_needs(&self, frame: &[u8]) -> Option<Arc<NeedsApproval>> {
-        if self.approvals.is_empty() {
-            return None;
-        }
-        let mut body = &frame[5..];
-        let _portal = protocol::take_cstr(&mut body)?;
-        let stmt = protocol::take_cstr(&mut body)?;
-        self.approvals.get(stmt).cloned()
-    }
-
-    fn remember(map: &mut HashMap<Vec<u8>, Sent>, name: &[u8], a: Sent) {
-        if map.len() >= MAX_PREPARED {
-            map.clear();
-        }
-        map.insert(name.to_vec(), a);
-    }
-
-    /// Tracks a Bind, Describe, Execute or Close; appends what goes upstream to `out`. A Bind
-    /// released by an approval carries that decision's record (`approved`). `message` is the
-    /// frame and the bytes after it that have arrived.
-    ///
-    /// While a result plugin is active every Execute's columns must be known. They come from
-    /// the client's own Describe of the portal right before it (libpq sends one), else from
-    /// its statement's description (asked once per statement, at its first Bind, unless the
-    /// client described the statement itself), else from a Describe the gateway adds.
-    fn client_message(
-        &mut self,
-        ctx: &RelayContext<'_>,
-        state: &RelayState,
-        follow: Follow,
-        (frame, next): (&[u8], &[u8]),
-        approved: Option<Decided>,
-        out: &mut BytesMut,
-    ) {
-        let wants = follow.tracking && follow.wants_results;
-        let described = std::mem::take(&mut self.described_next);
-        let mut body = &frame[5..];
-        match frame[0] {
-            msg::BIND => {
-                if let (Some(portal), Some(stmt)) = (
-                    protocol::take_cstr(&mut body),
-                    protocol::take_cstr(&mut body),
-                ) {
-                    let mut a = self.statements.get(stmt).cloned().unwrap_or_default();
-                    if approved.is_some() {
-                        a.audit = approved;
-                    }
-                    if a.audit.is_some() && ctx.audit.is_some_and(|x| x.config().parameters) {
-                        a.params = Some(bind_parameters(frame).into());
-                    }
-                    if wants {
-                        let stale = a
-                            .columns
-                            .as_ref()
-                            .is_none_or(|c| c.stale(follow.generation));
-                        // A named statement is bound again and again: describe it once. The
-                        // unnamed one is replaced by every Parse, so its Execute is described.
-                        if stale
-                            && !stmt.is_empty()
-                            && !next_names(next, msg::DESCRIBE, target::PORTAL, portal)
-                        {
-                            let columns = StatementColumns::new(self.pipeline);
-                            put_describe(out, target::STATEMENT, stmt);
-                            state.replies.lock().describe(Describe::Statement {
-                                columns: columns.clone(),
-                                relay: false,
-                            });
-                            if let Some(s) = self.statements.get_mut(stmt) {
-                                s.columns = Some(columns.clone());
-                            }
-                            a.columns = Some(columns);
-                        }
-                        if a.columns.is_some() {
-                            a.formats = read_bind(frame).map(|b| b.result_formats.into());
-                        }
-                    }
-                    match portal {
-                        [] => self.unnamed_portal = Some(a),
-                        _ => Self::remember(&mut self.portals, portal, a),
-                    }
-                }
-            }
-            msg::DESCRIBE if follow.tracking => {
-                let kind = body.first().copied();
-                body = body.get(1..).unwrap_or_default();
-                let name = protocol::take_cstr(&mut body).unwrap_or_default();
-                let describe = match kind {
-                    Some(target::PORTAL) if wants && next_names(next, msg::EXECUTE, 0, name) => {
-                        self.described_next = true;
-                        Describe::Portal { relay: true }
-                    }
-                    Some(target::STATEMENT) if wants => match self.statements.get_mut(name) {
-                        Some(s)
-                            if s.columns
-                                .as_ref()
-                                .is_none_or(|c| c.stale(follow.generation)) =>
-                        {
-                            let columns = StatementColumns::new(self.pipeline);
-                            s.columns = Some(columns.clone());
-                            Describe::Statement {
-                                columns,
-                                relay: true,
-                            }
-                        }
-                        _ => Describe::Client,
-                    },
-                    _ => Describe::Client,
-                };
-                state.replies.lock().describe(describe);
-            }
-            msg::EXECUTE => {
-                let portal = protocol::take_cstr(&mut body).unwrap_or_default();
-                let analysis = self.portal(portal).cloned().unwrap_or_default();
-                if let Some(o) = ctx.outcomes {
-                    let params = analysis.params.clone();
-                    o.execute(analysis.audit.clone().map(|d| (d, params)));
-                }
-                if !follow.tracking {
-                    out.extend_from_slice(frame);
-                    return;
-                }
-                let mut q = state.replies.lock();
-                let columns = if !wants {
-                    Columns::Unknown
-                } else if described {
-                    Columns::Described
-                } else if analysis.formats.is_some()
-                    && analysis
-                        .columns
-                        .as_ref()
-                        .is_some_and(|c| c.usable(self.pipeline, follow.generation))
-                {
-                    Columns::Statement
-                } else {
-                    // Ask for the portal's columns right before its rows: the filter needs
-                    // them, and a client need not have asked (Bind + Execute alone is valid).
-                    put_describe(out, target::PORTAL, portal);
-                    q.describe(Describe::Portal { relay: false });
-                    Columns::Described
-                };
-                q.execute(analysis, columns);
-            }
-            msg::CLOSE => {
-                let kind = body.first().copied();
-                body = body.get(1..).unwrap_or_default();
-                if let Some(name) = protocol::take_cstr(&mut body) {
-                    match kind {
-                        Some(target::STATEMENT) => {
-                            self.approvals.remove(name);
-                            self.statements.remove(name)
-                        }
-                        _ if name.is_empty() => self.unnamed_portal.take(),
-                        _ => self.portals.remove(name),
-                    };
-                }
-            }
-            _ => {}
-        }
-        out.extend_from_slice(frame);
-    }
-}
-
-/// What the client side follows for the messages of one read (fixed for that read).
-#[derive(Debug, Clone, Copy)]
-struct Follow {
-    /// Result filtering is configured: the server's answers are matched to the requests.
-    tracking: bool,
-    /// A result plugin is active: every Execute's columns must be known.
-    wants_results: bool,
-    /// The catalog generation that statement descriptions are read under.
-    generation: u64,
-}
-
-impl Follow {
-    fn now(ctx: &RelayContext<'_>) -> Follow {
-        Follow {
-            tracking: ctx.policies.is_some(),
-            wants_results: ctx.wants_results(),
-            generation: catalog_generation(ctx),
-        }
-    }
-}
-
-fn catalog_generation(ctx: &RelayContext<'_>) -> u64 {
-    ctx.policies.as_ref().map_or(0, |r| r.catalog.generation())
-}
 
 /// Appends a Describe of the portal (`P`) or statement (`S`) `name`.
 fn put_describe(out: &mut BytesMut, kind: u8, name: &[u8]) {
@@ -883,25 +651,8 @@ fn put_describe(out: &mut BytesMut, kind: u8, name: &[u8]) {
     });
 }
 
-/// `rest` starts with a complete `tag` message (with `kind` as its first byte unless 0) for
-/// the portal or statement `name`: a Describe or an Execute that follows the current frame.
-fn next_names(rest: &[u8], tag: u8, kind: u8, name: &[u8]) -> bool {
-    let Ok(Some(h)) = protocol::frame_header(rest, MAX_PROTOCOL_MESSAGE) else {
-        return false;
-    };
-    let Some(frame) = rest.get(..h.frame_len).filter(|_| h.tag == tag) else {
-        return false;
-    };
-    let mut body = &frame[5..];
-    if kind != 0 {
-        match body.split_first() {
-            Some((&k, b)) if k == kind => body = b,
-            _ => return false,
-        }
-    }
-    protocol::take_cstr(&mut body) == Some(name)
-}
-
+/// The client → server pump: reads, lets [`ClientSide`] work out what goes upstream, holds
+/// and waits where it says, writes.
 async fn client_to_server(
     ctx: &RelayContext<'_>,
     client: &mut ReadHalf<'_>,
@@ -909,20 +660,7 @@ async fn client_to_server(
     state: &RelayState,
 ) -> RelayEnd {
     let mut buf = BytesMut::with_capacity(CLIENT_READ_BUF);
-    let mut out = BytesMut::with_capacity(CLIENT_READ_BUF);
-    let tracking = ctx.policies.is_some();
-    // The extended protocol's messages are followed for result filtering or the audit trail.
-    let extended = tracking || ctx.outcomes.is_some();
-    let mut prepared = Prepared::default();
-    // An Execute or Query went upstream and no CopyDone or CopyFail since: a Sync now is one
-    // the server ignores if that statement started a COPY FROM STDIN (see `replies::Expect::Sync`).
-    let mut copy_window = false;
-    // Bytes of the current frame still to copy through without looking at them.
-    let mut pass = 0usize;
-    // The extended-protocol statements since the last Sync, for the commit guard.
-    let mut segment = Segment::default();
-    // The client's next message waits until what went before it is answered (commit guard).
-    let mut barrier = false;
+    let mut side = ClientSide::new(ctx);
     loop {
         if buf.capacity() - buf.len() < CLIENT_READ_BUF / 4 {
             buf.reserve(CLIENT_READ_BUF);
@@ -935,322 +673,47 @@ async fn client_to_server(
         if n == 0 {
             return RelayEnd::ClientEof;
         }
-        let mut follow = Follow::now(ctx);
-        let mut pos = 0;
         let mut terminated = false;
         loop {
-            if pass > 0 {
-                let take = pass.min(buf.len() - pos);
-                out.extend_from_slice(&buf[pos..pos + take]);
-                pos += take;
-                pass -= take;
-                if pass > 0 {
-                    break;
-                }
-            }
-            let Some(&tag) = buf.get(pos) else { break };
-            if barrier || state.poisoned.load(Ordering::Acquire) {
-                barrier = false;
-                if let Err(end) = settle(server, &mut out, state, client, &mut buf).await {
-                    return end;
-                }
-            }
-            let header =
-                match protocol::frame_header(&buf[pos..], message_limit(tag, ctx.max_message_size))
-                {
-                    Ok(Some(h)) => h,
-                    Ok(None) => break,
-                    Err(e) => return RelayEnd::ClientProtocol(e),
-                };
-            let whole = matches!(tag, msg::QUERY | msg::PARSE | msg::FUNCTION_CALL)
-                || (extended
-                    && matches!(tag, msg::BIND | msg::DESCRIBE | msg::EXECUTE | msg::CLOSE));
-            if whole && buf.len() - pos < header.frame_len {
-                // Grow as the bytes arrive: a header alone must not pin a large buffer.
-                buf.reserve((header.frame_len - (buf.len() - pos)).min(1 << 20));
-                break;
-            }
-            if !matches!(tag, msg::COPY_DATA | msg::FLUSH | msg::SYNC) {
-                // A COPY FROM STDIN the server may be in ends at CopyDone, CopyFail or any
-                // other message but CopyData, Flush and Sync; a Query or Execute opens the next.
-                copy_window = false;
-                if !extended && state.copy_in.load(Ordering::Acquire) {
-                    state.client_ended_copy.store(true, Ordering::Release);
-                }
-            }
-            match tag {
-                msg::QUERY | msg::PARSE | msg::FUNCTION_CALL => {
-                    let frame = &buf[pos..pos + header.frame_len];
-                    let full = tag == msg::PARSE && prepared.approvals.len() >= MAX_PREPARED;
-                    // Where the message's bytes start in `out`.
-                    let mut start = out.len();
-                    let (mut analysis, needs) =
-                        match inspect_client_message(ctx, state, frame, &mut out) {
-                            Inspected::Sent(sent) => (sent, None),
-                            Inspected::Prepared(_, _) if full => {
-                                let refusal = too_many_held_statements();
-                                deny_prepared(ctx, state, &refusal, frame, &mut out);
-                                (Sent::default(), None)
-                            }
-                            Inspected::Prepared(sent, needs) => (sent, Some(needs)),
-                            Inspected::Held(needs) => {
-                                let frame = frame.to_vec();
-                                // What came before the held statement runs now.
-                                if let Err(e) = flush_to_server(server, &mut out, state).await {
-                                    return RelayEnd::ServerIo(e);
-                                }
-                                let end = pos + header.frame_len;
-                                let gated =
-                                    gate(ctx, state, &needs, Vec::new(), client, &mut buf, end)
-                                        .await;
-                                // Policies may have changed while it waited.
-                                follow = Follow::now(ctx);
-                                match gated {
-                                    Gate::Run(record) => {
-                                        start = out.len();
-                                        out.extend_from_slice(&frame);
-                                        let a = Some(needs.analysis.clone());
-                                        (Sent::new(a, &needs.sql, record), None)
-                                    }
-                                    Gate::Refuse(r) => {
-                                        deny(ctx, state, &r, msg::QUERY, None, &mut out);
-                                        (Sent::default(), None)
-                                    }
-                                    Gate::ClientGone => return RelayEnd::ClientEof,
-                                }
-                            }
-                        };
-                    if tracking && !state.names_changed.load(Ordering::Relaxed) {
-                        let frame = &buf[pos..pos + header.frame_len];
-                        if analysis
-                            .analysis
-                            .as_deref()
-                            .is_some_and(|a| changes_names(a, frame))
-                        {
-                            state.names_changed.store(true, Ordering::Relaxed);
-                        }
-                    }
-                    if tag == msg::QUERY
-                        && follow.wants_results
-                        && !state.unsynced.load(Ordering::Acquire)
-                    {
-                        // A COPY TO STDOUT's columns, as the session itself will read them.
-                        let mut ours = BytesMut::new();
-                        let described = match (&analysis.analysis, &analysis.copy_sql) {
-                            (Some(a), Some(sql)) => describe_copies(a, sql, &mut ours),
-                            _ => None,
-                        };
-                        if let Some(d) = described {
-                            let tail = out.split_off(start);
-                            out.extend_from_slice(&ours);
-                            state.replies.lock().own_describe(d.clone());
-                            state.own.fetch_add(1, Ordering::AcqRel);
-                            state.pending.fetch_add(1, Ordering::AcqRel);
-                            start = out.len();
-                            out.unsplit(tail);
-                            analysis.copy_described = Some(d);
-                        }
-                    }
-                    let mut wrap = false;
-                    if tag == msg::QUERY && follow.wants_results {
-                        let quiet = state.quiet() && !state.unsynced.load(Ordering::Acquire);
-                        let plan = analysis
-                            .analysis
-                            .as_deref()
-                            .map_or(QueryPlan::Pass, |a| commit_guard::plan_query(a, quiet));
-                        match plan {
-                            QueryPlan::Pass => {}
-                            QueryPlan::Barrier => barrier = true,
-                            QueryPlan::Wrap => {
-                                let tail = out.split_off(start);
-                                put_own_query(state, &mut out, "BEGIN", false);
-                                out.unsplit(tail);
-                                analysis.wrapped = true;
-                                wrap = true;
-                            }
-                            QueryPlan::Refuse(message) => {
-                                out.truncate(start);
-                                refused(ctx, analysis.audit.take());
-                                deny(
-                                    ctx,
-                                    state,
-                                    &guard_refusal(message),
-                                    msg::QUERY,
-                                    None,
-                                    &mut out,
-                                );
-                                analysis = Sent::default();
-                            }
-                        }
-                    }
-                    let frame = &buf[pos..pos + header.frame_len];
-                    copy_window |= tag == msg::QUERY;
-                    if tag == msg::QUERY && !extended {
-                        state.copy_syncs.store(0, Ordering::Relaxed);
-                    }
-                    if let Some(o) = ctx.outcomes {
-                        match tag {
-                            msg::QUERY => o.query(analysis.audit.clone()),
-                            msg::PARSE => {}
-                            _ => o.sync(false),
-                        }
-                    }
-                    match tag {
-                        msg::PARSE if extended => {
-                            let mut body = &frame[5..];
-                            let name = protocol::take_cstr(&mut body).unwrap_or_default();
-                            prepared.parsed(name, needs);
-                            Prepared::remember(&mut prepared.statements, name, analysis);
-                        }
-                        msg::QUERY if tracking => state.replies.lock().query(analysis),
-                        msg::FUNCTION_CALL if tracking => state.replies.lock().sync(false),
-                        _ => {}
-                    }
-                    pos += header.frame_len;
-                    if tag == msg::PARSE {
-                        state.unsynced.store(true, Ordering::Release);
-                    } else {
-                        state.pending.fetch_add(1, Ordering::AcqRel);
-                    }
-                    if wrap {
-                        // The wrapped Query runs; its end decides COMMIT or ROLLBACK.
-                        if let Err(e) = flush_to_server(server, &mut out, state).await {
-                            return RelayEnd::ServerIo(e);
-                        }
-                        let ended = |s: &RelayState| s.wrapped_end.load(Ordering::Acquire) != 0;
-                        if let Err(end) = wait_answered(state, client, &mut buf, ended).await {
-                            return end;
-                        }
-                        let end = match state.wrapped_end.swap(0, Ordering::AcqRel) {
-                            protocol::TXN_IN_BLOCK => "COMMIT",
-                            _ => "ROLLBACK",
-                        };
-                        put_own_query(state, &mut out, end, true);
-                    }
-                }
-                msg::TERMINATE => {
-                    out.extend_from_slice(&buf[pos..pos + 5.min(buf.len() - pos)]);
+            match side.process(ctx, state, &buf) {
+                ClientStep::Read => break,
+                ClientStep::Terminate => {
                     terminated = true;
                     break;
                 }
-                msg::BIND | msg::DESCRIBE | msg::EXECUTE | msg::CLOSE if extended => {
-                    let needs = match tag {
-                        msg::BIND => prepared.bind_needs(&buf[pos..pos + header.frame_len]),
-                        _ => None,
-                    };
-                    let mut run = true;
-                    let mut approved = None;
-                    if let Some(needs) = needs {
-                        let params = bind_parameters(&buf[pos..pos + header.frame_len]);
-                        if let Err(e) = flush_to_server(server, &mut out, state).await {
-                            return RelayEnd::ServerIo(e);
-                        }
-                        let end = pos + header.frame_len;
-                        let gated = gate(ctx, state, &needs, params, client, &mut buf, end).await;
-                        // Policies may have changed while it waited.
-                        follow = Follow::now(ctx);
-                        match gated {
-                            Gate::Run(record) => approved = record,
-                            Gate::Refuse(r) => {
-                                // The Bind fails on the server in its place; the pipeline is
-                                // then skipped up to Sync, exactly as after a failed Bind.
-                                let token = state.stand_ins.register(ctx.session_id, &r);
-                                put_statement(
-                                    &mut out,
-                                    msg::PARSE,
-                                    Some(token.as_bytes()),
-                                    &token,
-                                    &[0, 0],
-                                );
-                                run = false;
-                            }
-                            Gate::ClientGone => return RelayEnd::ClientEof,
-                        }
+                ClientStep::End(end) => return end,
+                ClientStep::Wait(until) => {
+                    if let Err(e) = flush_to_server(server, &mut side, state).await {
+                        return RelayEnd::ServerIo(e);
                     }
-                    copy_window |= tag == msg::EXECUTE;
-                    if run && tag == msg::EXECUTE && follow.wants_results {
-                        let traits = prepared.execute_traits(&buf[pos..pos + header.frame_len]);
-                        if segment.execute(traits, state.quiet()) == SegmentStep::Gate {
-                            match gate_segment(server, &mut out, state, client, &mut buf).await {
-                                Ok(true) => segment.aborted(),
-                                Ok(false) => {}
-                                Err(end) => return end,
-                            }
-                        }
+                    let reached = |s: &RelayState| until.reached(s);
+                    if let Err(end) = wait_answered(state, client, &mut buf, reached).await {
+                        return end;
                     }
-                    if run {
-                        let message = buf[pos..].split_at(header.frame_len);
-                        prepared.client_message(ctx, state, follow, message, approved, &mut out);
-                    }
-                    state.unsynced.store(true, Ordering::Release);
-                    pos += header.frame_len;
                 }
-                _ => {
-                    match tag {
-                        msg::SYNC => {
-                            match segment.sync() {
-                                _ if !follow.wants_results => {}
-                                SegmentStep::Gate => {
-                                    let gated =
-                                        gate_segment(server, &mut out, state, client, &mut buf);
-                                    if let Err(end) = gated.await {
-                                        return end;
-                                    }
-                                }
-                                SegmentStep::Barrier => barrier = true,
-                                SegmentStep::Forward => {}
-                            }
-                            {
-                                // Both queues get the Sync under the relay queue's lock (see
-                                // `drop_ignored_syncs`).
-                                let mut q = tracking.then(|| state.replies.lock());
-                                if let Some(q) = q.as_mut() {
-                                    q.sync(copy_window);
-                                }
-                                if let Some(o) = ctx.outcomes {
-                                    o.sync(copy_window);
-                                }
-                            }
-                            if copy_window && !extended {
-                                let reading_copy = state.copy_in.load(Ordering::Acquire)
-                                    && !state.client_ended_copy.load(Ordering::Acquire);
-                                match reading_copy {
-                                    // The server reads it in copy-in mode.
-                                    true => state.copy_ignored.fetch_add(1, Ordering::AcqRel),
-                                    // Ignored if the statement before it starts a COPY.
-                                    false => state.copy_syncs.fetch_add(1, Ordering::AcqRel),
-                                };
-                            }
-                            prepared.pipeline += 1;
-                            state.pending.fetch_add(1, Ordering::AcqRel);
-                            state.unsynced.store(false, Ordering::Release);
-                        }
-                        msg::BIND | msg::EXECUTE | msg::DESCRIBE | msg::CLOSE | msg::FLUSH => {
-                            if tag == msg::EXECUTE {
-                                // Only a relay that follows no answers gets here with one.
-                                copy_window = true;
-                                state.copy_syncs.store(0, Ordering::Relaxed);
-                            }
-                            state.unsynced.store(true, Ordering::Release)
-                        }
-                        _ => {}
+                ClientStep::Hold(hold) => {
+                    if let Err(e) = flush_to_server(server, &mut side, state).await {
+                        return RelayEnd::ServerIo(e);
                     }
-                    pass = header.frame_len;
+                    let params = hold.params;
+                    let end = hold.frame_end;
+                    match gate(ctx, state, &hold.needs, params, client, &mut buf, end).await {
+                        Gate::ClientGone => return RelayEnd::ClientEof,
+                        decided => side.answer(decided),
+                    }
                 }
             }
         }
-        buf.advance(pos);
+        if !terminated {
+            let consumed = side.consumed();
+            buf.advance(consumed);
+        }
         state
             .client_mid_frame
-            .store(pass > 0 || !buf.is_empty(), Ordering::Release);
+            .store(side.mid_frame() || !buf.is_empty(), Ordering::Release);
         state.may_be_idle();
-        if !out.is_empty() {
-            if let Err(e) =
-                write_flush(server, &out, &METRICS.to_server_bytes, &state.to_server).await
-            {
-                return RelayEnd::ServerIo(e);
-            }
-            out.clear();
+        if let Err(e) = flush_to_server(server, &mut side, state).await {
+            return RelayEnd::ServerIo(e);
         }
         if terminated {
             return RelayEnd::ClientTerminated;
@@ -2432,15 +1895,21 @@ fn invalidate_after_ddl(ctx: &RelayContext<'_>, analysis: Option<&Analysis>) {
     }
 }
 
-/// Sends what is queued for the server now (before a statement is held).
+/// Sends what the client side has built for the server so far.
 async fn flush_to_server(
     server: &mut WriteHalf<'_>,
-    out: &mut BytesMut,
+    side: &mut ClientSide,
     state: &RelayState,
 ) -> std::io::Result<()> {
-    if !out.is_empty() {
-        write_flush(server, out, &METRICS.to_server_bytes, &state.to_server).await?;
-        out.clear();
+    if !side.output().is_empty() {
+        write_flush(
+            server,
+            side.output(),
+            &METRICS.to_server_bytes,
+            &state.to_server,
+        )
+        .await?;
+        side.output_sent();
     }
     Ok(())
 }
@@ -2565,50 +2034,6 @@ async fn wait_answered(
     }
 }
 
-/// Before the client's next message (commit guard): waits until everything sent is
-/// answered, then makes the server's transaction fail if a refusal left it open.
-async fn settle(
-    server: &mut WriteHalf<'_>,
-    out: &mut BytesMut,
-    state: &RelayState,
-    client: &mut ReadHalf<'_>,
-    buf: &mut BytesMut,
-) -> Result<(), RelayEnd> {
-    flush_to_server(server, out, state)
-        .await
-        .map_err(RelayEnd::ServerIo)?;
-    let quiet = |s: &RelayState| s.pending.load(Ordering::Acquire) == 0;
-    wait_answered(state, client, buf, quiet).await?;
-    if quiet(state) && state.poisoned.swap(false, Ordering::AcqRel) {
-        put_own_query(state, out, ABORT_SQL, false);
-    }
-    Ok(())
-}
-
-/// At a gate of an extended pipeline (commit guard): waits until its Executes are answered
-/// and, when a result of them was refused, makes the server fail the pipeline (it skips to
-/// the Sync, rolling back its implicit transaction or failing the block). True when it did.
-async fn gate_segment(
-    server: &mut WriteHalf<'_>,
-    out: &mut BytesMut,
-    state: &RelayState,
-    client: &mut ReadHalf<'_>,
-    buf: &mut BytesMut,
-) -> Result<bool, RelayEnd> {
-    // The server holds its answers back until a Sync or Flush.
-    protocol::put_message(out, msg::FLUSH, |_| {});
-    flush_to_server(server, out, state)
-        .await
-        .map_err(RelayEnd::ServerIo)?;
-    let answered = |s: &RelayState| !s.replies.lock().executes_waiting();
-    wait_answered(state, client, buf, answered).await?;
-    if !answered(state) || !state.discarding.load(Ordering::Acquire) {
-        return Ok(false);
-    }
-    put_statement(out, msg::PARSE, Some(b"pgward_refused"), ABORT_SQL, &[0, 0]);
-    Ok(true)
-}
-
 fn guard_refusal(message: &str) -> Refusal {
     Refusal {
         plugin: "pgward".into(),
@@ -2630,322 +2055,4 @@ async fn write_flush(
     session.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     w.write_all(bytes).await?;
     w.flush().await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::replies::Expect;
-    use super::*;
-
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        f.extend_from_slice(body);
-        f
-    }
-
-    fn bind(portal: &str, stmt: &str, formats: &[i16], params: &[Option<&[u8]>]) -> Vec<u8> {
-        let mut b = Vec::new();
-        for s in [portal, stmt] {
-            b.extend_from_slice(s.as_bytes());
-            b.push(0);
-        }
-        b.extend_from_slice(&(formats.len() as i16).to_be_bytes());
-        for f in formats {
-            b.extend_from_slice(&f.to_be_bytes());
-        }
-        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-        for p in params {
-            match p {
-                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
-                Some(v) => {
-                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                    b.extend_from_slice(v);
-                }
-            }
-        }
-        b.extend_from_slice(&0i16.to_be_bytes());
-        frame(b'B', &b)
-    }
-
-    #[test]
-    fn bind_parameters_are_text_hex_for_binary_and_none_for_null() {
-        let f = bind("", "s1", &[], &[Some(b"42"), None, Some(b"caf\xc3\xa9")]);
-        assert_eq!(
-            bind_parameters(&f),
-            vec![Some("42".into()), None, Some("café".into())]
-        );
-        let f = bind("p", "s1", &[1], &[Some(&[0, 0, 0, 2]), Some(&[1])]);
-        assert_eq!(
-            bind_parameters(&f),
-            vec![Some("\\x00000002".into()), Some("\\x01".into())]
-        );
-        let f = bind("p", "s1", &[0, 1], &[Some(b"7"), Some(&[0xff])]);
-        assert_eq!(
-            bind_parameters(&f),
-            vec![Some("7".into()), Some("\\xff".into())]
-        );
-        // A truncated Bind yields what could be read, never a panic.
-        let f = bind("p", "s1", &[], &[Some(b"1234")]);
-        for cut in 5..f.len() {
-            let _ = bind_parameters(&f[..cut]);
-        }
-    }
-
-    fn needs(sql: &str) -> Arc<NeedsApproval> {
-        Arc::new(NeedsApproval {
-            statement: 1,
-            ask: ApprovalAsk {
-                plugin: "p".into(),
-                reason: "r".into(),
-                approver_group: "g".into(),
-                rule: "rule".into(),
-                defer: false,
-                quorum: 1,
-            },
-            sql: sql.into(),
-            analysis: crate::sql::SqlAnalyzer::new(10).analyze(sql, LexOptions::default()),
-            extended: true,
-        })
-    }
-
-    #[test]
-    fn a_prepared_statement_keeps_its_approval_mark_until_closed() {
-        let mut p = Prepared::default();
-        p.parsed(b"s1", Some(needs("UPDATE t SET x = $1")));
-        assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_some());
-        assert!(p.bind_needs(&bind("", "s2", &[], &[])).is_none());
-        // A second Parse of a name in use fails on the server: the mark stays.
-        p.parsed(b"s1", None);
-        assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_some());
-        // The unnamed statement is replaced by every Parse.
-        p.parsed(b"", Some(needs("DELETE FROM t")));
-        assert!(p.bind_needs(&bind("", "", &[], &[])).is_some());
-        p.parsed(b"", None);
-        assert!(p.bind_needs(&bind("", "", &[], &[])).is_none());
-        // Close (statement) removes the mark.
-        let mut out = BytesMut::new();
-        let mut close = vec![b'S'];
-        close.extend_from_slice(b"s1\0");
-        let close = frame(b'C', &close);
-        let state = RelayState::new(protocol::TXN_IDLE);
-        let fixture = Fixture::new();
-        let follow = Follow {
-            tracking: false,
-            wants_results: false,
-            generation: 0,
-        };
-        p.client_message(
-            &fixture.ctx(),
-            &state,
-            follow,
-            (&close, &[]),
-            None,
-            &mut out,
-        );
-        assert!(p.bind_needs(&bind("", "s1", &[], &[])).is_none());
-        assert_eq!(&out[..], &close[..], "the Close itself goes upstream");
-    }
-
-    /// What a [`RelayContext`] borrows.
-    struct Fixture {
-        identity: Identity,
-        session: wit::Session,
-        analyzer: SqlAnalyzer,
-    }
-
-    impl Fixture {
-        fn new() -> Fixture {
-            let identity = Identity {
-                user: "u".into(),
-                ..Default::default()
-            };
-            let session = crate::plugins::convert_session(1, &identity, "db", "127.0.0.1:1", "");
-            Fixture {
-                identity,
-                session,
-                analyzer: SqlAnalyzer::new(10),
-            }
-        }
-
-        fn ctx(&self) -> RelayContext<'_> {
-            RelayContext::bare(&self.analyzer, &self.identity, &self.session)
-        }
-    }
-
-    fn describe(kind: u8, name: &str) -> Vec<u8> {
-        let mut b = vec![kind];
-        b.extend_from_slice(name.as_bytes());
-        b.push(0);
-        frame(b'D', &b)
-    }
-
-    fn execute(portal: &str) -> Vec<u8> {
-        let mut b = portal.as_bytes().to_vec();
-        b.push(0);
-        b.extend_from_slice(&0i32.to_be_bytes());
-        frame(b'E', &b)
-    }
-
-    /// The client side of a session with a result plugin active: `script` goes through
-    /// `client_message` as one read, and what went upstream comes back as (tag, first byte).
-    struct Client {
-        prepared: Prepared,
-        state: RelayState,
-        fixture: Fixture,
-        follow: Follow,
-    }
-
-    impl Client {
-        fn new() -> Client {
-            let mut prepared = Prepared::default();
-            prepared.statements.insert(b"s1".to_vec(), Sent::default());
-            prepared.statements.insert(b"s2".to_vec(), Sent::default());
-            Client {
-                prepared,
-                state: RelayState::new(protocol::TXN_IDLE),
-                fixture: Fixture::new(),
-                follow: Follow {
-                    tracking: true,
-                    wants_results: true,
-                    generation: 1,
-                },
-            }
-        }
-
-        fn send(&mut self, script: &[Vec<u8>]) -> Vec<(u8, u8)> {
-            let bytes = script.concat();
-            let mut out = BytesMut::new();
-            let mut at = 0;
-            let ctx = self.fixture.ctx();
-            for f in script {
-                let message = bytes[at..].split_at(f.len());
-                self.prepared.client_message(
-                    &ctx,
-                    &self.state,
-                    self.follow,
-                    message,
-                    None,
-                    &mut out,
-                );
-                at += f.len();
-            }
-            let mut sent = Vec::new();
-            let mut rest = &out[..];
-            while let Ok(Some(h)) = protocol::frame_header(rest, MAX_PROTOCOL_MESSAGE) {
-                let kind = match h.tag {
-                    b'D' => rest.get(5).copied().unwrap_or(0),
-                    _ => 0,
-                };
-                sent.push((h.tag, kind));
-                rest = &rest[h.frame_len..];
-            }
-            sent
-        }
-
-        /// The server's answers to the Describes sent so far: the statements' columns.
-        fn answer(&mut self, skip: bool) -> Vec<Columns> {
-            let mut executes = Vec::new();
-            for e in self.state.replies.lock().take_all() {
-                match e {
-                    Expect::Describe(d) if skip => d.skipped(),
-                    Expect::Describe(Describe::Statement { columns, .. }) => {
-                        let _ = columns
-                            .described
-                            .set(Described::Rows(Box::new([0, 0]), self.follow.generation));
-                    }
-                    Expect::Execute(_, c) => executes.push(c),
-                    _ => {}
-                }
-            }
-            executes
-        }
-
-        fn sync(&mut self) {
-            self.prepared.pipeline += 1;
-        }
-    }
-
-    const DESCRIBE_S: (u8, u8) = (b'D', b'S');
-    const DESCRIBE_P: (u8, u8) = (b'D', b'P');
-    const BIND: (u8, u8) = (b'B', 0);
-    const EXECUTE: (u8, u8) = (b'E', 0);
-
-    #[test]
-    fn a_named_statement_is_described_once_for_all_its_executions() {
-        let mut c = Client::new();
-        let run = [bind("", "s1", &[], &[]), execute("")];
-        // Its first Bind asks for its columns; the Execute after it takes them from there.
-        assert_eq!(c.send(&run), [DESCRIBE_S, BIND, EXECUTE]);
-        assert_eq!(c.answer(false), [Columns::Statement]);
-        c.sync();
-        for _ in 0..3 {
-            assert_eq!(c.send(&run), [BIND, EXECUTE]);
-            assert_eq!(c.answer(false), [Columns::Statement]);
-            c.sync();
-        }
-        // DDL through the gateway may have changed what its columns are: described again.
-        c.follow.generation += 1;
-        assert_eq!(c.send(&run), [DESCRIBE_S, BIND, EXECUTE]);
-        assert_eq!(c.answer(false), [Columns::Statement]);
-        c.sync();
-        assert_eq!(c.send(&run), [BIND, EXECUTE]);
-    }
-
-    #[test]
-    fn the_clients_own_describes_are_used_and_none_added() {
-        let mut c = Client::new();
-        // libpq: Bind, Describe of the portal, Execute.
-        let libpq = [bind("", "s1", &[], &[]), describe(b'P', ""), execute("")];
-        for _ in 0..3 {
-            assert_eq!(c.send(&libpq), [BIND, DESCRIBE_P, EXECUTE]);
-            assert_eq!(c.answer(false), [Columns::Described]);
-            c.sync();
-        }
-        // tokio-postgres: Describe of the statement when preparing, then Bind + Execute.
-        assert_eq!(c.send(&[describe(b'S', "s2")]), [DESCRIBE_S]);
-        c.answer(false);
-        c.sync();
-        assert_eq!(
-            c.send(&[bind("", "s2", &[], &[]), execute("")]),
-            [BIND, EXECUTE]
-        );
-        assert_eq!(c.answer(false), [Columns::Statement]);
-        // A portal no Describe precedes, of a statement the gateway does not know: described
-        // right before its Execute.
-        c.sync();
-        assert_eq!(
-            c.send(&[bind("p", "", &[], &[]), execute("p")]),
-            [BIND, DESCRIBE_P, EXECUTE]
-        );
-        assert_eq!(c.answer(false), [Columns::Described]);
-        // A Describe of another portal does not describe this Execute.
-        c.sync();
-        assert_eq!(
-            c.send(&[bind("p", "", &[], &[]), describe(b'P', "q"), execute("p")]),
-            [BIND, DESCRIBE_P, DESCRIBE_P, EXECUTE]
-        );
-        assert_eq!(c.answer(false), [Columns::Described]);
-    }
-
-    #[test]
-    fn a_statement_description_not_known_yet_is_not_relied_on() {
-        let mut c = Client::new();
-        let run = [bind("", "s1", &[], &[]), execute("")];
-        assert_eq!(c.send(&run), [DESCRIBE_S, BIND, EXECUTE]);
-        // The next pipeline is sent before the server answered the first: its Execute is
-        // described on its own (had the first been skipped, this one would not be).
-        c.sync();
-        assert_eq!(c.send(&run), [BIND, DESCRIBE_P, EXECUTE]);
-        // The server skipped the first pipeline (an error before it): asked again.
-        c.answer(true);
-        c.sync();
-        assert_eq!(c.send(&run), [DESCRIBE_S, BIND, EXECUTE]);
-        assert_eq!(c.answer(false), [Columns::Statement]);
-        // No result plugin: nothing is described, and the rows are known to need nothing.
-        c.follow.wants_results = false;
-        c.sync();
-        assert_eq!(c.send(&run), [BIND, EXECUTE]);
-        assert_eq!(c.answer(false), [Columns::Unknown]);
-    }
 }

@@ -28,11 +28,11 @@ pub(super) fn query(sql: &str) -> Vec<u8> {
     m(msg::QUERY, &z(sql))
 }
 
-fn parse(name: &str, sql: &str) -> Vec<u8> {
+pub(super) fn parse(name: &str, sql: &str) -> Vec<u8> {
     m(msg::PARSE, &[z(name), z(sql), vec![0, 0]].concat())
 }
 
-fn bind(portal: &str, statement: &str) -> Vec<u8> {
+pub(super) fn bind(portal: &str, statement: &str) -> Vec<u8> {
     m(
         msg::BIND,
         &[z(portal), z(statement), vec![0, 0, 0, 0, 0, 0]].concat(),
@@ -43,11 +43,11 @@ fn describe_portal(portal: &str) -> Vec<u8> {
     m(msg::DESCRIBE, &[vec![target::PORTAL], z(portal)].concat())
 }
 
-fn execute(portal: &str) -> Vec<u8> {
+pub(super) fn execute(portal: &str) -> Vec<u8> {
     m(msg::EXECUTE, &[z(portal), vec![0, 0, 0, 0]].concat())
 }
 
-fn sync() -> Vec<u8> {
+pub(super) fn sync() -> Vec<u8> {
     m(msg::SYNC, &[])
 }
 
