@@ -9,7 +9,8 @@
 //! default `pgbench,stream,results`), `BENCH_WIDE_ROWS` for the wide result through result
 //! plugins (default 2000000), `BENCH_MEMORY_ROWS` for the peak-memory run (default 10000000),
 //! `BENCH_TARGETS` to keep only the named pgbench targets (besides direct and bare pgward),
-//! `BENCH_BASELINE_BIN` for a bare gateway from another build (`pgward baseline`: a
+//! `BENCH_BASELINE_BIN` for gateways from another build (`pgward baseline` bare,
+//! `baseline+guardrails+mask-pii` under pgbench, `baseline+mask 1 column` streaming results: a
 //! no-regression comparison of two commits in one run).
 //!
 //! For profiling by hand: `loadbench serve` starts every target and prints where it listens;
@@ -575,10 +576,15 @@ async fn main() -> Result<()> {
     if let Some(g) = &audit_nosync_gw {
         targets.push(target_of("pgward+audit fsync=never", g));
     }
-    // `BENCH_BASELINE_BIN`: the bare gateway again from another build, for a no-regression
-    // comparison of two commits in one interleaved run.
-    let baseline_gw = match std::env::var_os("BENCH_BASELINE_BIN") {
-        Some(bin) if suite("pgbench") => Some(Gateway::start(
+    // `BENCH_BASELINE_BIN`: gateways again from another build, for a no-regression comparison
+    // of two commits in one interleaved run: bare, with guardrails + mask-pii (pgbench) and
+    // masking one column (results).
+    let baseline_bin = std::env::var_os("BENCH_BASELINE_BIN").map(std::path::PathBuf::from);
+    let baseline = |plugins_dir: Option<std::path::PathBuf>| -> Result<Option<Gateway>> {
+        let Some(bin) = &baseline_bin else {
+            return Ok(None);
+        };
+        let g = Gateway::start(
             &pg,
             GatewayOptions {
                 listen_extra: format!(
@@ -586,14 +592,34 @@ async fn main() -> Result<()> {
                     env_num("BENCH_WORKERS", 0)
                 ),
                 log_level: "info".into(),
-                binary: Some(bin.into()),
+                plugins_dir,
+                binary: Some(bin.clone()),
                 ..Default::default()
             },
-        )?),
-        _ => None,
+        )?;
+        Ok(Some(g))
+    };
+    let baseline_gw = if suite("pgbench") {
+        baseline(None)?
+    } else {
+        None
     };
     if let Some(g) = &baseline_gw {
         targets.push(target_of("pgward baseline", g));
+    }
+    let baseline_policy_gw = if suite("pgbench") && baseline_bin.is_some() {
+        baseline(Some(plugins_dir_of(
+            "policies-baseline",
+            &[
+                ("guardrails", "10-guardrails", ""),
+                ("mask_pii", "20-mask_pii", MASK_PII_BENCH),
+            ],
+        )?))?
+    } else {
+        None
+    };
+    if let Some(g) = &baseline_policy_gw {
+        targets.push(target_of("baseline+guardrails+mask-pii", g));
     }
     if !skip_bouncer {
         let (child, port) = start_pgbouncer(&pg, &db, &gw.dir.join("pgbouncer"))?;
@@ -625,6 +651,10 @@ async fn main() -> Result<()> {
         let mask = one_plugin_dir("mask_column", "mask", "columns = [\"email\"]\n")?;
         result_gws.push(("pgward+identity", bench_gateway(&pg, Some(identity))?));
         result_gws.push(("pgward+mask 1 column", bench_gateway(&pg, Some(mask))?));
+        let mask = one_plugin_dir("mask_column", "mask-baseline", "columns = [\"email\"]\n")?;
+        if let Some(g) = baseline(Some(mask))? {
+            result_gws.push(("baseline+mask 1 column", g));
+        }
     }
     let mut result_targets: Vec<Target> = result_gws
         .iter()

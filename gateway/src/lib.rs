@@ -8,11 +8,13 @@
 //!   approvals, audit trail), built once by the server.
 //! - [`shutdown`]: graceful shutdown as sessions see it: begun (end once idle), then expired.
 //! - [`session`]: one client: TLS, startup, SCRAM authentication, upstream login.
-//! - [`relay`]: the message pump of an established session (bytes in, bytes out). Its
-//!   `replies` is the queue of answers the server owes, in order, with one operation per
+//! - [`relay`]: the message pump of an established session (bytes in, bytes out): the pumps
+//!   own the sockets, and `client_side` and `server_side` are each direction's protocol logic
+//!   as processors that do no I/O (bytes in, what to forward, hold, inject or answer out).
+//!   Its `replies` is the queue of answers the server owes, in order, with one operation per
 //!   protocol event; `stand_in` sends refused statements upstream as stand-ins whose errors
 //!   become the refusals; `commit_guard` keeps what the server commits in line with what a
-//!   refused result told the client.
+//!   refused result told the client; `scripted` tests the whole relay byte by byte.
 //! - [`upstream`]: connecting and logging in to PostgreSQL with the gateway's credentials.
 //! - [`protocol`]: wire-protocol framing and the few messages the gateway builds or reads.
 //! - [`auth`]: identities and SCRAM-SHA-256 (server and client side).

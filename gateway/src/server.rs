@@ -333,7 +333,10 @@ fn worker(
             return;
         }
     };
-    runtime.block_on(async move {
+    // Sessions are local tasks: a session's state is shared by its two directions only,
+    // which run in its one task, so it needs no atomics or locks (see `relay::RelayState`).
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
         let mut sessions = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
@@ -344,7 +347,7 @@ fn worker(
                     let stopping = shutdown.clone();
                     let span = info_span!("session", id = conn.id, client = %conn.peer, user = tracing::field::Empty, database = tracing::field::Empty);
                     let (id, peer, permit) = (conn.id, conn.peer, conn.permit);
-                    sessions.spawn(tracker.track_future(
+                    sessions.spawn_local(tracker.track_future(
                         async move {
                             let over_limit = permit.is_none();
                             crate::session::serve(shared, tcp, id, peer, over_limit, stopping).await;

@@ -88,9 +88,9 @@ pub(super) enum Until {
 impl Until {
     pub(super) fn reached(self, state: &RelayState) -> bool {
         match self {
-            Until::Quiet => state.pending.load(Ordering::Acquire) == 0,
-            Until::ExecutesAnswered => !state.replies.lock().executes_waiting(),
-            Until::WrappedEnded => state.wrapped_end.load(Ordering::Acquire) != 0,
+            Until::Quiet => state.pending.get() == 0,
+            Until::ExecutesAnswered => !state.replies.pending().executes_waiting(),
+            Until::WrappedEnded => state.wrapped_end.get() != 0,
         }
     }
 }
@@ -197,9 +197,7 @@ impl ClientSide {
             let Some(&tag) = buf.get(pos) else {
                 return Step::Read;
             };
-            if !std::mem::take(&mut self.settled)
-                && (self.barrier || state.poisoned.load(Ordering::Acquire))
-            {
+            if !std::mem::take(&mut self.settled) && (self.barrier || state.poisoned.get()) {
                 self.barrier = false;
                 self.waiting = Some(Waiting::Settle);
                 return Step::Wait(Until::Quiet);
@@ -221,8 +219,8 @@ impl ClientSide {
                 // A COPY FROM STDIN the server may be in ends at CopyDone, CopyFail or any
                 // other message but CopyData, Flush and Sync; a Query or Execute opens the next.
                 self.copy_window = false;
-                if !extended && state.copy_in.load(Ordering::Acquire) {
-                    state.client_ended_copy.store(true, Ordering::Release);
+                if !extended && state.copy_in.get() {
+                    state.client_ended_copy.set(true);
                 }
             }
             let frame_len = header.frame_len;
@@ -262,9 +260,9 @@ impl ClientSide {
                         if tag == msg::EXECUTE {
                             // Only a relay that follows no answers gets here with one.
                             self.copy_window = true;
-                            state.copy_syncs.store(0, Ordering::Relaxed);
+                            state.copy_syncs.set(0);
                         }
-                        state.unsynced.store(true, Ordering::Release)
+                        state.unsynced.set(true)
                     }
                     self.pass = frame_len;
                     None
@@ -299,7 +297,7 @@ impl ClientSide {
         };
         match waiting {
             Waiting::Settle => {
-                if Until::Quiet.reached(state) && state.poisoned.swap(false, Ordering::AcqRel) {
+                if Until::Quiet.reached(state) && state.poisoned.replace(false) {
                     put_own_query(state, &mut self.out, ABORT_SQL, false);
                 }
                 self.settled = true;
@@ -354,7 +352,7 @@ impl ClientSide {
                 None
             }
             Waiting::Wrapped => {
-                let end = match state.wrapped_end.swap(0, Ordering::AcqRel) {
+                let end = match state.wrapped_end.replace(0) {
                     protocol::TXN_IN_BLOCK => "COMMIT",
                     _ => "ROLLBACK",
                 };
@@ -422,15 +420,15 @@ impl ClientSide {
         let (tracking, extended, follow) = (self.tracking, self.extended, self.follow);
         let out = &mut self.out;
         if tracking
-            && !state.names_changed.load(Ordering::Relaxed)
+            && !state.names_changed.get()
             && analysis
                 .analysis
                 .as_deref()
                 .is_some_and(|a| changes_names(a, frame))
         {
-            state.names_changed.store(true, Ordering::Relaxed);
+            state.names_changed.set(true);
         }
-        if tag == msg::QUERY && follow.wants_results && !state.unsynced.load(Ordering::Acquire) {
+        if tag == msg::QUERY && follow.wants_results && !state.unsynced.get() {
             // A COPY TO STDOUT's columns, as the session itself will read them.
             let mut ours = BytesMut::new();
             let described = match (&analysis.analysis, &analysis.copy_sql) {
@@ -440,9 +438,9 @@ impl ClientSide {
             if let Some(d) = described {
                 let tail = out.split_off(start);
                 out.extend_from_slice(&ours);
-                state.replies.lock().own_describe(d.clone());
-                state.own.fetch_add(1, Ordering::AcqRel);
-                state.pending.fetch_add(1, Ordering::AcqRel);
+                state.replies.pending().own_describe(d.clone());
+                add(&state.own, 1);
+                add(&state.pending, 1);
                 start = out.len();
                 out.unsplit(tail);
                 analysis.copy_described = Some(d);
@@ -450,7 +448,7 @@ impl ClientSide {
         }
         let mut wrap = false;
         if tag == msg::QUERY && follow.wants_results {
-            let quiet = state.quiet() && !state.unsynced.load(Ordering::Acquire);
+            let quiet = state.quiet() && !state.unsynced.get();
             let plan = analysis
                 .analysis
                 .as_deref()
@@ -475,7 +473,7 @@ impl ClientSide {
         }
         self.copy_window |= tag == msg::QUERY;
         if tag == msg::QUERY && !extended {
-            state.copy_syncs.store(0, Ordering::Relaxed);
+            state.copy_syncs.set(0);
         }
         if let Some(o) = ctx.outcomes {
             match tag {
@@ -491,15 +489,15 @@ impl ClientSide {
                 self.prepared.parsed(name, needs);
                 Prepared::remember(&mut self.prepared.statements, name, analysis);
             }
-            msg::QUERY if tracking => state.replies.lock().query(analysis),
-            msg::FUNCTION_CALL if tracking => state.replies.lock().sync(false),
+            msg::QUERY if tracking => state.replies.pending().query(analysis),
+            msg::FUNCTION_CALL if tracking => state.replies.pending().sync(false),
             _ => {}
         }
         self.pos += frame_len;
         if tag == msg::PARSE {
-            state.unsynced.store(true, Ordering::Release);
+            state.unsynced.set(true);
         } else {
-            state.pending.fetch_add(1, Ordering::AcqRel);
+            add(&state.pending, 1);
         }
         if wrap {
             // The wrapped Query runs; its end decides COMMIT or ROLLBACK.
@@ -558,7 +556,7 @@ impl ClientSide {
             self.prepared
                 .client_message(ctx, state, follow, message, approved, &mut self.out);
         }
-        state.unsynced.store(true, Ordering::Release);
+        state.unsynced.set(true);
         self.pos += frame_len;
     }
 
@@ -566,7 +564,7 @@ impl ClientSide {
     /// refused, a statement of the gateway's that fails goes first, so the server skips the
     /// rest of the pipeline. True when it did.
     fn segment_gated(&mut self, state: &RelayState) -> bool {
-        if !Until::ExecutesAnswered.reached(state) || !state.discarding.load(Ordering::Acquire) {
+        if !Until::ExecutesAnswered.reached(state) || !state.discarding.get() {
             return false;
         }
         let name = Some(&b"pgward_refused"[..]);
@@ -602,7 +600,7 @@ impl ClientSide {
         {
             // Both queues get the Sync under the relay queue's lock (see
             // `drop_ignored_syncs`).
-            let mut q = self.tracking.then(|| state.replies.lock());
+            let mut q = self.tracking.then(|| state.replies.pending());
             if let Some(q) = q.as_mut() {
                 q.sync(copy_window);
             }
@@ -611,18 +609,17 @@ impl ClientSide {
             }
         }
         if copy_window && !self.extended {
-            let reading_copy = state.copy_in.load(Ordering::Acquire)
-                && !state.client_ended_copy.load(Ordering::Acquire);
+            let reading_copy = state.copy_in.get() && !state.client_ended_copy.get();
             match reading_copy {
                 // The server reads it in copy-in mode.
-                true => state.copy_ignored.fetch_add(1, Ordering::AcqRel),
+                true => add(&state.copy_ignored, 1),
                 // Ignored if the statement before it starts a COPY.
-                false => state.copy_syncs.fetch_add(1, Ordering::AcqRel),
+                false => add(&state.copy_syncs, 1),
             };
         }
         self.prepared.pipeline += 1;
-        state.pending.fetch_add(1, Ordering::AcqRel);
-        state.unsynced.store(false, Ordering::Release);
+        add(&state.pending, 1);
+        state.unsynced.set(false);
         self.pass = frame_len;
     }
 }
@@ -741,7 +738,7 @@ impl Prepared {
                         {
                             let columns = StatementColumns::new(self.pipeline);
                             put_describe(out, target::STATEMENT, stmt);
-                            state.replies.lock().describe(Describe::Statement {
+                            state.replies.pending().describe(Describe::Statement {
                                 columns: columns.clone(),
                                 relay: false,
                             });
@@ -786,7 +783,7 @@ impl Prepared {
                     },
                     _ => Describe::Client,
                 };
-                state.replies.lock().describe(describe);
+                state.replies.pending().describe(describe);
             }
             msg::EXECUTE => {
                 let portal = protocol::take_cstr(&mut body).unwrap_or_default();
@@ -799,7 +796,7 @@ impl Prepared {
                     out.extend_from_slice(frame);
                     return;
                 }
-                let mut q = state.replies.lock();
+                let mut q = state.replies.pending();
                 let columns = if !wants {
                     Columns::Unknown
                 } else if described {
@@ -1094,7 +1091,7 @@ mod tests {
         /// The server's answers to the Describes sent so far: the statements' columns.
         fn answer(&mut self, skip: bool) -> Vec<Columns> {
             let mut executes = Vec::new();
-            for e in self.state.replies.lock().take_all() {
+            for e in self.state.replies.pending().take_all() {
                 match e {
                     Expect::Describe(d) if skip => d.skipped(),
                     Expect::Describe(Describe::Statement { columns, .. }) => {
@@ -1293,8 +1290,8 @@ mod tests {
                 assert_eq!(sent, stream);
                 assert_eq!(seen, []);
                 // The Query and the Sync each wait for a ReadyForQuery.
-                assert_eq!(state.pending.load(Ordering::Relaxed), 2);
-                assert!(!state.unsynced.load(Ordering::Relaxed));
+                assert_eq!(state.pending.get(), 2);
+                assert!(!state.unsynced.get());
                 assert_eq!(state.statements(), 2, "the Query and the Parse were judged");
             }
             // Half a frame passed on: the session is mid-frame until the rest comes.
@@ -1335,22 +1332,22 @@ mod tests {
             put_statement(&mut abort, msg::QUERY, None, ABORT_SQL, &[]);
             // Everything sent is answered: the gateway's failing statement goes first.
             let state = RelayState::new(protocol::TXN_IN_BLOCK);
-            state.poisoned.store(true, Ordering::Relaxed);
+            state.poisoned.set(true);
             let mut side = ClientSide::new(ctx);
             let (sent, seen) = upstream(ctx, &state, &mut side, &[&next], no_hold).unwrap();
             assert_eq!(seen, [Seen::Wait(Until::Quiet)]);
             assert_eq!(sent, [abort.to_vec(), next.clone()].concat());
-            assert!(!state.poisoned.load(Ordering::Relaxed));
-            assert_eq!(state.own.load(Ordering::Relaxed), 1);
+            assert!(!state.poisoned.get());
+            assert_eq!(state.own.get(), 1);
             // The wait ended otherwise (the server waits for COPY data): nothing is added yet.
             let state = RelayState::new(protocol::TXN_IN_BLOCK);
-            state.poisoned.store(true, Ordering::Relaxed);
-            state.pending.store(1, Ordering::Relaxed);
+            state.poisoned.set(true);
+            state.pending.set(1);
             let mut side = ClientSide::new(ctx);
             let (sent, seen) = upstream(ctx, &state, &mut side, &[&next], no_hold).unwrap();
             assert_eq!(seen, [Seen::Wait(Until::Quiet)]);
             assert_eq!(sent, next);
-            assert!(state.poisoned.load(Ordering::Relaxed));
+            assert!(state.poisoned.get());
         });
     }
 

@@ -2,6 +2,12 @@
 //! round trip costs no task hop, and each direction stops reading while its write is pending, so
 //! a slow reader holds back the other side instead of filling the gateway's memory.
 //!
+//! The pumps here own the sockets; the protocol logic of each direction is a processor that
+//! does no I/O ([`client_side`], [`server_side`]), given the bytes read and stopping where
+//! something must happen outside it (a hold for approval, a wait for the server's answers, a
+//! result's subscription). What they share is [`RelayState`]: the queue of expected replies
+//! ([`replies`]), the stand-ins of refused statements ([`stand_in`]), the session's status.
+//!
 //! Frames are relayed as bytes. Only the messages the gateway must understand are looked at:
 //! Query and Parse from the client (SQL analysis), ReadyForQuery, ParameterStatus and
 //! ErrorResponse from the server (session state). Everything else, DataRow included, is passed
@@ -26,8 +32,8 @@ use crate::sql::{Analysis, CopyDirection, LexOptions, SqlAnalyzer, StatementKind
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream::UpstreamTarget;
 use bytes::{Buf, BufMut, BytesMut};
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,53 +61,55 @@ const CLIENT_READ_BUF: usize = 16 * 1024;
 /// PostgreSQL's own bound on any message (`PQ_LARGE_MESSAGE_LIMIT`).
 const MAX_PROTOCOL_MESSAGE: usize = (1 << 30) - 1;
 
-/// Session state that both directions read or write.
+/// Session state that both directions read or write. Both run in the session's one task,
+/// a local task of its worker thread, never at the same time: plain cells, no atomics or locks
+/// (a borrow of [`Replies`] or [`StandIns`] never lasts across an await).
 pub struct RelayState {
-    txn_status: AtomicU8,
+    txn_status: Cell<u8>,
     /// Query, Sync and FunctionCall messages sent upstream whose ReadyForQuery has not come back.
-    pending: AtomicU32,
-    standard_conforming_strings: AtomicBool,
+    pending: Cell<u32>,
+    standard_conforming_strings: Cell<bool>,
     /// The client stream ends on a message boundary, so the gateway may add its own message.
-    client_at_boundary: AtomicBool,
+    client_at_boundary: Cell<bool>,
     /// The server sent a FATAL error; it will close and the client already knows why.
-    server_fatal: AtomicBool,
+    server_fatal: Cell<bool>,
     /// Extended-protocol messages were sent upstream after the last Sync: a statement may run
     /// with no ReadyForQuery counted for it yet (Flush-driven pipelines).
-    unsynced: AtomicBool,
+    unsynced: Cell<bool>,
     /// Part of a client message was forwarded and the rest has not arrived yet.
-    client_mid_frame: AtomicBool,
+    client_mid_frame: Cell<bool>,
     /// Refused statements sent upstream as stand-ins, whose errors become the refusals.
     stand_ins: StandIns,
     /// What the server will answer, in order, for the messages the relay follows.
     replies: Replies,
     /// `DateStyle` is ISO and `IntervalStyle` postgres: text dates can be decoded.
-    iso_dates: AtomicBool,
-    postgres_intervals: AtomicBool,
+    iso_dates: Cell<bool>,
+    postgres_intervals: Cell<bool>,
     /// A statement of this session waits for approval in the gateway.
-    holding: AtomicBool,
+    holding: Cell<bool>,
     /// Query and Parse messages judged, for the session's audit record.
-    statements: AtomicU64,
+    statements: Cell<u64>,
     /// Bytes written to the server and to the client.
-    to_server: AtomicU64,
-    to_client: AtomicU64,
+    to_server: Cell<u64>,
+    to_client: Cell<u64>,
     /// Woken when the server's answers advance (an Execute answered, a ReadyForQuery): what
     /// the commit guard's waits wait on (see [`commit_guard`]).
     answered: tokio::sync::Notify,
     /// A result was refused and the server's answers are dropped until its ReadyForQuery.
-    discarding: AtomicBool,
+    discarding: Cell<bool>,
     /// How a Query the gateway wrapped in a transaction block ended: 0 not yet, the status of
     /// its ReadyForQuery, or `R` when a result of it was refused.
-    wrapped_end: AtomicU8,
+    wrapped_end: Cell<u8>,
     /// A refusal left a transaction block open on the server that the client was told has
     /// failed: the server's transaction fails before the client's next message goes upstream.
-    poisoned: AtomicBool,
+    poisoned: Cell<bool>,
     /// The gateway's own Queries sent upstream whose ReadyForQuery has not come back.
-    own: AtomicU32,
+    own: Cell<u32>,
     /// The session created relations or changed its `search_path`: the gateway's catalog
     /// connection may see other tables under the same names.
-    names_changed: AtomicBool,
+    names_changed: Cell<bool>,
     /// The server waits for the client's COPY data (CopyInResponse came, its end has not).
-    copy_in: AtomicBool,
+    copy_in: Cell<bool>,
     /// A relay that follows no answers (no result plugin, no audit trail) counts the Syncs the
     /// server ignores in copy-in mode (a following relay finds them in its queues):
     /// `copy_syncs`, sent right after the last Query or Execute with nothing else between,
@@ -109,12 +117,12 @@ pub struct RelayState {
     /// `copy_ignored`, sent while the server is in copy-in mode and before the client ended
     /// the copy (taken when the copy ends); `client_ended_copy`, the client has sent what
     /// ends the copy (CopyDone, CopyFail or anything else), so its next Syncs are answered.
-    copy_syncs: AtomicU32,
-    copy_ignored: AtomicU32,
-    client_ended_copy: AtomicBool,
+    copy_syncs: Cell<u32>,
+    copy_ignored: Cell<u32>,
+    client_ended_copy: Cell<bool>,
     /// Shutdown has begun and waits for the session to be idle: the relay wakes it
     /// (`idle_changed`) whenever it may have become so. Unset, that costs one load.
-    draining: AtomicBool,
+    draining: Cell<bool>,
     idle_changed: tokio::sync::Notify,
 }
 
@@ -306,32 +314,32 @@ enum Inspected {
 impl RelayState {
     pub fn new(txn_status: u8) -> Self {
         RelayState {
-            txn_status: AtomicU8::new(txn_status),
-            pending: AtomicU32::new(0),
-            standard_conforming_strings: AtomicBool::new(true),
-            client_at_boundary: AtomicBool::new(true),
-            server_fatal: AtomicBool::new(false),
-            unsynced: AtomicBool::new(false),
-            client_mid_frame: AtomicBool::new(false),
+            txn_status: Cell::new(txn_status),
+            pending: Cell::new(0),
+            standard_conforming_strings: Cell::new(true),
+            client_at_boundary: Cell::new(true),
+            server_fatal: Cell::new(false),
+            unsynced: Cell::new(false),
+            client_mid_frame: Cell::new(false),
             stand_ins: StandIns::default(),
             replies: Replies::default(),
-            iso_dates: AtomicBool::new(true),
-            postgres_intervals: AtomicBool::new(true),
-            holding: AtomicBool::new(false),
-            statements: AtomicU64::new(0),
-            to_server: AtomicU64::new(0),
-            to_client: AtomicU64::new(0),
+            iso_dates: Cell::new(true),
+            postgres_intervals: Cell::new(true),
+            holding: Cell::new(false),
+            statements: Cell::new(0),
+            to_server: Cell::new(0),
+            to_client: Cell::new(0),
             answered: tokio::sync::Notify::new(),
-            discarding: AtomicBool::new(false),
-            wrapped_end: AtomicU8::new(0),
-            poisoned: AtomicBool::new(false),
-            own: AtomicU32::new(0),
-            names_changed: AtomicBool::new(false),
-            copy_in: AtomicBool::new(false),
-            copy_syncs: AtomicU32::new(0),
-            copy_ignored: AtomicU32::new(0),
-            client_ended_copy: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
+            discarding: Cell::new(false),
+            wrapped_end: Cell::new(0),
+            poisoned: Cell::new(false),
+            own: Cell::new(0),
+            names_changed: Cell::new(false),
+            copy_in: Cell::new(false),
+            copy_syncs: Cell::new(0),
+            copy_ignored: Cell::new(0),
+            client_ended_copy: Cell::new(false),
+            draining: Cell::new(false),
             idle_changed: tokio::sync::Notify::new(),
         }
     }
@@ -341,50 +349,43 @@ impl RelayState {
         match name {
             "standard_conforming_strings" => self
                 .standard_conforming_strings
-                .store(value.eq_ignore_ascii_case("on"), Ordering::Relaxed),
-            "DateStyle" => self
-                .iso_dates
-                .store(value.starts_with("ISO"), Ordering::Relaxed),
-            "IntervalStyle" => self
-                .postgres_intervals
-                .store(value == "postgres", Ordering::Relaxed),
+                .set(value.eq_ignore_ascii_case("on")),
+            "DateStyle" => self.iso_dates.set(value.starts_with("ISO")),
+            "IntervalStyle" => self.postgres_intervals.set(value == "postgres"),
             _ => {}
         }
     }
 
     fn styles(&self) -> Styles {
         Styles {
-            iso_dates: self.iso_dates.load(Ordering::Relaxed),
-            postgres_intervals: self.postgres_intervals.load(Ordering::Relaxed),
+            iso_dates: self.iso_dates.get(),
+            postgres_intervals: self.postgres_intervals.get(),
         }
     }
 
     /// Statements (Query and Parse messages) the session sent.
     pub fn statements(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
+        self.statements.get()
     }
 
     /// Bytes written to (client → server, server → client).
     pub fn bytes(&self) -> (u64, u64) {
-        (
-            self.to_server.load(Ordering::Relaxed),
-            self.to_client.load(Ordering::Relaxed),
-        )
+        (self.to_server.get(), self.to_client.get())
     }
 
     pub fn txn_status(&self) -> u8 {
-        self.txn_status.load(Ordering::Relaxed)
+        self.txn_status.get()
     }
 
     fn lex_options(&self) -> LexOptions {
         LexOptions {
-            standard_conforming_strings: self.standard_conforming_strings.load(Ordering::Relaxed),
+            standard_conforming_strings: self.standard_conforming_strings.get(),
         }
     }
 
     /// Outside a transaction block, with no Query or Sync awaiting its ReadyForQuery.
     fn quiet(&self) -> bool {
-        self.txn_status() == protocol::TXN_IDLE && self.pending.load(Ordering::Acquire) == 0
+        self.txn_status() == protocol::TXN_IDLE && self.pending.get() == 0
     }
 
     /// Wakes a shutdown waiting for the session to be idle, if one is: called after each
@@ -392,7 +393,7 @@ impl RelayState {
     fn may_be_idle(&self) {
         // SeqCst, as the waiter's store and its reads of the idle state: either it sees this
         // change or this sees it waiting.
-        if self.draining.load(Ordering::SeqCst) {
+        if self.draining.get() {
             self.idle_changed.notify_waiters();
         }
     }
@@ -401,14 +402,21 @@ impl RelayState {
     /// the server ignores during COPY FROM STDIN are not waited for (see `copy_syncs`), and
     /// a session is never idle while the server is in copy-in mode.
     pub fn is_idle(&self) -> bool {
-        self.pending.load(Ordering::Acquire) == 0
-            && !self.copy_in.load(Ordering::Acquire)
-            && !self.holding.load(Ordering::Acquire)
-            && !self.unsynced.load(Ordering::Acquire)
-            && !self.client_mid_frame.load(Ordering::Acquire)
+        self.pending.get() == 0
+            && !self.copy_in.get()
+            && !self.holding.get()
+            && !self.unsynced.get()
+            && !self.client_mid_frame.get()
             && self.txn_status() == protocol::TXN_IDLE
-            && self.client_at_boundary.load(Ordering::Acquire)
+            && self.client_at_boundary.get()
     }
+}
+
+/// Adds `n` to a counter of the session; returns the value before.
+fn add<T: Copy + std::ops::Add<Output = T>>(counter: &Cell<T>, n: T) -> T {
+    let before = counter.get();
+    counter.set(before + n);
+    before
 }
 
 /// Per-session inputs of the relay.
@@ -551,11 +559,7 @@ pub async fn run(
 pub async fn finish(end: RelayEnd, client: &mut Stream, server: &mut Stream, state: &RelayState) {
     let to_client = match &end {
         RelayEnd::ClientTerminated | RelayEnd::ClientEof | RelayEnd::ClientIo(_) => None,
-        RelayEnd::ServerEof | RelayEnd::ServerIo(_)
-            if state.server_fatal.load(Ordering::Relaxed) =>
-        {
-            None
-        }
+        RelayEnd::ServerEof | RelayEnd::ServerIo(_) if state.server_fatal.get() => None,
         RelayEnd::ServerEof | RelayEnd::ServerIo(_) => Some(ClientError::fatal(
             sqlstate::CONNECTION_FAILURE,
             "the upstream server closed the connection unexpectedly",
@@ -581,7 +585,7 @@ pub async fn finish(end: RelayEnd, client: &mut Stream, server: &mut Stream, sta
         }
     };
     if let Some(e) = to_client {
-        if state.client_at_boundary.load(Ordering::Acquire) {
+        if state.client_at_boundary.get() {
             let _ = tokio::time::timeout(Duration::from_secs(1), e.send_and_close(client)).await;
         }
     }
@@ -605,14 +609,13 @@ pub async fn finish(end: RelayEnd, client: &mut Stream, server: &mut Stream, sta
 async fn wait_for_shutdown(shutdown: Shutdown, state: &RelayState) -> RelayEnd {
     shutdown.begun().await;
     // Let the session finish what it is doing, up to the deadline.
-    state.draining.store(true, Ordering::SeqCst);
+    state.draining.set(true);
     let idle = async {
         loop {
             let changed = state.idle_changed.notified();
             tokio::pin!(changed);
             // Registered before the check, so a change right after it still wakes this.
             changed.as_mut().enable();
-            std::sync::atomic::fence(Ordering::SeqCst);
             if state.is_idle() {
                 return;
             }
@@ -710,7 +713,7 @@ async fn client_to_server(
         }
         state
             .client_mid_frame
-            .store(side.mid_frame() || !buf.is_empty(), Ordering::Release);
+            .set(side.mid_frame() || !buf.is_empty());
         state.may_be_idle();
         if let Err(e) = flush_to_server(server, &mut side, state).await {
             return RelayEnd::ServerIo(e);
@@ -783,7 +786,7 @@ fn inspect_client_message(
         out.extend_from_slice(frame);
         return Inspected::Sent(Sent::default());
     };
-    let number = state.statements.fetch_add(1, Ordering::Relaxed) + 1;
+    let number = add(&state.statements, 1) + 1;
     if ctx.audit.is_some_and(|a| !a.admits_statements()) {
         // Fail closed: nothing runs that the trail cannot record.
         let refusal = Refusal {
@@ -1334,7 +1337,7 @@ async fn decide_held(
     let id = request.id.clone();
     // Should the session end while the statement waits, nobody waits for the answer.
     let mut withdraw = approvals.withdraw_on_drop(&id);
-    state.holding.store(true, Ordering::Release);
+    state.holding.set(true);
     let timeout = approvals.config().hold_timeout;
     let wait = approvals.wait(&id, timeout);
     let mut wait = std::pin::pin!(wait);
@@ -1357,7 +1360,7 @@ async fn decide_held(
                 };
                 if gone {
                     withdraw.disarm();
-                    state.holding.store(false, Ordering::Release);
+                    state.holding.set(false);
                     info!(request = %id, "client disconnected while its statement was held; request withdrawn");
                     if let Err(e) = approvals.end(&id, Status::Withdrawn, "client disconnected").await {
                         warn!(error = %e, request = %id, "cannot withdraw approval request");
@@ -1368,7 +1371,7 @@ async fn decide_held(
         }
     };
     withdraw.disarm();
-    state.holding.store(false, Ordering::Release);
+    state.holding.set(false);
     let outcome = match outcome {
         Some(o) => o,
         None => {
@@ -1630,7 +1633,7 @@ async fn server_to_client(
             side.answer(answer);
         }
         if let Some(bytes) = side.output(&buf) {
-            state.client_at_boundary.store(false, Ordering::Release);
+            state.client_at_boundary.set(false);
             let r = write_flush(client, bytes, &METRICS.to_client_bytes, &state.to_client).await;
             side.output_sent();
             if let Err(e) = r {
@@ -1640,9 +1643,7 @@ async fn server_to_client(
         let consumed = side.consumed();
         if consumed > 0 {
             buf.advance(consumed);
-            state
-                .client_at_boundary
-                .store(side.at_boundary(), Ordering::Release);
+            state.client_at_boundary.set(side.at_boundary());
             // The ReadyForQuery that made the session idle may only now have reached the
             // client: a shutdown waiting for idleness looks again.
             state.may_be_idle();
@@ -1661,7 +1662,7 @@ async fn server_to_client(
             }
             side.flush_held(ctx, state);
             if let Some(bytes) = side.output(&buf[..0]) {
-                state.client_at_boundary.store(false, Ordering::Release);
+                state.client_at_boundary.set(false);
                 let r =
                     write_flush(client, bytes, &METRICS.to_client_bytes, &state.to_client).await;
                 side.output_sent();
@@ -1750,7 +1751,7 @@ async fn start_copy(
                         .iter()
                         .all(|r| r.schema.as_deref().is_some_and(|s| s != "pg_temp"))
                 });
-            if state.names_changed.load(Ordering::Relaxed) && !qualified {
+            if state.names_changed.get() && !qualified {
                 return Err(refuse(
                     "this session created relations or changed its search_path, so the columns of a COPY sent with the extended protocol cannot be told apart from another table's; qualify its tables with their schema, or send it as a simple query".into(),
                 ));
@@ -1993,9 +1994,9 @@ const ABORT_SQL: &str = "pgward_result_refused";
 /// Appends a Query of the gateway's own (see [`replies::Expect::Own`]).
 fn put_own_query(state: &RelayState, out: &mut BytesMut, sql: &str, forward: bool) {
     put_statement(out, msg::QUERY, None, sql, &[]);
-    state.replies.lock().own_query(forward);
-    state.own.fetch_add(1, Ordering::AcqRel);
-    state.pending.fetch_add(1, Ordering::AcqRel);
+    state.replies.pending().own_query(forward);
+    add(&state.own, 1);
+    add(&state.pending, 1);
 }
 
 /// Client bytes read while the relay waits for the server (commit guard), at most: past that
@@ -2012,7 +2013,7 @@ async fn wait_answered(
     done: impl Fn(&RelayState) -> bool,
 ) -> Result<(), RelayEnd> {
     loop {
-        if done(state) || state.copy_in.load(Ordering::Acquire) {
+        if done(state) || state.copy_in.get() {
             return Ok(());
         }
         let answered = state.answered.notified();
@@ -2049,10 +2050,10 @@ async fn write_flush(
     w: &mut WriteHalf<'_>,
     bytes: &[u8],
     counter: &prometheus_client::metrics::counter::Counter,
-    session: &AtomicU64,
+    session: &Cell<u64>,
 ) -> std::io::Result<()> {
     counter.inc_by(bytes.len() as u64);
-    session.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    add(session, bytes.len() as u64);
     w.write_all(bytes).await?;
     w.flush().await
 }

@@ -9,13 +9,15 @@
 //! queries), and the server side asks, for each answer, what it was for.
 //!
 //! Kept only while the relay follows the protocol (result plugins or approvals configured):
-//! a bare relay never looks at answers. Both directions edit the queue, so it sits behind a
-//! mutex; [`Replies::lock`] hands out a [`Pending`], whose operations are named after the
-//! protocol event they follow.
+//! a bare relay never looks at answers. Both directions edit the queue; they run in the
+//! session's one task, so it is a `RefCell`, and [`Replies::pending`] hands out a [`Pending`]
+//! (held between two awaits only), whose operations are named after the protocol event they
+//! follow.
 
 use super::{Described, Sent, SessionDescribed, StatementColumns};
+use std::cell::{RefCell, RefMut};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// A request sent upstream whose answer the relay must recognise.
 #[derive(Debug)]
@@ -108,18 +110,19 @@ pub(super) enum OwnReply {
 /// The session's queue of expected replies.
 #[derive(Default)]
 pub(super) struct Replies {
-    queue: Mutex<VecDeque<Expect>>,
+    queue: RefCell<VecDeque<Expect>>,
 }
 
 impl Replies {
-    /// The queue, held until the returned value is dropped.
-    pub(super) fn lock(&self) -> Pending<'_> {
-        Pending(self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The queue, borrowed until the returned value is dropped (never across an await: the
+    /// other direction borrows it too).
+    pub(super) fn pending(&self) -> Pending<'_> {
+        Pending(self.queue.borrow_mut())
     }
 }
 
-/// The queue, locked.
-pub(super) struct Pending<'a>(MutexGuard<'a, VecDeque<Expect>>);
+/// The queue, borrowed.
+pub(super) struct Pending<'a>(RefMut<'a, VecDeque<Expect>>);
 
 impl Pending<'_> {
     // What went upstream.
@@ -180,7 +183,7 @@ impl Pending<'_> {
     }
 
     /// RowDescription (`rows`) or NoData. A prepared statement's columns are set to
-    /// `answer()` before the queue is unlocked.
+    /// `answer()` before the queue is given back.
     pub(super) fn description(
         &mut self,
         rows: bool,
@@ -327,7 +330,7 @@ mod tests {
     #[test]
     fn a_pipeline_of_bind_describe_execute_and_sync() {
         let r = Replies::default();
-        let mut q = r.lock();
+        let mut q = r.pending();
         // Parse/Bind/Describe portal/Execute/Sync, twice.
         q.describe(Describe::Portal { relay: true });
         q.execute(sent("SELECT 1"), Columns::Described);
@@ -362,7 +365,7 @@ mod tests {
     #[test]
     fn an_error_mid_pipeline_skips_to_the_sync() {
         let r = Replies::default();
-        let mut q = r.lock();
+        let mut q = r.pending();
         q.execute(sent("SELECT 1/0"), Columns::Unknown);
         q.describe(Describe::Client);
         q.execute(sent("SELECT 2"), Columns::Unknown);
@@ -387,7 +390,7 @@ mod tests {
     #[test]
     fn a_query_of_several_statements_stays_until_ready() {
         let r = Replies::default();
-        let mut q = r.lock();
+        let mut q = r.pending();
         q.query(sent("SELECT 1; SELECT 2"));
         assert!(matches!(
             q.description(true, no_answer),
@@ -411,7 +414,7 @@ mod tests {
     #[test]
     fn syncs_sent_during_copy_in_get_no_ready_for_query() {
         let r = Replies::default();
-        let mut q = r.lock();
+        let mut q = r.pending();
         // Bind, Execute (COPY FROM STDIN), Sync sent at once; a Sync after the copy's end.
         q.execute(sent("COPY t FROM STDIN"), Columns::Unknown);
         q.sync(true);
@@ -435,7 +438,7 @@ mod tests {
     #[test]
     fn the_gateways_own_requests_are_told_apart() {
         let r = Replies::default();
-        let mut q = r.lock();
+        let mut q = r.pending();
         q.own_query(true);
         q.own_describe(Arc::new(SessionDescribed::default()));
         q.query(sent("COPY t TO STDOUT"));
@@ -458,7 +461,7 @@ mod tests {
     #[test]
     fn a_statement_described_by_the_gateway_is_not_relayed() {
         let r = Replies::default();
-        let mut q = r.lock();
+        let mut q = r.pending();
         let columns = StatementColumns::new(0);
         q.describe(Describe::Statement {
             columns: columns.clone(),

@@ -135,15 +135,25 @@ impl Scripted {
         let (server_gw, server) = connected().await;
         let shutdown = Shutdown::new();
         let stopping = shutdown.clone();
-        let relay = tokio::spawn(async move {
-            let analyzer = SqlAnalyzer::new(10);
-            let session = crate::plugins::convert_session(1, &identity, "db", "127.0.0.1:1", "");
-            let ctx = RelayContext::bare(&analyzer, &identity, &session);
-            let state = RelayState::new(protocol::TXN_IDLE);
-            let mut client = Stream::Plain(client_gw);
-            let mut server = Stream::Plain(server_gw);
-            let end = run(&ctx, &mut client, &mut server, &state, stopping).await;
-            end.to_string()
+        // A session is a local task (its state is not shared across threads): it runs on a
+        // runtime of its own, as on a gateway worker thread.
+        let (client_gw, server_gw) = (client_gw.into_std().unwrap(), server_gw.into_std().unwrap());
+        let relay = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            tokio::task::LocalSet::new().block_on(&runtime, async move {
+                let analyzer = SqlAnalyzer::new(10);
+                let session =
+                    crate::plugins::convert_session(1, &identity, "db", "127.0.0.1:1", "");
+                let ctx = RelayContext::bare(&analyzer, &identity, &session);
+                let state = RelayState::new(protocol::TXN_IDLE);
+                let mut client = Stream::Plain(TcpStream::from_std(client_gw).unwrap());
+                let mut server = Stream::Plain(TcpStream::from_std(server_gw).unwrap());
+                let end = run(&ctx, &mut client, &mut server, &state, stopping).await;
+                end.to_string()
+            })
         });
         Scripted {
             client,

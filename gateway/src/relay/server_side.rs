@@ -227,8 +227,8 @@ impl ServerSide {
                 Ok(None) => return Step::Read,
                 Err(e) => return Step::End(RelayEnd::ServerProtocol(e)),
             };
-            if state.own.load(Ordering::Acquire) > 0 {
-                let own = match state.replies.lock().own_reply() {
+            if state.own.get() > 0 {
+                let own = match state.replies.pending().own_reply() {
                     Some(OwnReply::Query { forward }) => Some((forward, None)),
                     Some(OwnReply::Describe(d)) => Some((false, Some(d))),
                     None => None,
@@ -347,8 +347,8 @@ impl ServerSide {
         }
         match tag {
             msg::READY_FOR_QUERY => {
-                state.replies.lock().own_ready();
-                state.own.fetch_sub(1, Ordering::AcqRel);
+                state.replies.pending().own_ready();
+                state.own.set(state.own.get().saturating_sub(1));
                 observe_server_message(state, frame);
                 state.answered.notify_one();
             }
@@ -561,10 +561,8 @@ impl ServerSide {
         if outcomes.is_some() {
             self.tally.bytes += header_len as u64;
         }
-        if matches!(tag, msg::COMMAND_COMPLETE | msg::ERROR_RESPONSE)
-            && state.copy_in.load(Ordering::Acquire)
-        {
-            state.copy_in.store(false, Ordering::Release);
+        if matches!(tag, msg::COMMAND_COMPLETE | msg::ERROR_RESPONSE) && state.copy_in.get() {
+            state.copy_in.set(false);
             // The copy ends. The client side may have queued Syncs of the copy after its
             // CopyInResponse was read here; the server ignored those too.
             drop_ignored_syncs(state, tracking, outcomes, false);
@@ -584,12 +582,12 @@ impl ServerSide {
                 });
                 if tracking {
                     // The server skips the rest of an extended pipeline up to Sync.
-                    state.replies.lock().failed();
+                    state.replies.pending().failed();
                 }
                 observe_server_message(state, frame);
             }
             msg::READY_FOR_QUERY => {
-                if !tracking && outcomes.is_none() && state.copy_in.swap(false, Ordering::AcqRel) {
+                if !tracking && outcomes.is_none() && state.copy_in.replace(false) {
                     // A copy ended with a CommandComplete, which this relay does not look
                     // at: Syncs of it the client sent after its CopyInResponse was read.
                     drop_ignored_syncs(state, tracking, outcomes, false);
@@ -597,7 +595,7 @@ impl ServerSide {
                 if tracking {
                     let query = state
                         .replies
-                        .lock()
+                        .pending()
                         .ready(|s| invalidate_after_ddl(ctx, s.analysis.as_deref()));
                     let wrapped = query.is_some_and(|q| q.wrapped);
                     results.statement = 0;
@@ -613,18 +611,18 @@ impl ServerSide {
                         } else {
                             status
                         };
-                        state.wrapped_end.store(end, Ordering::Release);
+                        state.wrapped_end.set(end);
                     } else if results.discard && status == protocol::TXN_IN_BLOCK {
                         // The client was told a statement failed, which fails a block:
                         // so it is told, and the server's block fails before the client's
                         // next message runs.
-                        state.poisoned.store(true, Ordering::Release);
+                        state.poisoned.set(true);
                         let mut z = BytesMut::with_capacity(6);
                         protocol::put_ready_for_query(&mut z, protocol::TXN_FAILED);
                         replacement = Some(z);
                     }
                     results.discard = false;
-                    state.discarding.store(false, Ordering::Release);
+                    state.discarding.set(false);
                 }
                 if let Some(o) = outcomes {
                     o.ready(tally);
@@ -635,14 +633,14 @@ impl ServerSide {
                 // COPY FROM STDIN began: the Syncs sent right after its statement are
                 // ignored by the server and get no ReadyForQuery.
                 drop_ignored_syncs(state, tracking, outcomes, true);
-                state.client_ended_copy.store(false, Ordering::Release);
-                state.copy_in.store(true, Ordering::Release);
+                state.client_ended_copy.set(false);
+                state.copy_in.set(true);
             }
             msg::NOTICE_RESPONSE if relay => {
                 replacement = reduce_server_message(ctx, self.server_messages, frame)
             }
             msg::PARAMETER_STATUS => observe_server_message(state, frame),
-            msg::PARAMETER_DESCRIPTION if state.replies.lock().describing_own_statement() => {
+            msg::PARAMETER_DESCRIPTION if state.replies.pending().describing_own_statement() => {
                 // Our own Describe of a statement: the client did not ask for it.
                 relay = false;
             }
@@ -651,7 +649,7 @@ impl ServerSide {
                 // A statement's description is stored while the queue is locked: the client
                 // side, which checks it under the same lock, never sees the Describe
                 // answered and its columns missing.
-                let of = state.replies.lock().description(rows, || match rows {
+                let of = state.replies.pending().description(rows, || match rows {
                     true => Described::Rows(frame[5..].into(), catalog_generation(ctx)),
                     false => Described::NoData,
                 });
@@ -707,7 +705,7 @@ impl ServerSide {
             }
             msg::COPY_OUT_RESPONSE => {
                 results.checked = true;
-                let copying = state.replies.lock().copying(results.statement);
+                let copying = state.replies.pending().copying(results.statement);
                 let (sent, statement) = match copying {
                     Some((s, i)) => (Some(s), i),
                     None => (None, 0),
@@ -751,7 +749,7 @@ impl ServerSide {
                     }
                 }
                 if tracking {
-                    let ended = state.replies.lock().ended(tag == msg::PORTAL_SUSPENDED);
+                    let ended = state.replies.pending().ended(tag == msg::PORTAL_SUSPENDED);
                     match ended {
                         Ended::QueryStatement => results.statement += 1,
                         Ended::Execute(a) if tag == msg::COMMAND_COMPLETE => {
@@ -765,7 +763,7 @@ impl ServerSide {
         }
         if tracking {
             if tag == msg::READY_FOR_QUERY {
-                state.copy_in.store(false, Ordering::Release);
+                state.copy_in.set(false);
             }
             if matches!(
                 tag,
@@ -953,7 +951,7 @@ impl Results {
             refuse_result(out, refusal);
         }
         self.discard = true;
-        state.discarding.store(true, Ordering::Release);
+        state.discarding.set(true);
     }
 }
 
@@ -965,7 +963,7 @@ fn host<'a>(ctx: &RelayContext<'a>) -> &'a PluginHost {
 /// How the rows arriving now (the first of a result not described by a RowDescription) can
 /// be filtered.
 fn execute_columns(ctx: &RelayContext<'_>, state: &RelayState) -> ExecuteColumns {
-    let q = state.replies.lock();
+    let q = state.replies.pending();
     match q.executing() {
         Some((a, Columns::Statement)) => {
             let Some(host) = ctx.host() else {
@@ -1109,11 +1107,11 @@ fn drop_ignored_syncs(
             true => &state.copy_syncs,
             false => &state.copy_ignored,
         };
-        ignored = counted.swap(0, Ordering::AcqRel);
+        ignored = counted.replace(0);
     }
     // The relay's queue stays locked while the audit trail's is edited, as the client side
     // holds it while it queues a Sync in both: the two see the same Syncs.
-    let mut q = tracking.then(|| state.replies.lock());
+    let mut q = tracking.then(|| state.replies.pending());
     if let Some(q) = q.as_mut() {
         ignored = q.copy_in_started();
     }
@@ -1122,11 +1120,9 @@ fn drop_ignored_syncs(
     }
     drop(q);
     if ignored > 0 {
-        let _ = state
+        state
             .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                Some(p.saturating_sub(ignored))
-            });
+            .set(state.pending.get().saturating_sub(ignored));
     }
 }
 
@@ -1135,11 +1131,9 @@ fn observe_server_message(state: &RelayState, frame: &[u8]) {
     match frame[0] {
         msg::READY_FOR_QUERY => {
             if let Some(&status) = body.first() {
-                state.txn_status.store(status, Ordering::Relaxed);
+                state.txn_status.set(status);
             }
-            let _ = state
-                .pending
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1));
+            state.pending.set(state.pending.get().saturating_sub(1));
             state.may_be_idle();
         }
         msg::PARAMETER_STATUS => {
@@ -1153,7 +1147,7 @@ fn observe_server_message(state: &RelayState, frame: &[u8]) {
         msg::ERROR_RESPONSE => {
             let e = protocol::parse_error_body(body);
             if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
-                state.server_fatal.store(true, Ordering::Relaxed);
+                state.server_fatal.set(true);
             }
         }
         _ => {}
@@ -1264,7 +1258,7 @@ mod tests {
             .concat();
             let fresh = || {
                 let s = RelayState::new(protocol::TXN_IDLE);
-                s.pending.store(2, Ordering::Relaxed);
+                s.pending.set(2);
                 s
             };
             assert_eq!(every_split(ctx, fresh, &stream), stream);
@@ -1278,7 +1272,7 @@ mod tests {
             assert_eq!(side.consumed(), stream.len());
             // The session state the server's messages carry.
             assert_eq!(state.txn_status(), protocol::TXN_IN_BLOCK);
-            assert_eq!(state.pending.load(Ordering::Relaxed), 0);
+            assert_eq!(state.pending.get(), 0);
             assert!(!state.lex_options().standard_conforming_strings);
         });
     }
@@ -1340,9 +1334,9 @@ mod tests {
             let own_query = |forward: bool| {
                 move || {
                     let s = RelayState::new(protocol::TXN_IDLE);
-                    s.replies.lock().own_query(forward);
-                    s.own.store(1, Ordering::Relaxed);
-                    s.pending.store(2, Ordering::Relaxed);
+                    s.replies.pending().own_query(forward);
+                    s.own.set(1);
+                    s.pending.set(2);
                     s
                 }
             };
@@ -1350,8 +1344,8 @@ mod tests {
             assert_eq!(every_split(ctx, own_query(false), &stream), theirs);
             let state = own_query(false)();
             relay(ctx, &state, &[&stream]).unwrap();
-            assert_eq!(state.own.load(Ordering::Relaxed), 0);
-            assert_eq!(state.pending.load(Ordering::Relaxed), 0);
+            assert_eq!(state.own.get(), 0);
+            assert_eq!(state.pending.get(), 0);
             // The COMMIT or ROLLBACK ending a block of the gateway's: the client gets its
             // ReadyForQuery (and its error, had it failed), not its CommandComplete.
             let stream = [complete("COMMIT"), ready(protocol::TXN_IDLE)].concat();
@@ -1371,8 +1365,8 @@ mod tests {
 
     /// A processor that follows the server's answers (policies on) for one Query.
     fn following_a_query(ctx: &RelayContext<'_>, state: &RelayState) -> ServerSide {
-        state.replies.lock().query(Sent::default());
-        state.pending.store(1, Ordering::Relaxed);
+        state.replies.pending().query(Sent::default());
+        state.pending.set(1);
         let mut side = ServerSide::new(ctx);
         side.tracking = true;
         side
@@ -1432,11 +1426,8 @@ mod tests {
                     let got = relay_with(ctx, &state, side, &[a, b], answer).unwrap();
                     assert_eq!(got, want, "cut at byte {cut}, refused: {deny}");
                     assert_eq!(asked.get(), 1, "asked once");
-                    assert!(
-                        !state.discarding.load(Ordering::Relaxed),
-                        "discards until ReadyForQuery"
-                    );
-                    assert_eq!(state.pending.load(Ordering::Relaxed), 0);
+                    assert!(!state.discarding.get(), "discards until ReadyForQuery");
+                    assert_eq!(state.pending.get(), 0);
                 }
             }
         });

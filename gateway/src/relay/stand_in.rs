@@ -18,9 +18,8 @@ use crate::plugins::Refusal;
 use crate::protocol;
 use crate::sqlstate;
 use bytes::{BufMut, BytesMut};
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 
 /// Prefix of every stand-in statement.
 pub(super) const TOKEN_PREFIX: &str = "pgward_denied_";
@@ -32,46 +31,47 @@ const MAX_WAITING: usize = 4096;
 /// by the server side.
 #[derive(Default)]
 pub(super) struct StandIns {
-    waiting: Mutex<VecDeque<(String, BytesMut)>>,
+    waiting: RefCell<VecDeque<(String, BytesMut)>>,
     /// `waiting` is not empty: the server side looks at errors only then.
-    any: AtomicBool,
-    next: AtomicU64,
+    any: Cell<bool>,
+    next: Cell<u64>,
 }
 
 impl StandIns {
     /// Registers `refusal` for session `session_id`; returns the stand-in's SQL text.
     pub(super) fn register(&self, session_id: u64, refusal: &Refusal) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.next.get() + 1;
+        self.next.set(n);
         let token = format!("{TOKEN_PREFIX}{session_id}_{n}");
         let mut error = BytesMut::new();
         ClientError::refusal(refusal, Refused::Statement).encode(&mut error);
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.waiting.borrow_mut();
         if waiting.len() >= MAX_WAITING {
             waiting.pop_front();
         }
         waiting.push_back((token.clone(), error));
-        self.any.store(true, Ordering::Release);
+        self.any.set(true);
         token
     }
 
     /// The refusal (an ErrorResponse frame) to send instead of the server's ErrorResponse
     /// `frame`, when `frame` is the syntax error of a stand-in.
     pub(super) fn refusal_for(&self, frame: &[u8]) -> Option<BytesMut> {
-        if !self.any.load(Ordering::Acquire) {
+        if !self.any.get() {
             return None;
         }
         let e = protocol::parse_error_body(frame.get(5..)?);
         if e.code != sqlstate::SYNTAX_ERROR || !e.message.contains(TOKEN_PREFIX) {
             return None;
         }
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.waiting.borrow_mut();
         let i = waiting
             .iter()
             // Match the token itself, not quotes around it: localized messages quote differently.
             .position(|(t, _)| contains_token(&e.message, t))?;
         let (_, error) = waiting.remove(i)?;
         if waiting.is_empty() {
-            self.any.store(false, Ordering::Release);
+            self.any.set(false);
         }
         Some(error)
     }
