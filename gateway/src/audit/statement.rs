@@ -13,8 +13,9 @@
 
 use super::fields::Fields;
 use super::Audit;
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The decided part of a statement's record, shared by every execution of a prepared
@@ -98,7 +99,8 @@ pub struct Tally {
 pub struct Outcomes<'a> {
     audit: &'a Audit,
     session: u64,
-    queue: Mutex<VecDeque<Awaited>>,
+    /// Edited by both directions of the session's one task (see `relay::RelayState`).
+    queue: RefCell<VecDeque<Awaited>>,
 }
 
 impl<'a> Outcomes<'a> {
@@ -106,12 +108,12 @@ impl<'a> Outcomes<'a> {
         Outcomes {
             audit,
             session,
-            queue: Mutex::new(VecDeque::new()),
+            queue: RefCell::new(VecDeque::new()),
         }
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Awaited>> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    fn queue(&self) -> std::cell::RefMut<'_, VecDeque<Awaited>> {
+        self.queue.borrow_mut()
     }
 
     /// A Query went upstream.
