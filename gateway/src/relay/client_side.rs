@@ -40,6 +40,8 @@ pub(super) struct ClientSide {
     new_read: bool,
     /// Looked at up to here in the buffer being processed.
     pos: usize,
+    /// Bytes missing from a message that must be read whole (see [`Self::missing`]).
+    short: usize,
     /// What goes upstream.
     out: BytesMut,
     /// The frame at `pos` waits for an answer or the end of a wait.
@@ -133,6 +135,7 @@ impl ClientSide {
             follow: Follow::now(ctx),
             new_read: true,
             pos: 0,
+            short: 0,
             out: BytesMut::with_capacity(CLIENT_READ_BUF),
             waiting: None,
             answer: None,
@@ -151,6 +154,13 @@ impl ClientSide {
 
     pub(super) fn output_sent(&mut self) {
         self.out.clear();
+    }
+
+    /// Bytes still to come of a message that is looked at whole (a Query, a Parse, ...), once
+    /// the last `process` stopped for them: the pump makes room for them (the header alone must
+    /// not pin a large buffer, so the pump bounds what it reserves).
+    pub(super) fn missing(&mut self) -> usize {
+        std::mem::take(&mut self.short)
     }
 
     /// Part of a frame was passed on and the rest has not arrived.
@@ -213,6 +223,7 @@ impl ClientSide {
                 || (extended
                     && matches!(tag, msg::BIND | msg::DESCRIBE | msg::EXECUTE | msg::CLOSE));
             if whole && buf.len() - pos < header.frame_len {
+                self.short = header.frame_len - (buf.len() - pos);
                 return Step::Read;
             }
             if !matches!(tag, msg::COPY_DATA | msg::FLUSH | msg::SYNC) {
@@ -1316,6 +1327,13 @@ mod tests {
             let (sent, seen) = upstream(ctx, &state, &mut side, &[&stream], no_hold).unwrap();
             assert_eq!(sent, stream);
             assert_eq!(seen, [Seen::Terminate]);
+            // Part of a Query: nothing goes upstream, and the pump is told what is missing.
+            let mut side = ClientSide::new(ctx);
+            let whole = query("SELECT 'a long statement'");
+            let (sent, _) = upstream(ctx, &state, &mut side, &[&whole[..9]], no_hold).unwrap();
+            assert!(sent.is_empty());
+            assert_eq!(side.missing(), whole.len() - 9);
+            assert_eq!(side.missing(), 0, "said once");
             // A Query header announcing more than `max_message_size` (1 MiB here).
             let mut side = ClientSide::new(ctx);
             let header = [msg::QUERY, 0, 0x20, 0, 0];

@@ -710,6 +710,8 @@ async fn client_to_server(
         if !terminated {
             let consumed = side.consumed();
             buf.advance(consumed);
+            // Grow as the bytes of a large message arrive, a megabyte at most at a time.
+            buf.reserve(side.missing().min(1 << 20));
         }
         state
             .client_mid_frame

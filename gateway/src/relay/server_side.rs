@@ -36,6 +36,8 @@ pub(super) struct ServerSide {
     waiting: Option<Waiting>,
     /// That answer, applied by the next [`ServerSide::process`].
     answer: Option<Answer>,
+    /// The frame at `pos` was just resumed after a subscription: it is not judged again.
+    judged: bool,
 }
 
 /// What [`ServerSide::process`] stopped for.
@@ -137,6 +139,7 @@ impl ServerSide {
             out: BytesMut::new(),
             waiting: None,
             answer: None,
+            judged: false,
         }
     }
 
@@ -206,6 +209,7 @@ impl ServerSide {
     ) -> Step {
         if let Some(waiting) = self.waiting.take() {
             let answer = self.answer.take();
+            self.judged = matches!(waiting, Waiting::Rejudged { .. } | Waiting::Executed { .. });
             self.resume(ctx, state, buf, waiting, answer);
         }
         let outcomes = ctx.outcomes;
@@ -242,9 +246,15 @@ impl ServerSide {
                     continue;
                 }
             }
-            if header.tag == msg::DATA_ROW && !self.results.discard {
+            // A frame resumed after its subscription was judged under the chain as it is then.
+            let judged = std::mem::take(&mut self.judged);
+            if header.tag == msg::DATA_ROW && !self.results.discard && !judged {
                 if let Some(step) = self.chain_changed(ctx, state, buf, header.frame_len) {
                     return step;
+                }
+                if self.pass > 0 {
+                    // Refused in the row's place: the row is passed over, uncounted.
+                    continue;
                 }
             }
             if header.tag == msg::DATA_ROW

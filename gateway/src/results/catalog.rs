@@ -5,6 +5,13 @@
 //! Lookups run on the gateway's own upstream connections (one per database and worker thread,
 //! opened on first use with the gateway's credentials), never on a client's session. Results
 //! are cached per database and dropped whenever DDL runs through the gateway.
+//!
+//! Why not `tokio-postgres` for these connections: they must log in exactly as sessions do
+//! (`upstream.auth_methods`, which refuses md5, cleartext and trust unless allowed; TLS with
+//! SCRAM-SHA-256-PLUS channel binding; SASLprep), which [`UpstreamTarget::connect`] enforces.
+//! tokio-postgres would answer a server's cleartext or md5 request with the password and needs a
+//! TLS connector crate of its own. After the login the catalog sends a simple Query, or a
+//! Parse + Describe + Sync, and reads rows with the gateway's own framing ([`protocol`]).
 
 use crate::plugins::bindings::pgward::plugin::types as wit;
 use crate::protocol;
