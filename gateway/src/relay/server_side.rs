@@ -442,6 +442,22 @@ impl ServerSide {
         self.pass = frame_len;
     }
 
+    /// Ends the result with `refusal` in place of the frame at `pos` (`frame_len` bytes, a
+    /// RowDescription or CopyOutResponse whose subscription refused it). Returns whether the
+    /// frame is relayed: never.
+    fn refuse_instead(
+        &mut self,
+        buf: &[u8],
+        state: &RelayState,
+        refusal: &Refusal,
+        frame_len: usize,
+    ) -> bool {
+        self.out.extend_from_slice(&buf[self.written..self.pos]);
+        self.written = self.pos + frame_len;
+        self.results.refuse(state, &mut self.out, refusal);
+        false
+    }
+
     /// Goes on with the frame that waited for `answer`.
     fn resume(
         &mut self,
@@ -509,12 +525,7 @@ impl ServerSide {
                         }
                         self.results.filter = filter;
                     }
-                    Err(r) => {
-                        self.out.extend_from_slice(&buf[self.written..pos]);
-                        self.written = pos + frame_len;
-                        relay = false;
-                        self.results.refuse(state, &mut self.out, &r);
-                    }
+                    Err(r) => relay = self.refuse_instead(buf, state, &r, frame_len),
                 }
                 self.frame_end(buf, relay, None, frame_len);
             }
@@ -524,12 +535,7 @@ impl ServerSide {
             } => {
                 match copy.unwrap_or_else(|| Err(activated_refusal())) {
                     Ok(c) => self.results.copy = c,
-                    Err(r) => {
-                        self.out.extend_from_slice(&buf[self.written..pos]);
-                        self.written = pos + frame_len;
-                        relay = false;
-                        self.results.refuse(state, &mut self.out, &r);
-                    }
+                    Err(r) => relay = self.refuse_instead(buf, state, &r, frame_len),
                 }
                 self.frame_end(buf, relay, None, frame_len);
             }
