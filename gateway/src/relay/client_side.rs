@@ -396,7 +396,6 @@ impl ClientSide {
             }
             Inspected::Prepared(sent, needs) => (sent, Some(needs)),
             Inspected::Held(needs) => {
-                let needs: Arc<NeedsApproval> = Arc::from(needs);
                 // What came before the held statement runs now (the pump sends it first).
                 self.waiting = Some(Waiting::Held {
                     needs: needs.clone(),
@@ -890,15 +889,9 @@ fn next_names(rest: &[u8], tag: u8, kind: u8, name: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::scripted::{self as script, execute, m, query, sync};
     use super::replies::Expect;
     use super::*;
-
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        f.extend_from_slice(body);
-        f
-    }
 
     fn bind(portal: &str, stmt: &str, formats: &[i16], params: &[Option<&[u8]>]) -> Vec<u8> {
         let mut b = Vec::new();
@@ -921,7 +914,7 @@ mod tests {
             }
         }
         b.extend_from_slice(&0i16.to_be_bytes());
-        frame(b'B', &b)
+        m(msg::BIND, &b)
     }
 
     #[test]
@@ -983,7 +976,7 @@ mod tests {
         let mut out = BytesMut::new();
         let mut close = vec![b'S'];
         close.extend_from_slice(b"s1\0");
-        let close = frame(b'C', &close);
+        let close = m(msg::CLOSE, &close);
         let state = RelayState::new(protocol::TXN_IDLE);
         let fixture = Fixture::new();
         let follow = Follow {
@@ -1033,14 +1026,7 @@ mod tests {
         let mut b = vec![kind];
         b.extend_from_slice(name.as_bytes());
         b.push(0);
-        frame(b'D', &b)
-    }
-
-    fn execute(portal: &str) -> Vec<u8> {
-        let mut b = portal.as_bytes().to_vec();
-        b.push(0);
-        b.extend_from_slice(&0i32.to_be_bytes());
-        frame(b'E', &b)
+        m(msg::DESCRIBE, &b)
     }
 
     /// The client side of a session with a result plugin active: `script` goes through
@@ -1207,8 +1193,6 @@ mod tests {
 
     // The processor driven by byte slices, as the pump would drive it.
 
-    use super::super::scripted::{self as script, query, sync};
-
     /// What happened on the way, besides the bytes.
     #[derive(Debug, PartialEq)]
     enum Seen {
@@ -1282,9 +1266,9 @@ mod tests {
                 query("SELECT 1; SELECT 2"),
                 script::parse("s", "SELECT $1"),
                 script::bind("", "s"),
-                script::execute(""),
+                execute(""),
                 sync(),
-                script::m(msg::COPY_DATA, b"1\tone\n"),
+                m(msg::COPY_DATA, b"1\tone\n"),
             ]
             .concat();
             let mut cuts: Vec<Vec<&[u8]>> = (0..=stream.len())
@@ -1308,7 +1292,7 @@ mod tests {
             // Half a frame passed on: the session is mid-frame until the rest comes.
             let state = RelayState::new(protocol::TXN_IDLE);
             let mut side = ClientSide::new(ctx);
-            let copy = script::m(msg::COPY_DATA, b"1\tone\n");
+            let copy = m(msg::COPY_DATA, b"1\tone\n");
             let (sent, _) = upstream(ctx, &state, &mut side, &[&copy[..7]], no_hold).unwrap();
             assert_eq!(sent, &copy[..7]);
             assert!(side.mid_frame());
@@ -1323,7 +1307,7 @@ mod tests {
         bare(|ctx| {
             let state = RelayState::new(protocol::TXN_IDLE);
             let mut side = ClientSide::new(ctx);
-            let stream = [query("SELECT 1"), script::m(msg::TERMINATE, &[])].concat();
+            let stream = [query("SELECT 1"), m(msg::TERMINATE, &[])].concat();
             let (sent, seen) = upstream(ctx, &state, &mut side, &[&stream], no_hold).unwrap();
             assert_eq!(sent, stream);
             assert_eq!(seen, [Seen::Terminate]);
@@ -1373,7 +1357,7 @@ mod tests {
     fn a_bind_held_for_approval_goes_upstream_once_approved_or_as_a_stand_in() {
         bare(|ctx| {
             let held = script::bind("", "del");
-            let rest = [script::execute(""), sync()].concat();
+            let rest = [execute(""), sync()].concat();
             let stream = [held.clone(), rest.clone()].concat();
             let refusal = Refusal {
                 plugin: "approval-rules".into(),

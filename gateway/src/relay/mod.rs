@@ -306,7 +306,7 @@ enum Inspected {
     /// Sent upstream (as it was, rewritten, or as a stand-in).
     Sent(Sent),
     /// Held: nothing was sent; run it once approved.
-    Held(Box<NeedsApproval>),
+    Held(Arc<NeedsApproval>),
     /// A Parse that went upstream, whose every Bind must be approved.
     Prepared(Sent, Arc<NeedsApproval>),
 }
@@ -960,7 +960,7 @@ fn inspect_client_message(
                 extended: frame[0] == msg::PARSE,
             };
             if frame[0] == msg::QUERY {
-                return Inspected::Held(Box::new(needs));
+                return Inspected::Held(Arc::new(needs));
             }
             // Preparing runs nothing: the statement is held at each Bind, with its parameters.
             out.extend_from_slice(frame);
@@ -1634,13 +1634,8 @@ async fn server_to_client(
             };
             side.answer(answer);
         }
-        if let Some(bytes) = side.output(&buf) {
-            state.client_at_boundary.set(false);
-            let r = write_flush(client, bytes, &METRICS.to_client_bytes, &state.to_client).await;
-            side.output_sent();
-            if let Err(e) = r {
-                return RelayEnd::ClientIo(e);
-            }
+        if let Err(e) = write_to_client(client, &mut side, &buf, state).await {
+            return RelayEnd::ClientIo(e);
         }
         let consumed = side.consumed();
         if consumed > 0 {
@@ -1663,17 +1658,27 @@ async fn server_to_client(
                 Err(_) => {}
             }
             side.flush_held(ctx, state);
-            if let Some(bytes) = side.output(&buf[..0]) {
-                state.client_at_boundary.set(false);
-                let r =
-                    write_flush(client, bytes, &METRICS.to_client_bytes, &state.to_client).await;
-                side.output_sent();
-                if let Err(e) = r {
-                    return RelayEnd::ClientIo(e);
-                }
+            if let Err(e) = write_to_client(client, &mut side, &buf[..0], state).await {
+                return RelayEnd::ClientIo(e);
             }
         }
     }
+}
+
+/// Writes what the server side has for the client from the bytes of `buf` it looked at.
+async fn write_to_client(
+    client: &mut WriteHalf<'_>,
+    side: &mut ServerSide,
+    buf: &[u8],
+    state: &RelayState,
+) -> std::io::Result<()> {
+    let Some(bytes) = side.output(buf) else {
+        return Ok(());
+    };
+    state.client_at_boundary.set(false);
+    let written = write_flush(client, bytes, &METRICS.to_client_bytes, &state.to_client).await;
+    side.output_sent();
+    written
 }
 
 fn subscriber<'a>(

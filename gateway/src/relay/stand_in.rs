@@ -31,9 +31,8 @@ const MAX_WAITING: usize = 4096;
 /// by the server side.
 #[derive(Default)]
 pub(super) struct StandIns {
+    /// The server side looks at errors only while this is not empty.
     waiting: RefCell<VecDeque<(String, BytesMut)>>,
-    /// `waiting` is not empty: the server side looks at errors only then.
-    any: Cell<bool>,
     next: Cell<u64>,
 }
 
@@ -50,14 +49,13 @@ impl StandIns {
             waiting.pop_front();
         }
         waiting.push_back((token.clone(), error));
-        self.any.set(true);
         token
     }
 
     /// The refusal (an ErrorResponse frame) to send instead of the server's ErrorResponse
     /// `frame`, when `frame` is the syntax error of a stand-in.
     pub(super) fn refusal_for(&self, frame: &[u8]) -> Option<BytesMut> {
-        if !self.any.get() {
+        if self.waiting.borrow().is_empty() {
             return None;
         }
         let e = protocol::parse_error_body(frame.get(5..)?);
@@ -70,9 +68,6 @@ impl StandIns {
             // Match the token itself, not quotes around it: localized messages quote differently.
             .position(|(t, _)| contains_token(&e.message, t))?;
         let (_, error) = waiting.remove(i)?;
-        if waiting.is_empty() {
-            self.any.set(false);
-        }
         Some(error)
     }
 }
